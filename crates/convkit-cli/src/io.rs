@@ -1,0 +1,77 @@
+//! Files: `.npy` tensors in and out, and atomic writes (temp file + rename).
+
+use crate::error::{CliError, CliResult};
+use ndarray::{ArrayD, ArrayViewD};
+use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// Writes a file atomically: `write` fills a temp file in the same folder, which is then
+/// renamed over `path`, so a reader never sees a half-written file and a failure leaves the
+/// old file (if any) untouched. Refuses to write over `protect` paths (the command's inputs).
+pub fn write_atomic(
+    path: &Path,
+    protect: &[&Path],
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> CliResult {
+    for p in protect {
+        if same_file(path, p) {
+            return Err(CliError::file(
+                path,
+                "refusing to overwrite an input file (choose another output path)",
+            ));
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".convkit-")
+        .tempfile_in(dir)
+        .map_err(|e| CliError::file(path, format!("cannot create a file in {}: {e}", dir.display())))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file_mut());
+        write(&mut w).map_err(|e| CliError::file(path, e))?;
+        w.flush().map_err(|e| CliError::file(path, e))?;
+    }
+    tmp.persist(path).map_err(|e| CliError::file(path, e.error))?;
+    Ok(())
+}
+
+/// Whether two paths name the same existing file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Reads an `.npy` file of float32 (or float64, converted) little-endian C-order data.
+pub fn read_npy(path: &Path) -> CliResult<ArrayD<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| CliError::file(path, e))?;
+    match ArrayD::<f32>::read_npy(&bytes[..]) {
+        Ok(a) => return Ok(a),
+        Err(ReadNpyError::WrongDescriptor(_)) => {}
+        Err(e) => return Err(npy_error(path, e)),
+    }
+    match ArrayD::<f64>::read_npy(&bytes[..]) {
+        Ok(a) => Ok(a.mapv(|v| v as f32)),
+        Err(ReadNpyError::WrongDescriptor(d)) => Err(CliError::file(
+            path,
+            format!("unsupported dtype {d} (need little-endian float32 or float64)"),
+        )),
+        Err(e) => Err(npy_error(path, e)),
+    }
+}
+
+fn npy_error(path: &Path, e: ReadNpyError) -> CliError {
+    CliError::file(path, format!("not a readable .npy file: {e}"))
+}
+
+/// Writes a float32 `.npy` file atomically.
+pub fn write_npy(path: &Path, a: ArrayViewD<f32>, protect: &[&Path]) -> CliResult {
+    write_atomic(path, protect, |w| {
+        a.write_npy(w).map_err(std::io::Error::other)
+    })
+}

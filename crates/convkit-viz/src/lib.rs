@@ -1,0 +1,1 @@
+//! conv_arithmetic-style pictures of any convolution.
