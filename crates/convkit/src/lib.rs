@@ -30,6 +30,7 @@ pub mod border;
 pub mod error;
 pub mod geometry;
 pub mod reference;
+pub mod separable;
 pub mod spec;
 
 pub use error::{ConvError, Result};
