@@ -87,7 +87,7 @@ impl Depthwise {
     /// Prepares the kernel for `geom`, which must be a depthwise, non-transposed layer.
     pub fn new(geom: &Geometry, isa: Isa) -> Result<Self> {
         let s = &geom.spec;
-        if s.is_transposed() || s.groups() != geom.c || geom.k % geom.c != 0 {
+        if s.is_transposed() || s.groups() != geom.c || !geom.k.is_multiple_of(geom.c) {
             return Err(ConvError::AlgorithmUnavailable {
                 algo: "depthwise",
                 why: "needs groups = in_channels and a direct (not transposed) convolution".into(),
