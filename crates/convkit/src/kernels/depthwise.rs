@@ -261,10 +261,7 @@ impl Depthwise {
                 if sw == 1 {
                     dst.copy_from_slice(&srow[j0..j0 + dst.len()]);
                 } else {
-                    let src = &srow[j0..j0 + (dst.len() - 1) * sw + 1];
-                    for (t, d) in dst.iter_mut().enumerate() {
-                        *d = src[t * sw];
-                    }
+                    strided_copy(&srow[j0..], sw, dst, self.isa);
                 }
             }
             for &(slot, col) in &self.border_slots {
@@ -301,6 +298,21 @@ impl Depthwise {
             Isa::Avx2 => unsafe { x86::plane_avx2(&args, g.oh) },
             _ => plane_scalar(buf, &self.col_off, wk, bias, &args, out),
         }
+    }
+}
+
+/// `dst[t] = src[t·stride]`: one phase of a strided row (stride 2 is vectorised).
+fn strided_copy(src: &[f32], stride: usize, dst: &mut [f32], isa: Isa) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if stride == 2 && isa == Isa::Avx512 {
+        // SAFETY: the Isa was checked against the CPU in `Depthwise::new`; the function
+        // reads and writes only within the slices it is given.
+        done = unsafe { x86::deinterleave_even_avx512(src, dst) };
+    }
+    let _ = isa;
+    for (t, d) in dst.iter_mut().enumerate().skip(done) {
+        *d = src[t * stride];
     }
 }
 
@@ -446,6 +458,24 @@ mod x86 {
                 }
             }
         };
+    }
+
+    /// Writes `dst[t] = src[2t]` for as many whole blocks of 16 as fit; returns how many
+    /// elements of `dst` were written.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn deinterleave_even_avx512(src: &[f32], dst: &mut [f32]) -> usize {
+        let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mut t = 0;
+        while t + 16 <= dst.len() && 2 * t + 32 <= src.len() {
+            let a = _mm512_loadu_ps(src.as_ptr().add(2 * t));
+            let b = _mm512_loadu_ps(src.as_ptr().add(2 * t + 16));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(t), _mm512_permutex2var_ps(a, idx, b));
+            t += 16;
+        }
+        t
     }
 
     /// Stores the first `n` lanes of `v`.
