@@ -301,6 +301,246 @@ impl Depthwise {
     }
 }
 
+/// Backward pass on the same buffer layout: the gradient w.r.t. the buffer is the forward's
+/// taps run in reverse (scatter), then folded back onto the input by the adjoint of the fill
+/// (border slots add into the cells they were read from).
+impl Depthwise {
+    /// Computes any of dL/dx, dL/dw, dL/db from `dy` (NCHW, the forward's output shape).
+    /// Each gradient element is reduced by exactly one task in a fixed order, so results are
+    /// identical for any thread count.
+    pub fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        dw: Option<&mut [f32]>,
+        db: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let g = &self.geom;
+        let [kh, kw] = g.spec.kernel();
+        let taps = kh * kw;
+        let lens = [
+            ("input length", x.len(), g.n * g.c * g.h * g.w),
+            ("weight length", w.len(), g.k * taps),
+            ("grad_output length", dy.len(), g.n * g.k * g.oh * g.ow),
+            (
+                "grad_input length",
+                dx.as_ref().map_or(g.n * g.c * g.h * g.w, |d| d.len()),
+                g.n * g.c * g.h * g.w,
+            ),
+            (
+                "grad_weight length",
+                dw.as_ref().map_or(g.k * taps, |d| d.len()),
+                g.k * taps,
+            ),
+            (
+                "grad_bias length",
+                db.as_ref().map_or(g.k, |d| d.len()),
+                g.k,
+            ),
+        ];
+        for (what, got, want) in lens {
+            if got != want {
+                return Err(ConvError::ShapeMismatch {
+                    what,
+                    got: vec![got],
+                    expected: vec![want],
+                });
+            }
+        }
+        let (in_plane, out_plane, m) = (g.h * g.w, g.oh * g.ow, self.mult);
+        let rl = self.row_len();
+        if let Some(dx) = dx {
+            dx.par_chunks_mut(in_plane)
+                .enumerate()
+                .for_each(|(nc, dxs)| {
+                    let (n, c) = (nc / g.c, nc % g.c);
+                    let mut gbuf = vec![0f32; self.rows.len() * rl];
+                    for j in 0..m {
+                        let k = c * m + j;
+                        let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
+                        self.with_isa(|| {
+                            self.scatter(dys, &w[k * taps..(k + 1) * taps], &mut gbuf)
+                        });
+                    }
+                    self.unfill(&gbuf, dxs);
+                });
+        }
+        if dw.is_some() || db.is_some() {
+            let want_w = dw.is_some();
+            // Per channel: its m filters' weight and bias gradients, batch reduced in order.
+            let per_c: Vec<(Vec<f32>, Vec<f32>)> = (0..g.c)
+                .into_par_iter()
+                .map(|c| {
+                    let mut gw = vec![0f32; m * taps];
+                    let mut gb = vec![0f32; m];
+                    let mut buf = Buffer {
+                        tag: 0,
+                        data: Vec::new(),
+                    };
+                    for n in 0..g.n {
+                        if want_w {
+                            self.fill(
+                                &x[(n * g.c + c) * in_plane..(n * g.c + c + 1) * in_plane],
+                                &mut buf,
+                            );
+                        }
+                        for j in 0..m {
+                            let k = c * m + j;
+                            let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
+                            gb[j] += sum_lanes(dys);
+                            if want_w {
+                                self.with_isa(|| {
+                                    self.weight_taps(
+                                        dys,
+                                        &buf.data,
+                                        &mut gw[j * taps..(j + 1) * taps],
+                                    )
+                                });
+                            }
+                        }
+                    }
+                    (gw, gb)
+                })
+                .collect();
+            if let Some(dw) = dw {
+                for (c, (gw, _)) in per_c.iter().enumerate() {
+                    dw[c * m * taps..(c + 1) * m * taps].copy_from_slice(gw);
+                }
+            }
+            if let Some(db) = db {
+                for (c, (_, gb)) in per_c.iter().enumerate() {
+                    db[c * m..(c + 1) * m].copy_from_slice(gb);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` compiled for this kernel's instruction set (the loops inside auto-vectorise).
+    #[inline(always)]
+    fn with_isa(&self, f: impl FnOnce()) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(f: impl FnOnce()) {
+                f()
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(f: impl FnOnce()) {
+                f()
+            }
+            match self.isa {
+                // SAFETY: `new` checked that the CPU has the instruction set.
+                Isa::Avx512 => return unsafe { avx512(f) },
+                // SAFETY: as above.
+                Isa::Avx2 => return unsafe { avx2(f) },
+                Isa::Scalar => {}
+            }
+        }
+        f()
+    }
+
+    /// `gbuf[row(oy,ky) + col_off[kx] + ox] += w[ky,kx] · dy[oy, ox]`: the forward taps reversed.
+    #[inline(always)]
+    fn scatter(&self, dys: &[f32], wk: &[f32], gbuf: &mut [f32]) {
+        let g = &self.geom;
+        let [kh, kw] = g.spec.kernel();
+        let (sh, dh, rl, ow) = (
+            g.spec.stride()[0],
+            g.spec.dilation()[0],
+            self.row_len(),
+            g.ow,
+        );
+        for (oy, drow) in dys.chunks_exact(ow).enumerate() {
+            for ky in 0..kh {
+                let r = (oy * sh + ky * dh) * rl;
+                for (kx, &c) in self.col_off.iter().enumerate() {
+                    let wv = wk[ky * kw + kx];
+                    for (b, d) in gbuf[r + c..r + c + ow].iter_mut().zip(drow) {
+                        *b += wv * d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `gw[ky,kx] += Σ_{oy,ox} dy[oy,ox] · buf[row(oy,ky) + col_off[kx] + ox]`.
+    #[inline(always)]
+    fn weight_taps(&self, dys: &[f32], buf: &[f32], gw: &mut [f32]) {
+        let g = &self.geom;
+        let [kh, kw] = g.spec.kernel();
+        let (sh, dh, rl, ow) = (
+            g.spec.stride()[0],
+            g.spec.dilation()[0],
+            self.row_len(),
+            g.ow,
+        );
+        for ky in 0..kh {
+            for (kx, &c) in self.col_off.iter().enumerate() {
+                let mut lanes = [0f32; 16];
+                for (oy, drow) in dys.chunks_exact(ow).enumerate() {
+                    let r = (oy * sh + ky * dh) * rl + c;
+                    dot_into(&mut lanes, drow, &buf[r..r + ow]);
+                }
+                gw[ky * kw + kx] += lanes.iter().sum::<f32>();
+            }
+        }
+    }
+
+    /// Adjoint of [`Depthwise::fill`]: adds each buffer slot into the input cell it was read from.
+    fn unfill(&self, gbuf: &[f32], dxs: &mut [f32]) {
+        dxs.fill(0.0);
+        let (w, sw, rl) = (self.geom.w, self.geom.spec.stride()[1], self.row_len());
+        for (r, src) in self.rows.iter().enumerate() {
+            let Some(sr) = src else { continue };
+            let grow = &gbuf[r * rl..(r + 1) * rl];
+            let drow = &mut dxs[*sr as usize * w..(*sr as usize + 1) * w];
+            for (p, &(t0, t1, j0)) in self.interior.iter().enumerate() {
+                let src = &grow[p * self.pstride + t0..p * self.pstride + t1];
+                for (t, v) in src.iter().enumerate() {
+                    drow[j0 + t * sw] += v;
+                }
+            }
+            for &(slot, col) in &self.border_slots {
+                drow[col as usize] += grow[slot as usize];
+            }
+        }
+    }
+}
+
+/// `lanes[l] += Σ_i a[16i + l] · b[16i + l]` (a fixed, vectorisable reduction order).
+#[inline(always)]
+fn dot_into(lanes: &mut [f32; 16], a: &[f32], b: &[f32]) {
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        lanes[l] += x * y;
+    }
+}
+
+/// Sum in 16 lanes then across them (fixed order).
+fn sum_lanes(a: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let ones = [1f32; 16];
+    let mut c = a.chunks_exact(16);
+    for x in &mut c {
+        for l in 0..16 {
+            lanes[l] += x[l] * ones[l];
+        }
+    }
+    for (l, x) in c.remainder().iter().enumerate() {
+        lanes[l] += x;
+    }
+    lanes.iter().sum()
+}
+
 /// `dst[t] = src[t·stride]`: one phase of a strided row (stride 2 is vectorised).
 fn strided_copy(src: &[f32], stride: usize, dst: &mut [f32], isa: Isa) {
     let mut done = 0;
@@ -631,6 +871,92 @@ mod tests {
             [3, 4, 1, 50],
         );
         check(ConvSpec::conv2d(1, 1, [18, 1]).groups(1), [1, 1, 20, 3]);
+    }
+
+    fn check_backward(spec: ConvSpec, input: [usize; 4]) {
+        let v = spec.build().unwrap();
+        let g = v.geometry(input).unwrap();
+        let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), 4)).unwrap();
+        let ws = v.weight_shape();
+        let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), 5)).unwrap();
+        let dy = Array4::from_shape_vec(
+            g.output_shape(),
+            pseudo(g.output_shape().iter().product(), 6),
+        )
+        .unwrap();
+        let want = reference::backward(
+            &v,
+            x.view(),
+            w.view(),
+            dy.view(),
+            reference::GradRequest::all(),
+        )
+        .unwrap();
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            if !isa.available() {
+                continue;
+            }
+            let d = Depthwise::new(&g, isa).unwrap();
+            let mut dx = vec![f32::NAN; x.len()];
+            let mut dw = vec![f32::NAN; w.len()];
+            let mut db = vec![f32::NAN; g.k];
+            d.backward(
+                x.as_slice().unwrap(),
+                w.as_slice().unwrap(),
+                dy.as_slice().unwrap(),
+                Some(&mut dx),
+                Some(&mut dw),
+                Some(&mut db),
+            )
+            .unwrap();
+            let close = |what: &str, got: &[f32], exp: &[f32]| {
+                let scale = exp.iter().fold(1f32, |a, b| a.max(b.abs()));
+                for (i, (a, e)) in got.iter().zip(exp).enumerate() {
+                    assert!(
+                        (a - e).abs() <= 1e-5 * scale,
+                        "{isa:?} {what} {spec:?} {input:?}: element {i}: {a} vs {e}"
+                    );
+                }
+            };
+            close("dx", &dx, want.input.as_ref().unwrap().as_slice().unwrap());
+            close("dw", &dw, want.weight.as_ref().unwrap().as_slice().unwrap());
+            close("db", &db, want.bias.as_ref().unwrap().as_slice().unwrap());
+        }
+    }
+
+    #[test]
+    fn backward_matches_reference() {
+        for mode in [
+            PaddingMode::Zeros,
+            PaddingMode::Reflect,
+            PaddingMode::Replicate,
+            PaddingMode::Circular,
+        ] {
+            check_backward(
+                ConvSpec::conv2d(3, 6, [3, 2])
+                    .stride([2, 3])
+                    .dilation([2, 1])
+                    .padding_rule(Padding::Explicit([2, 1, 0, 1]))
+                    .padding_mode(mode)
+                    .groups(3),
+                [2, 3, 11, 17],
+            );
+            check_backward(
+                ConvSpec::conv2d(4, 4, 3)
+                    .padding(1)
+                    .padding_mode(mode)
+                    .groups(4),
+                [1, 4, 13, 40],
+            );
+        }
+        check_backward(
+            ConvSpec::conv2d(2, 4, 5).stride(2).padding(2).groups(2),
+            [3, 2, 20, 37],
+        );
+        check_backward(
+            ConvSpec::conv1d(3, 3, 3).padding(1).groups(3),
+            [2, 3, 1, 50],
+        );
     }
 
     #[test]
