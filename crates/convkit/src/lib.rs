@@ -29,6 +29,7 @@ pub mod arith;
 pub mod border;
 pub mod error;
 pub mod geometry;
+pub mod kernels;
 pub mod reference;
 pub mod separable;
 pub mod spec;
