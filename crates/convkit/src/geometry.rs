@@ -139,13 +139,25 @@ impl Geometry {
             pad,
             output_padding,
         };
-        // Every tensor an engine allocates must be addressable, and MACs must fit in u64.
-        for (what, dims) in [
+        // Every tensor an engine allocates must be addressable as f64 (the widest element the
+        // engines accumulate in; a larger Vec panics with "capacity overflow"), including the
+        // padded input a direct layer materialises, and MACs must fit in u64.
+        let mut tensors = vec![
             ("input size", g.input_shape()),
             ("output size", g.output_shape()),
-        ] {
+        ];
+        if !spec.is_transposed() {
+            // The per-axis sums were checked above.
+            tensors.push((
+                "padded input size",
+                [n, c, h + pad[0] + pad[1], w + pad[2] + pad[3]],
+            ));
+        }
+        for (what, dims) in tensors {
             dims.iter()
                 .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .and_then(|e| e.checked_mul(std::mem::size_of::<f64>()))
+                .filter(|&bytes| bytes <= isize::MAX as usize)
                 .ok_or(overflow(what))?;
         }
         g.checked_macs()

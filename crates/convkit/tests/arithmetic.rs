@@ -1262,8 +1262,10 @@ fn regression_equivalent_padding_beyond_i64() {
     let o = ConvError::Overflow {
         what: "equivalent direct convolution padding",
     };
-    // Dilated extent usize::MAX: padding d(k−1) − p does not fit in i64.
+    // Dilated extent usize::MAX, cropped to 5 columns on the right: the left padding
+    // d(k−1) − 0 of the equivalent direct convolution does not fit in i64.
     let t = ConvSpec::conv_transpose2d(1, 1, [1, usize::MAX])
+        .padding_sides([0, 0, 0, usize::MAX - 5])
         .bias(false)
         .build()
         .unwrap();
@@ -1271,21 +1273,60 @@ fn regression_equivalent_padding_beyond_i64() {
     // A crop of more than i64::MAX rows that still leaves an output.
     let t = ConvSpec::conv_transpose2d(1, 1, 1)
         .stride([1 << 62, 1])
-        .padding_sides([(1 << 63) + (1 << 61), 0, 0, 0])
+        .padding_sides([(1 << 63) + (1 << 62) - 10, 0, 0, 0])
         .build()
         .unwrap();
     assert_eq!(t.geometry([1, 1, 4, 1]).unwrap_err(), o);
-    // Just inside the limit it works and is exact.
+    // Just inside the limit it works and is exact: extent 2^63 − 1, cropped to one column.
     let t = ConvSpec::conv_transpose2d(1, 1, [1, 1 << 62])
         .dilation([1, 2])
+        .padding_sides([0, 0, (1 << 62) - 1, (1 << 62) - 1])
         .bias(false)
         .build()
         .unwrap();
     let g = t.geometry([1, 1, 1, 1]).unwrap();
+    assert_eq!(g.output_shape(), [1, 1, 1, 1]);
     let Equivalent::Direct { padding, .. } = g.equivalent() else {
         panic!("direct")
     };
-    assert_eq!(padding, [0, 0, i64::MAX - 1, i64::MAX - 1]);
+    assert_eq!(padding, [0, 0, (1 << 62) - 1, (1 << 62) - 1]);
+}
+
+/// A layer with a one-element input and output could still need a padded input of 2^63
+/// cells (dilation i64::MAX, TensorFlow SAME): `geometry` accepted it and the reference
+/// panicked with "capacity overflow" materialising the padding. Likewise an output whose f64
+/// buffer exceeds `isize::MAX` bytes. Both are now `Overflow` errors from `geometry`.
+#[test]
+fn regression_padded_input_and_output_allocations() {
+    let l = ConvSpec::conv1d(1, 1, 2)
+        .stride(4)
+        .dilation(i64::MAX as usize)
+        .padding_rule(Padding::SameTf)
+        .padding_mode(PaddingMode::Replicate)
+        .bias(false)
+        .build()
+        .unwrap();
+    assert_eq!(
+        l.geometry([1, 1, 1, 1]).unwrap_err(),
+        ConvError::Overflow {
+            what: "padded input size"
+        }
+    );
+    let x = Array3::<f32>::zeros((1, 1, 1));
+    let w = Array3::<f32>::zeros((1, 1, 2));
+    assert!(reference::forward_1d(&l, x.view(), w.view(), None).is_err());
+    // 2^61 + 1 output rows: addressable as elements, not as f64 bytes.
+    let t = ConvSpec::conv_transpose2d(1, 1, 1)
+        .stride([1 << 61, 1])
+        .bias(false)
+        .build()
+        .unwrap();
+    assert_eq!(
+        t.geometry([1, 1, 2, 1]).unwrap_err(),
+        ConvError::Overflow {
+            what: "output size"
+        }
+    );
 }
 
 /// The reachable range in a `BadOutputSize` error was cast with `as usize` from i128, so a

@@ -643,6 +643,41 @@ fn check_exact(spec: &ValidSpec, g: Option<&Geometry>) {
     }
 }
 
+/// Calls every validating and arithmetic entry point on `spec` and `input`; runs the layer
+/// when it is small. Fails on a panic or on any number that differs from exact arithmetic.
+fn exercise(spec: ConvSpec, input: [usize; 4], seed: u64) -> Result<(), TestCaseError> {
+    let _ = spec.build().map(|v| v.to_string());
+    let Ok(v) = spec.build() else { return Ok(()) };
+    let _ = v.pytorch();
+    let _ = v.weight_shape_dyn();
+    let _ = v.is_depthwise();
+    let _ = v.depth_multiplier();
+    let _ = v.resolved_padding(input[2], input[3]);
+    let _ = v.output_hw(input[2], input[3]);
+    let _ = ReceptiveField::identity().then(&v, [input[2], input[3]]);
+    let _ = arith::analyze_stack(&[v, v], input);
+    // Also with the layer's own channel count, which gets further.
+    let input = [input[0], v.in_channels(), input[2], input[3]];
+    let g = v.geometry(input).ok();
+    check_exact(&v, g.as_ref());
+    let Some(g) = g else { return Ok(()) };
+    let _ = arith::analyze_stack(&[v], input);
+    let sizes = [
+        input.iter().product::<usize>(),
+        g.output_shape().iter().product::<usize>(),
+        v.weight_count(),
+    ];
+    if sizes.iter().all(|&n| n <= 4096) && g.macs() <= 200_000 {
+        let mut rng = Rng(seed);
+        let x = rng.array(input);
+        let w = rng.array(v.weight_shape());
+        let y = fwd(&v, &x, &w, None);
+        prop_assert_eq!(y.shape(), &g.output_shape()[..]);
+        reference::backward(&v, x.view(), w.view(), y.view(), GradRequest::all()).unwrap();
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -650,35 +685,38 @@ proptest! {
     /// test), and every number they report is exact. Layers small enough to run are run.
     #[test]
     fn wild_specs_validate_or_error(spec in wild_spec(), input in [wild(), wild(), wild(), wild()], seed in any::<u64>()) {
-        let _ = spec.build().map(|v| v.to_string());
-        let Ok(v) = spec.build() else { return Ok(()) };
-        let _ = v.pytorch();
-        let _ = v.weight_shape_dyn();
-        let _ = v.is_depthwise();
-        let _ = v.depth_multiplier();
-        let _ = v.resolved_padding(input[2], input[3]);
-        let _ = v.output_hw(input[2], input[3]);
-        let _ = ReceptiveField::identity().then(&v, [input[2], input[3]]);
-        let _ = arith::analyze_stack(&[v, v], input);
-        // Also with the layer's own channel count, which gets further.
-        let input = [input[0], v.in_channels(), input[2], input[3]];
-        let g = v.geometry(input).ok();
-        check_exact(&v, g.as_ref());
-        let Some(g) = g else { return Ok(()) };
-        let _ = arith::analyze_stack(&[v], input);
-        let sizes = [
-            input.iter().product::<usize>(),
-            g.output_shape().iter().product::<usize>(),
-            v.weight_count(),
-        ];
-        if sizes.iter().all(|&n| n <= 4096) && g.macs() <= 200_000 {
-            let mut rng = Rng(seed);
-            let x = rng.array(input);
-            let w = rng.array(v.weight_shape());
-            let y = fwd(&v, &x, &w, None);
-            prop_assert_eq!(y.shape(), &g.output_shape()[..]);
-            reference::backward(&v, x.view(), w.view(), y.view(), GradRequest::all()).unwrap();
+        exercise(spec, input, seed)?;
+    }
+
+    /// The same with one or two channels and well-formed 1D layers, so that validation gets
+    /// past the channel checks and the extreme kernel/stride/dilation/padding values reach the
+    /// shape, padding and MAC arithmetic.
+    #[test]
+    fn wild_spatial_specs_validate_or_error(
+        spec in wild_spec(),
+        ch in [1usize..=2, 1..=2],
+        input in [1usize..=2, 1..=2, 0usize..=3, 0..=3],
+        big_input in [wild(), wild()],
+        seed in any::<u64>(),
+    ) {
+        let mut spec = ConvSpec { in_channels: ch[0], out_channels: ch[1], groups: 1, ..spec };
+        if spec.rank == Rank::One {
+            spec.kernel[0] = 1;
+            spec.stride[0] = 1;
+            spec.dilation[0] = 1;
+            spec.output_padding[0] = 0;
+            if let Padding::Explicit(p) = &mut spec.padding {
+                p[0] = 0;
+                p[1] = 0;
+            }
+            if let Some(o) = &mut spec.output_size {
+                o[0] = 1;
+            }
         }
+        // Small inputs (so some layers run) or huge ones.
+        let hw = if seed % 2 == 0 { [input[2], input[3]] } else { big_input };
+        let h = if spec.rank == Rank::One { 1 } else { hw[0] };
+        exercise(spec, [input[0], input[1], h, hw[1]], seed)?;
     }
 
     /// The seed's comparison helpers on any sizes: a result or an error, never a panic.
