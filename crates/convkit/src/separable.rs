@@ -402,6 +402,10 @@ fn out_len(
         .checked_add(pads[0])
         .and_then(|v| v.checked_add(pads[1]))
         .ok_or(overflow("padded input size"))?;
+    // Border rules index with isize.
+    if padded > isize::MAX as usize {
+        return Err(overflow("padded input size"));
+    }
     if padded < ext {
         return Err(ConvError::KernelTooLarge {
             axis,
@@ -474,9 +478,11 @@ pub fn conv2d_two_pass(
     }
     let (oh, _) = out_len("height", h, [pad[0], pad[1]], kh, stride[0], dilation[0])?;
     let (ow, ext_w) = out_len("width", w, [pad[2], pad[3]], kw, stride[1], dilation[1])?;
-    [n, c, oh, ow]
+    // A Vec holds at most isize::MAX bytes.
+    [n, c, oh, ow, std::mem::size_of::<f32>()]
         .iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .filter(|&bytes| bytes <= isize::MAX as usize)
         .ok_or(ConvError::Overflow {
             what: "output size",
         })?;
@@ -494,8 +500,11 @@ pub fn conv2d_two_pass(
     let col_src: Vec<Option<usize>> = (0..needed_w)
         .map(|j| border.source(j as isize - pad[2] as isize, w))
         .collect();
-    // Padded columns that are plain input columns: copied, not gathered.
-    let interior = pad[2].min(needed_w)..(pad[2] + w).min(needed_w);
+    // Usually every input column lands inside the needed padded row: the vertical pass then
+    // writes straight into it. Otherwise (large left pad or stride) it goes through `vbuf`.
+    let left = pad[2];
+    let direct = left + w <= needed_w;
+    let interior = left.min(needed_w)..(left + w).min(needed_w);
 
     let x = x.as_standard_layout();
     let xs = x.as_slice().ok_or(ConvError::Unsupported(
@@ -518,28 +527,41 @@ pub fn conv2d_two_pass(
                 .par_chunks_mut(rows_per_block * ow)
                 .enumerate()
                 .for_each(|(b, yblock)| {
-                    let mut vbuf = vec![0f32; w];
+                    let mut vbuf = vec![0f32; if direct { 0 } else { w }];
                     let mut prow = vec![0f32; needed_w];
                     for (r, yrow) in yblock.chunks_mut(ow).enumerate() {
                         let oy = b * rows_per_block + r;
                         for (col, row) in &terms {
                             // Vertical pass over all w input columns of output row oy.
-                            vbuf.fill(0.0);
+                            let v = if direct {
+                                &mut prow[left..left + w]
+                            } else {
+                                &mut vbuf[..]
+                            };
+                            v.fill(0.0);
                             for (ky, &cv) in col.iter().enumerate() {
-                                let iy = (oy * sh + ky * dh) as isize - pad[0] as isize;
                                 if cv == 0.0 {
                                     continue;
                                 }
+                                let iy = (oy * sh + ky * dh) as isize - pad[0] as isize;
                                 if let Some(src) = border.source(iy, h) {
-                                    axpy(&mut vbuf, cv, &xplane[src * w..(src + 1) * w]);
+                                    axpy(v, cv, &xplane[src * w..(src + 1) * w]);
                                 }
                             }
-                            // Horizontal border: the padded row of the vertical result.
-                            prow[interior.clone()].copy_from_slice(
-                                &vbuf[interior.start - pad[2]..interior.end - pad[2]],
-                            );
-                            for j in (0..interior.start).chain(interior.end..needed_w) {
-                                prow[j] = col_src[j].map_or(0.0, |s| vbuf[s]);
+                            // Horizontal border: complete the padded row of the vertical result.
+                            if direct {
+                                for j in (0..left).chain(left + w..needed_w) {
+                                    prow[j] = col_src[j].map_or(0.0, |s| prow[left + s]);
+                                }
+                            } else {
+                                if !interior.is_empty() {
+                                    prow[interior.clone()].copy_from_slice(
+                                        &vbuf[interior.start - left..interior.end - left],
+                                    );
+                                }
+                                for j in (0..interior.start).chain(interior.end..needed_w) {
+                                    prow[j] = col_src[j].map_or(0.0, |s| vbuf[s]);
+                                }
                             }
                             // Horizontal pass.
                             for (kx, &rv) in row.iter().enumerate() {
@@ -1123,6 +1145,13 @@ mod tests {
             let got = conv2d_two_pass(x.view(), &f, pad, b, [1, 2], [2, 1]).unwrap();
             let want = oracle(&x, &f, pad, b, [1, 2], [2, 1]).unwrap();
             assert_close4(&got, &want, &f, &format!("{b:?} big pads"));
+            // The needed part of the padded row lies inside the left pad only.
+            let small = random_input((1, 1, 3, 3), 6);
+            let pad = [0, 0, 10, 0];
+            let got = conv2d_two_pass(small.view(), &f, pad, b, [1, 20], [1, 1]).unwrap();
+            let want = oracle(&small, &f, pad, b, [1, 20], [1, 1]).unwrap();
+            assert_eq!(got.dim(), (1, 1, 1, 1));
+            assert_close4(&got, &want, &f, &format!("{b:?} left pad only"));
         }
     }
 
@@ -1133,8 +1162,8 @@ mod tests {
             col in prop::collection::vec(-2.0f64..2.0, 1..6),
             row in prop::collection::vec(-2.0f64..2.0, 1..6),
             c in 1usize..3, h in 1usize..12, w in 1usize..12,
-            pad in prop::array::uniform4(0usize..4),
-            stride in prop::array::uniform2(1usize..4),
+            pad in prop::array::uniform4(0usize..7),
+            stride in prop::array::uniform2(1usize..6),
             dilation in prop::array::uniform2(1usize..4),
             bi in 0usize..5, seed in 0u64..1000,
         ) {
