@@ -30,6 +30,7 @@ pub mod border;
 pub mod dwsep;
 pub mod error;
 pub mod geometry;
+pub mod kernels;
 pub mod reference;
 pub mod separable;
 pub mod spec;
