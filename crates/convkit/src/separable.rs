@@ -1105,13 +1105,29 @@ mod tests {
         ]
     }
 
+    /// The exact factorisations of [`test_kernels`] plus low-rank approximations (whose
+    /// reconstruction is the kernel the two passes must compute).
+    fn test_factorizations() -> Vec<(String, Factorization)> {
+        let mut v: Vec<(String, Factorization)> = test_kernels()
+            .into_iter()
+            .map(|(name, k)| (name.to_string(), factorize(k.view()).unwrap()))
+            .collect();
+        let r = random_kernel(7, 7, 3);
+        for rank in [1, 2] {
+            v.push((
+                format!("random7x7-rank{rank}"),
+                low_rank(r.view(), rank).unwrap(),
+            ));
+        }
+        v
+    }
+
     #[test]
     fn two_pass_equals_depthwise_2d_for_every_border_stride_dilation() {
         let shapes = [(2, 3, 9, 11), (1, 2, 7, 6), (1, 1, 5, 13), (1, 1, 1, 8)];
         let pads = [[0, 0, 0, 0], [1, 1, 1, 1], [2, 0, 1, 3]];
         let mut checked = 0;
-        for (name, k) in test_kernels() {
-            let f = factorize(k.view()).unwrap();
+        for (name, f) in test_factorizations() {
             for (si, &shape) in shapes.iter().enumerate() {
                 let x = random_input(shape, si as u64);
                 for pad in pads {
@@ -1191,18 +1207,28 @@ mod tests {
             }
         }
         assert!(checked > 150, "{checked}");
-        // 'same' padding, resolved by the spec.
+        // 'same' padding rules, resolved by the spec.
         let k = gauss2d(1.0, 5);
         let f = factorize(k.view()).unwrap();
-        let spec = ConvSpec::conv2d(3, 3, 5)
-            .groups(3)
-            .padding_rule(crate::Padding::Same)
-            .padding_mode(PaddingMode::Reflect)
-            .bias(false)
-            .build()
-            .unwrap();
-        let y = conv2d_two_pass_spec(&spec, x.view(), &f, None).unwrap();
-        assert_eq!(y.dim(), (2, 3, 8, 9));
+        let w = Array4::from_shape_fn((3, 1, 5, 5), |(_, _, i, j)| k[[i, j]] as f32);
+        for (rule, stride, dims) in [
+            (crate::Padding::Same, 1, (2, 3, 8, 9)),
+            (crate::Padding::SameTf, 2, (2, 3, 4, 5)),
+            (crate::Padding::Valid, 1, (2, 3, 4, 5)),
+        ] {
+            let spec = ConvSpec::conv2d(3, 3, 5)
+                .groups(3)
+                .padding_rule(rule)
+                .stride(stride)
+                .padding_mode(PaddingMode::Replicate)
+                .bias(false)
+                .build()
+                .unwrap();
+            let y = conv2d_two_pass_spec(&spec, x.view(), &f, None).unwrap();
+            assert_eq!(y.dim(), dims, "{rule:?}");
+            let want = reference::forward(&spec, x.view(), w.view(), None).unwrap();
+            assert_close4(&y, &want, &f, &format!("{rule:?}"));
+        }
     }
 
     #[test]
