@@ -27,6 +27,7 @@
 
 pub mod arith;
 pub mod border;
+pub mod dwsep;
 pub mod error;
 pub mod geometry;
 pub mod kernels;
