@@ -34,6 +34,7 @@ pub mod geometry;
 pub mod kernels;
 pub mod plan;
 pub mod reference;
+pub mod separable;
 pub mod spec;
 
 pub use error::{ConvError, Result};

@@ -374,11 +374,11 @@ impl ValidSpec {
                 });
             }
             if spec.output_size.is_none() {
-                for ax in 0..2 {
+                for (ax, axis) in AXES.into_iter().enumerate() {
                     let (op, s, d) = (spec.output_padding[ax], spec.stride[ax], spec.dilation[ax]);
                     if op >= s && op >= d {
                         return Err(ConvError::BadOutputPadding {
-                            axis: AXES[ax],
+                            axis,
                             output_padding: op,
                             stride: s,
                             dilation: d,

@@ -1,5 +1,6 @@
 //! Fast CPU kernels: one module per algorithm or microkernel family.
 //!
+//! * [`depthwise`]: channel-vectorised depthwise kernels.
 //! * [`gemm`]: register-blocked sgemm microkernels, runtime-dispatched per [`Isa`].
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
@@ -8,6 +9,7 @@
 //!
 //! [`crate::plan`] decides which of these runs; nothing here chooses an algorithm.
 
+pub mod depthwise;
 pub mod gemm;
 pub mod igemm;
 pub mod peak;
