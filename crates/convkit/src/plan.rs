@@ -17,6 +17,7 @@
 
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
+use crate::kernels::depthwise::{Depthwise, Isa as DwIsa};
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
 use crate::kernels::Isa;
@@ -37,6 +38,8 @@ pub enum Algo {
     ImplicitGemm,
     /// 1×1, stride 1, unpadded: a GEMM straight on the NCHW input, no copy.
     Gemm1x1,
+    /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
+    Depthwise,
 }
 
 impl Algo {
@@ -55,6 +58,7 @@ impl Algo {
             Algo::Reference => "reference",
             Algo::ImplicitGemm => "implicit-gemm",
             Algo::Gemm1x1 => "gemm1x1",
+            Algo::Depthwise => "depthwise",
         }
     }
 }
@@ -88,6 +92,11 @@ enum Imp {
         bias: Option<Array1<f32>>,
     },
     Gemm(Box<ConvGemm>),
+    Depthwise {
+        dw: Box<Depthwise>,
+        w: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 /// A planned convolution: algorithm chosen, weights packed, workspace sized.
@@ -141,6 +150,7 @@ impl Plan {
             .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
         let chosen = match algo {
             Algo::Auto if spec.is_transposed() => Algo::Reference,
+            Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
@@ -168,6 +178,18 @@ impl Plan {
                 }
                 Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
             }
+            Algo::Depthwise => {
+                let dw_isa = match isa {
+                    Isa::Scalar => DwIsa::Scalar,
+                    Isa::Avx2 => DwIsa::Avx2,
+                    Isa::Avx512 => DwIsa::Avx512,
+                };
+                Imp::Depthwise {
+                    dw: Box::new(Depthwise::new(&geom, dw_isa)?),
+                    w: weight.iter().copied().collect(),
+                    bias: bias.map(|b| b.to_vec()),
+                }
+            }
             Algo::Auto => unreachable!("Auto is resolved above"),
         };
         Ok(Plan {
@@ -191,6 +213,11 @@ impl Plan {
     pub fn isa(&self) -> Option<Isa> {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
+            Imp::Depthwise { dw, .. } => Some(match dw.isa() {
+                DwIsa::Scalar => Isa::Scalar,
+                DwIsa::Avx2 => Isa::Avx2,
+                DwIsa::Avx512 => Isa::Avx512,
+            }),
             Imp::Reference { .. } => None,
         }
     }
@@ -199,7 +226,7 @@ impl Plan {
     pub fn workspace_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.workspace_bytes(),
-            Imp::Reference { .. } => 0,
+            Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
     }
 
@@ -207,6 +234,7 @@ impl Plan {
     pub fn packed_weight_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.packed_weight_bytes(),
+            Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
         }
     }
@@ -233,20 +261,33 @@ impl Plan {
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
                 y.assign(&out);
             }
-            Imp::Gemm(conv) => {
+            Imp::Gemm(_) | Imp::Depthwise { .. } => {
                 let xs = x.as_standard_layout();
                 let xs = xs.as_slice().expect("standard layout is contiguous");
                 match y.as_slice_mut() {
-                    Some(ys) => conv.run(xs, ys),
+                    Some(ys) => self.run_slices(xs, ys)?,
                     None => {
                         let mut tmp = Array4::<f32>::zeros(g.output_shape());
-                        conv.run(xs, tmp.as_slice_mut().expect("fresh array"));
+                        self.run_slices(xs, tmp.as_slice_mut().expect("fresh array"))?;
                         y.assign(&tmp);
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Plan {
+    fn run_slices(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        match &self.imp {
+            Imp::Gemm(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Depthwise { dw, w, bias } => dw.run(x, w, bias.as_deref(), y),
+            Imp::Reference { .. } => unreachable!("the reference runs on arrays"),
+        }
     }
 }
 

@@ -75,7 +75,12 @@ fn check(
 
 fn check_all(spec: &ValidSpec, input: [usize; 4], seed: u64) -> Result<(), String> {
     for isa in Isa::available_levels() {
-        for algo in [Algo::Auto, Algo::ImplicitGemm, Algo::Gemm1x1] {
+        for algo in [
+            Algo::Auto,
+            Algo::ImplicitGemm,
+            Algo::Gemm1x1,
+            Algo::Depthwise,
+        ] {
             check(spec, input, algo, isa, seed)?;
         }
     }
