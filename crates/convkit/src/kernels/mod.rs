@@ -2,3 +2,4 @@
 //! tested against [`crate::reference`].
 
 pub mod depthwise;
+pub mod subpixel;
