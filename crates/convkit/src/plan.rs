@@ -17,7 +17,7 @@
 
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
-use crate::kernels::depthwise::{Depthwise, Isa as DwIsa};
+use crate::kernels::depthwise::Depthwise;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
 use crate::kernels::Isa;
@@ -179,13 +179,8 @@ impl Plan {
                 Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
             }
             Algo::Depthwise => {
-                let dw_isa = match isa {
-                    Isa::Scalar => DwIsa::Scalar,
-                    Isa::Avx2 => DwIsa::Avx2,
-                    Isa::Avx512 => DwIsa::Avx512,
-                };
                 Imp::Depthwise {
-                    dw: Box::new(Depthwise::new(&geom, dw_isa)?),
+                    dw: Box::new(Depthwise::new(&geom, isa)?),
                     w: weight.iter().copied().collect(),
                     bias: bias.map(|b| b.to_vec()),
                 }
@@ -213,11 +208,7 @@ impl Plan {
     pub fn isa(&self) -> Option<Isa> {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
-            Imp::Depthwise { dw, .. } => Some(match dw.isa() {
-                DwIsa::Scalar => Isa::Scalar,
-                DwIsa::Avx2 => Isa::Avx2,
-                DwIsa::Avx512 => Isa::Avx512,
-            }),
+            Imp::Depthwise { dw, .. } => Some(dw.isa()),
             Imp::Reference { .. } => None,
         }
     }
