@@ -283,7 +283,8 @@ fn read_tensor(path: &Path, what: &str, ndim: usize) -> CliResult<ArrayD<f32>> {
         return Err(CliError::file(
             path,
             format!(
-                "{what} must have {ndim} dimensions {layout}, got {} with shape {}",
+                "{what} must have {ndim} dimension{} {layout}, got {} with shape {}",
+                if ndim == 1 { "" } else { "s" },
                 a.ndim(),
                 shape_str(a.shape())
             ),
