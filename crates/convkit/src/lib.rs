@@ -29,7 +29,9 @@ pub mod arith;
 pub mod border;
 pub mod error;
 pub mod geometry;
+pub mod kernels;
 pub mod reference;
+pub mod separable;
 pub mod spec;
 
 pub use error::{ConvError, Result};
