@@ -6,8 +6,9 @@ use crate::engine::{self, Algo};
 use crate::error::CliResult;
 use crate::layer::{shape_str, thousands, user_shape};
 use convkit::arith::{analyze_stack, depthwise_separable_params, spatially_separable_params};
+use convkit::separable;
 use convkit::{ConvSpec, Equivalent, PaddingMode, Rank, ValidSpec};
-use ndarray::{s, Array1, Array4, ArrayView4, Zip};
+use ndarray::{array, s, Array1, Array2, Array4, ArrayView4, Zip};
 use std::time::Instant;
 
 /// Flags of `convkit tour`.
@@ -351,46 +352,42 @@ pub fn run(args: Args) -> CliResult {
         .row,
     );
 
-    // Spatially separable: Sobel as one 3x3 pass and as a 3x1 then a 1x3 pass.
+    // Spatially separable: Sobel as one 3x3 pass, and factorised (convkit::separable) into
+    // [1,2,1]ᵀ·[1,0,-1] run as a vertical then a horizontal 1D pass.
     let gray = img.slice(s![.., 0..1, .., ..]).to_owned();
-    let col = [1.0f32, 2.0, 1.0];
-    let rowk = [1.0f32, 0.0, -1.0];
-    let sobel = Array4::from_shape_fn((1, 1, 3, 3), |(_, _, a, b)| col[a] * rowk[b]);
+    let sobel2 = array![[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]];
+    let sobel = Array4::from_shape_fn((1, 1, 3, 3), |(_, _, a, b)| sobel2[[a, b]] as f32);
     let s2d = ConvSpec::conv2d(1, 1, 3).padding(1).bias(false).build()?;
-    let mut r2d = run_layer(
-        "spatially separable: 2D",
+    let r2d = run_layer(
+        "spatially separable: Sobel",
         s2d,
         gray.view(),
         sobel.view(),
         None,
     )?;
-    let sv = ConvSpec::conv2d(1, 1, [3, 1])
-        .padding_sides([1, 1, 0, 0])
-        .bias(false)
-        .build()?;
-    let sh = ConvSpec::conv2d(1, 1, [1, 3])
-        .padding_sides([0, 0, 1, 1])
-        .bias(false)
-        .build()?;
-    let wv = Array4::from_shape_fn((1, 1, 3, 1), |(_, _, a, _)| col[a]);
-    let wh = Array4::from_shape_fn((1, 1, 1, 3), |(_, _, _, b)| rowk[b]);
+    let f = separable::factorize(sobel2.view())?;
     let (two_pass, two_ms) = best_of(|| {
-        let pass1 = engine::forward(&sv, gray.view(), wv.view(), None, Algo::Auto)?;
-        engine::forward(&sh, pass1.view(), wh.view(), None, Algo::Auto)
+        Ok(separable::conv2d_two_pass_spec(
+            &s2d,
+            gray.view(),
+            &f,
+            None,
+        )?)
     })?;
     let sobel_diff = max_abs_diff(r2d.y.view(), two_pass.view());
-    r2d.row.kind = "spatially separable: Sobel 3x3".into();
+    let factors = f
+        .terms
+        .first()
+        .map(|t| format!("col {:?} x row {:?}", t.col, t.row))
+        .unwrap_or_default();
     rows.push(r2d.row);
     rows.push(Row {
-        kind: "  as 3x1 then 1x3".into(),
-        pytorch: format!("{}  ->  {}", sv.pytorch(), sh.pytorch()),
+        kind: "  as two 1D passes".into(),
+        pytorch: format!("rank {} kernel = {factors} (convkit::separable)", f.rank),
         input: shape_str(gray.shape()),
         output: shape_str(two_pass.shape()),
-        params: 6,
-        macs: analyze_stack(&[sv, sh], [1, 1, size, size])?
-            .iter()
-            .map(|r| r.macs)
-            .sum(),
+        params: f.weights_separable() as u64,
+        macs: (two_pass.len() * f.weights_separable()) as u64,
         rf: "3x3".into(),
         time_ms: two_ms,
         notes: vec![format!("max |2D - two-pass| = {sobel_diff:.1e}")],
@@ -465,6 +462,45 @@ fn print_comparisons(sobel_diff: f32) -> CliResult {
          {sep} as two 1D passes; results equal: {}",
         equal_text(sobel_diff)
     );
+    // Which classic kernels are separable: the rank of each (SVD / exact integer test).
+    let gauss1 = [1.0, 4.0, 6.0, 4.0, 1.0];
+    let kernels = [
+        (
+            "Sobel-x 3x3",
+            array![[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]],
+        ),
+        (
+            "Scharr-x 3x3",
+            array![[3.0, 0.0, -3.0], [10.0, 0.0, -10.0], [3.0, 0.0, -3.0]],
+        ),
+        (
+            "Gaussian 5x5",
+            Array2::from_shape_fn((5, 5), |(i, j)| gauss1[i] * gauss1[j] / 256.0),
+        ),
+        ("box 3x3", Array2::from_elem((3, 3), 1.0 / 9.0)),
+        (
+            "Laplacian 3x3",
+            array![[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]],
+        ),
+    ];
+    for (name, k) in kernels {
+        let f = separable::factorize(k.view())?;
+        let verdict = if f.rank <= 1 {
+            format!(
+                "rank 1: separable, {} weights instead of {}",
+                f.weights_separable(),
+                f.weights_2d()
+            )
+        } else {
+            let best = separable::low_rank(k.view(), 1)?;
+            format!(
+                "rank {}: not separable; best rank-1 approximation has error {:.3} (Frobenius)",
+                f.rank,
+                best.error()
+            )
+        };
+        println!("    {name:<14} {verdict}");
+    }
     Ok(())
 }
 
