@@ -2,6 +2,7 @@
 //!
 //! Each subcommand lives in its own module exposing `Args` (clap) and `run(args) -> CliResult`.
 
+mod animate;
 mod error;
 mod io;
 
@@ -16,11 +17,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Draw a convolution as conv_arithmetic does (GIF, SVG, PNG, interactive HTML).
+    Animate(animate::Args),
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: error::CliResult = match cli.command {};
+    let result: error::CliResult = match cli.command {
+        Command::Animate(a) => animate::run(a),
+    };
     if let Err(e) = result {
         eprintln!("convkit: error: {e}");
         std::process::exit(1);
