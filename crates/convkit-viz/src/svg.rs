@@ -215,6 +215,7 @@ pub fn svg(scene: &Scene, opts: &SvgOptions) -> Result<String, VizError> {
                 r#" fill="{}""#,
                 hex(heat_colour(scene.heat_max, scene.heat_max))
             ),
+            k if k.fill().is_none() => r#" fill="none""#.to_string(),
             k => format!(r#" class="{}""#, class(*k)),
         };
         let _ = write!(
