@@ -2,6 +2,8 @@
 //! raster order, the overlap map against the reference engine, numerical mode against the
 //! reference engine, hover relations and errors.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas
+
 use convkit::{reference, ConvError, ConvSpec};
 use convkit_viz::gallery::{entries, CONV_ARITHMETIC};
 use convkit_viz::views::overlap_counts;
