@@ -2,6 +2,7 @@
 //!
 //! Each subcommand lives in its own module exposing `Args` (clap) and `run(args) -> CliResult`.
 
+mod animate;
 mod conv;
 mod engine;
 mod error;
@@ -34,6 +35,8 @@ enum Command {
     Explain(explain::Args),
     /// Run every kind of convolution in the seed on built-in data and report.
     Tour(tour::Args),
+    /// Draw a convolution as conv_arithmetic does (GIF, SVG, PNG, interactive HTML).
+    Animate(animate::Args),
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
         Command::ConvTranspose1d(a) => conv::run(conv::CONV_TRANSPOSE1D, a),
         Command::Explain(a) => explain::run(a),
         Command::Tour(a) => tour::run(a),
+        Command::Animate(a) => animate::run(a),
     };
     if let Err(e) = result {
         fail(&e.to_string(), 1);
