@@ -95,7 +95,9 @@ pub enum ConvError {
         limit_desc: &'static str,
     },
     /// The (dilated) kernel does not fit in the padded input.
-    #[error("kernel extent {extent} on the {axis} axis is larger than the padded input ({padded})")]
+    #[error(
+        "kernel extent {extent} on the {axis} axis is larger than the padded input ({padded})"
+    )]
     KernelTooLarge {
         /// Axis name.
         axis: Axis,

@@ -146,7 +146,8 @@ impl Geometry {
                 .try_fold(1usize, |a, &b| a.checked_mul(b))
                 .ok_or(overflow(what))?;
         }
-        g.checked_macs().ok_or(overflow("multiply-accumulate count"))?;
+        g.checked_macs()
+            .ok_or(overflow("multiply-accumulate count"))?;
         Ok(g)
     }
 
