@@ -9,14 +9,14 @@
 //!   by index lists computed once, so the inner loops never test bounds), then
 //!   - separable: one horizontal 1D pass per rank-1 term into the ring;
 //!   - direct 2D: the padded row itself goes into the ring.
-//! * Column stage (per output row): one `dot_rows` over shifted ring rows: separable = the
-//!   kernel column of every term (taps concatenated, so rank r is one pass); 2D = every
-//!   `(i, j)` tap as ring row `i` shifted by `j·d·C`.
+//! * Column stage (per 4 output rows): one `dot_block` over the ring rows: separable = the
+//!   kernel column of every term (rank r is one pass); 2D = every `(i, j)` tap as ring row
+//!   `i` shifted by `j·d·C`.
 //!
 //! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
 //! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
 
-use super::simd::{dot_rows, Isa};
+use super::simd::{dot_block, Isa, MAX_ROWS};
 use super::{FilterBorder, Image, Sample};
 use rayon::prelude::*;
 
@@ -119,28 +119,44 @@ impl<T: Sample> Ctx<'_, T> {
         let wc = w * c;
         let rows_out = out.len() / wc;
         let padded_len = (w + self.lsrc.len() + self.rsrc.len()) * c;
+        let d = self.shape.dilation;
+        // Output rows per column step: R rows share their source rows only when the taps are
+        // adjacent (d = 1).
+        let rmax = if d == 1 { MAX_ROWS } else { 1 };
+        let ring_len = self.ext_h + rmax - 1;
         let ring_row = match self.stage {
             Stage::Separable(t) => t.len() * wc,
             Stage::Direct(_) => padded_len,
         };
-        let mut ring = vec![0.0f32; self.ext_h * ring_row];
+        let mut ring = vec![0.0f32; ring_len * ring_row];
         let mut pad = match self.stage {
             Stage::Separable(_) => vec![0.0f32; padded_len],
             Stage::Direct(_) => Vec::new(),
         };
-        let d = self.shape.dilation;
         let step = d * c;
-        // Horizontal tap offsets into the padded row.
-        let hoffs: Vec<usize> = (0..self.shape.kw).map(|j| j * step).collect();
-        // Virtual input rows start at y0 − top; slot of virtual row v = (v − first) mod ext_h.
+        let shifts: Vec<usize> = (0..self.shape.kw).map(|j| j * step).collect();
+        // Column-stage columns and weights: 2D = the kernel, separable = one column per term
+        // (w[i][t] = col_t[i]) at the term's offset inside a ring row.
+        let (ccols, cw): (Vec<usize>, Vec<f32>) = match self.stage {
+            Stage::Separable(t) => (
+                (0..t.len()).map(|k| k * wc).collect(),
+                (0..self.shape.kh)
+                    .flat_map(|i| t.iter().map(move |(col, _)| col[i]))
+                    .collect(),
+            ),
+            Stage::Direct(k) => (shifts.clone(), k.clone()),
+        };
+        // Virtual input rows start at y0 − top; slot of virtual row v = (v − first) mod len.
         let first = y0 as isize - self.top as isize;
-        let slot = |v: isize| (v - first) as usize % self.ext_h;
+        let slot = |v: isize| (v - first) as usize % ring_len;
         let mut next = first;
-        let mut offs: Vec<usize> = Vec::new();
-        let mut taps: Vec<f32> = Vec::new();
-        for r in 0..rows_out {
+        let mut rows: Vec<usize> = Vec::with_capacity(self.shape.kh + rmax);
+        let mut r = 0;
+        while r < rows_out {
+            let nr = rmax.min(rows_out - r);
             let y = (y0 + r) as isize;
-            let last = y - self.top as isize + (self.ext_h as isize - 1);
+            let base = y - self.top as isize;
+            let last = base + (self.ext_h + nr) as isize - 2;
             while next <= last {
                 let s = slot(next);
                 let dst = &mut ring[s * ring_row..(s + 1) * ring_row];
@@ -149,43 +165,20 @@ impl<T: Sample> Ctx<'_, T> {
                         self.fill_padded(next, &mut pad);
                         for (k, (_, row)) in t.iter().enumerate() {
                             let o = &mut dst[k * wc..(k + 1) * wc];
-                            dot_rows(self.isa, &pad, &hoffs, row, o);
+                            dot_block(self.isa, &pad, &[0], &shifts, row, o, wc);
                         }
                     }
                     Stage::Direct(_) => self.fill_padded(next, dst),
                 }
                 next += 1;
             }
-            offs.clear();
-            taps.clear();
-            let base = y - self.top as isize;
-            match self.stage {
-                Stage::Separable(t) => {
-                    for (k, (col, _)) in t.iter().enumerate() {
-                        for (i, &wt) in col.iter().enumerate() {
-                            offs.push(slot(base + (i * d) as isize) * ring_row + k * wc);
-                            taps.push(wt);
-                        }
-                    }
-                }
-                Stage::Direct(k) => {
-                    let kw = self.shape.kw;
-                    for i in 0..self.shape.kh {
-                        let s = slot(base + (i * d) as isize) * ring_row;
-                        for j in 0..kw {
-                            offs.push(s + j * step);
-                            taps.push(k[i * kw + j]);
-                        }
-                    }
-                }
-            }
-            dot_rows(
-                self.isa,
-                &ring,
-                &offs,
-                &taps,
-                &mut out[r * wc..(r + 1) * wc],
+            rows.clear();
+            rows.extend(
+                (0..self.shape.kh + nr - 1).map(|s| slot(base + (s * d) as isize) * ring_row),
             );
+            let o = &mut out[r * wc..(r + nr) * wc];
+            dot_block(self.isa, &ring, &rows, &ccols, &cw, o, wc);
+            r += nr;
         }
     }
 

@@ -21,6 +21,7 @@
 //! factorisation is exact; `FilterOptions::rank` forces a rank-r approximation and the plan
 //! reports its error. See [`engine`](self) for how the passes stream through the cache.
 
+pub mod bench;
 mod engine;
 pub mod kernels;
 pub mod naive;
