@@ -29,13 +29,19 @@ pub fn write_atomic(
     let mut tmp = tempfile::Builder::new()
         .prefix(".convkit-")
         .tempfile_in(dir)
-        .map_err(|e| CliError::file(path, format!("cannot create a file in {}: {e}", dir.display())))?;
+        .map_err(|e| {
+            CliError::file(
+                path,
+                format!("cannot create a file in {}: {e}", dir.display()),
+            )
+        })?;
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         write(&mut w).map_err(|e| CliError::file(path, e))?;
         w.flush().map_err(|e| CliError::file(path, e))?;
     }
-    tmp.persist(path).map_err(|e| CliError::file(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| CliError::file(path, e.error))?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module exposing `Args` (clap) and `run(args) -> CliResult`.
 
 mod error;
+mod filter;
 mod io;
 
 use clap::{Parser, Subcommand};
@@ -16,11 +17,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Filter images with a kernel (Sobel, Gaussian, box, custom...), OpenCV semantics.
+    Filter(filter::Args),
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: error::CliResult = match cli.command {};
+    let result: error::CliResult = match cli.command {
+        Command::Filter(a) => filter::run(a),
+    };
     if let Err(e) = result {
         eprintln!("convkit: error: {e}");
         std::process::exit(1);

@@ -27,7 +27,7 @@ pub mod kernels;
 pub mod naive;
 pub mod simd;
 
-pub use kernels::{Depth, FilterOp, Kernel, KernelSpec};
+pub use kernels::{Depth, FilterOp, Kernel, KernelSpec, KERNEL_NAMES};
 pub use simd::Isa;
 
 use crate::border::Border;

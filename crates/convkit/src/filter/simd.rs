@@ -80,7 +80,7 @@ pub fn dot_block(
     out: &mut [f32],
     n: usize,
 ) {
-    assert!(n > 0 && out.len() % n == 0, "out holds whole rows");
+    assert!(n > 0 && out.len().is_multiple_of(n), "out holds whole rows");
     let r = out.len() / n;
     assert!((1..=MAX_ROWS).contains(&r), "1..=4 output rows");
     assert!(rows.len() >= r, "at least one kernel row");
