@@ -37,12 +37,20 @@ fn load(p: &Path) -> ArrayD<f32> {
     ArrayD::<f32>::read_npy(fs::File::open(p).unwrap()).unwrap()
 }
 
-/// The file written by the CLI must be bit-identical to the reference result: same engine,
-/// and f32 survives the .npy round trip exactly.
+/// The file written by the CLI (`--algo auto`: the fast f32 engine) must match the
+/// reference result within f32 accumulation error: |got − want| ≤ 1e-5 · max(1, max|want|)
+/// (the engines sum in f32 in another order; the oracle sums in f64).
 fn assert_same(p: &Path, want: ArrayD<f32>) {
     let got = load(p);
     assert_eq!(got.shape(), want.shape(), "{}", p.display());
-    assert_eq!(got, want, "{}", p.display());
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (a, e)) in got.iter().zip(want.iter()).enumerate() {
+        assert!(
+            (a - e).abs() <= 1e-5 * scale,
+            "{}: element {i}: {a} vs reference {e}",
+            p.display()
+        );
+    }
 }
 
 /// Runs the CLI expecting success.
