@@ -8,5 +8,5 @@ if [ -x /usr/bin/chromium ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends chromium >/dev/null
+apt-get install -y -qq chromium >/dev/null
 echo "installed: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"

@@ -1017,8 +1017,9 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
     let [pt, pb, pl, pr] = gd.pad;
     let (ph, pw) = (g.h + pt + pb, g.w + pl + pr);
     let mut b = Builder::new();
-    let step = pw.max(kw) as f32 + 1.0;
-    let out_step = (gd.ow as f32 + 1.0).max(2.0);
+    let step = (pw.max(kw) as f32 + 1.0).max(4.0);
+    // Wide enough for the labels above small maps.
+    let out_step = (gd.ow as f32 + 1.0).max(4.0);
     // Rows, top to bottom: outputs, pointwise weights beside the depthwise outputs, inputs,
     // depthwise kernels.
     let outs: Vec<usize> = (0..k_out)
@@ -1342,10 +1343,21 @@ fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
     caption.push(format!(
         "weights: 2D kh·kw = {kh}·{kw} = {two_d}; two 1D passes kh + kw = {kh} + {kw} = {sep}"
     ));
+    // Exact multiply counts: pass 1 fills the whole intermediate map, pass 2 the output.
+    let (n2d, n1, n2) = (
+        g.oh * g.ow * kh * kw,
+        g1.oh * g1.ow * kh,
+        g2.oh * g2.ow * kw,
+    );
     caption.push(format!(
-        "multiplies per output: {} (2D) vs {} (two passes, pass 1 shared across columns)",
-        kh * kw,
-        kh + kw
+        "multiplies: 2D {}·{}·{kh}·{kw} = {n2d}; two passes {}·{}·{kh} + {}·{}·{kw} = {}",
+        g.oh,
+        g.ow,
+        g1.oh,
+        g1.ow,
+        g2.oh,
+        g2.ow,
+        n1 + n2
     ));
     let title = format!(
         "Spatially separable convolution: {} kernel as {kh}×1 then 1×{kw}",
@@ -1384,9 +1396,10 @@ fn grouped(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
     };
     let [pt, pb, pl, pr] = g.pad;
     let (ph, pw) = (g.h + pt + pb, g.w + pl + pr);
-    let step = pw as f32 + 1.0;
+    let step = (pw as f32 + 1.0).max(5.0);
     let total_in = c_in as f32 * step - 1.0;
-    let out_step = g.ow as f32 + 1.0;
+    // Wide enough for the labels ("out 0 (g0)") above small maps.
+    let out_step = (g.ow as f32 + 1.0).max(5.0);
     let total_out = k_out as f32 * out_step - 1.0;
     let (in_x0, out_x0) = if total_in >= total_out {
         (0.0, ((total_in - total_out) / 2.0).floor())
