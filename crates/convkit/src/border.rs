@@ -153,7 +153,9 @@ mod tests {
             Border::Circular,
         ] {
             let px = pad(x.view(), pads, b);
-            let g = Array4::from_shape_fn(px.dim(), |(_, c, y, x)| ((c + 2 * y + 3 * x) % 7) as f64 - 3.0);
+            let g = Array4::from_shape_fn(px.dim(), |(_, c, y, x)| {
+                ((c + 2 * y + 3 * x) % 7) as f64 - 3.0
+            });
             let lhs: f64 = (&px * &g).sum();
             let back = pad_adjoint(g.view(), pads, b, 3, 4);
             let rhs: f64 = (&x * &back).sum();

@@ -95,7 +95,9 @@ pub enum ConvError {
         limit_desc: &'static str,
     },
     /// The (dilated) kernel does not fit in the padded input.
-    #[error("kernel extent {extent} on the {axis} axis is larger than the padded input ({padded})")]
+    #[error(
+        "kernel extent {extent} on the {axis} axis is larger than the padded input ({padded})"
+    )]
     KernelTooLarge {
         /// Axis name.
         axis: Axis,
@@ -153,6 +155,12 @@ pub enum ConvError {
         algo: &'static str,
         /// Why not.
         why: String,
+    },
+    /// An operand holds NaN or ±infinity where only finite values make sense.
+    #[error("{what} has a non-finite entry (NaN or infinity)")]
+    NonFinite {
+        /// Which operand.
+        what: &'static str,
     },
 }
 

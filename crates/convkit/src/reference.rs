@@ -165,7 +165,11 @@ fn for_each_tap(g: &Geometry, mut f: impl FnMut(Tap)) {
                                             continue;
                                         }
                                         let y = [n, k, oy as usize, ox as usize];
-                                        f(Tap { x: [n, c, iy, ix], w, y });
+                                        f(Tap {
+                                            x: [n, c, iy, ix],
+                                            w,
+                                            y,
+                                        });
                                     }
                                 }
                             } else {
@@ -173,7 +177,11 @@ fn for_each_tap(g: &Geometry, mut f: impl FnMut(Tap)) {
                                 for oy in 0..g.oh {
                                     for ox in 0..g.ow {
                                         let x = [n, c, oy * sh + ky * dh, ox * sw + kx * dw];
-                                        f(Tap { x, w, y: [n, k, oy, ox] });
+                                        f(Tap {
+                                            x,
+                                            w,
+                                            y: [n, k, oy, ox],
+                                        });
                                     }
                                 }
                             }
@@ -239,7 +247,12 @@ pub fn backward<T: Real>(
         let xt_shape = if spec.is_transposed() {
             g.input_shape()
         } else {
-            [g.n, g.c, g.h + g.pad[0] + g.pad[1], g.w + g.pad[2] + g.pad[3]]
+            [
+                g.n,
+                g.c,
+                g.h + g.pad[0] + g.pad[1],
+                g.w + g.pad[2] + g.pad[3],
+            ]
         };
         let mut dxt = Array4::<f64>::zeros(xt_shape);
         for_each_tap(&g, |t| dxt[t.x] += dyf[t.y] * wf[t.w]);
@@ -266,7 +279,9 @@ pub fn backward<T: Real>(
     } else {
         None
     };
-    let bias = want.bias.then(|| narrow(dyf.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0))));
+    let bias = want
+        .bias
+        .then(|| narrow(dyf.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0))));
     Ok(Gradients {
         input,
         weight,
@@ -332,11 +347,15 @@ pub struct Gradients1d<T> {
 }
 
 /// Converts a dynamic-rank array view to 4D, with a typed error for the wrong rank.
-pub fn view4<'a, T>(a: ndarray::ArrayViewD<'a, T>, what: &'static str) -> Result<ArrayView4<'a, T>> {
+pub fn view4<'a, T>(
+    a: ndarray::ArrayViewD<'a, T>,
+    what: &'static str,
+) -> Result<ArrayView4<'a, T>> {
     let nd = a.ndim();
-    a.into_dimensionality::<Ix4>().map_err(|_| ConvError::RankMismatch {
-        what,
-        got: nd,
-        expected: 4,
-    })
+    a.into_dimensionality::<Ix4>()
+        .map_err(|_| ConvError::RankMismatch {
+            what,
+            got: nd,
+            expected: 4,
+        })
 }

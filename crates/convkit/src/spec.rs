@@ -193,7 +193,11 @@ impl ConvSpec {
     }
 
     /// `nn.ConvTranspose2d(in_channels, out_channels, kernel)`.
-    pub fn conv_transpose2d(in_channels: usize, out_channels: usize, kernel: impl IntoPair) -> Self {
+    pub fn conv_transpose2d(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: impl IntoPair,
+    ) -> Self {
         ConvSpec {
             transposed: true,
             ..Self::conv2d(in_channels, out_channels, kernel)
@@ -314,7 +318,10 @@ impl ValidSpec {
         for (i, ax) in ["stride height", "stride width"].into_iter().enumerate() {
             nz(spec.stride[i], ax)?;
         }
-        for (i, ax) in ["dilation height", "dilation width"].into_iter().enumerate() {
+        for (i, ax) in ["dilation height", "dilation width"]
+            .into_iter()
+            .enumerate()
+        {
             nz(spec.dilation[i], ax)?;
         }
         if spec.rank == Rank::One {
@@ -367,15 +374,11 @@ impl ValidSpec {
                 });
             }
             if spec.output_size.is_none() {
-                for ax in 0..2 {
-                    let (op, s, d) = (
-                        spec.output_padding[ax],
-                        spec.stride[ax],
-                        spec.dilation[ax],
-                    );
+                for (ax, axis) in AXES.into_iter().enumerate() {
+                    let (op, s, d) = (spec.output_padding[ax], spec.stride[ax], spec.dilation[ax]);
                     if op >= s && op >= d {
                         return Err(ConvError::BadOutputPadding {
-                            axis: AXES[ax],
+                            axis,
                             output_padding: op,
                             stride: s,
                             dilation: d,
@@ -404,12 +407,21 @@ impl ValidSpec {
                     what: "dilated kernel extent",
                 })?;
         }
-        v.weight_shape()
+        let weights = v
+            .weight_shape()
             .iter()
             .try_fold(1usize, |a, &b| a.checked_mul(b))
             .ok_or(ConvError::Overflow {
                 what: "weight size",
             })?;
+        // param_count() = weights + K biases must fit too.
+        if v.spec.bias {
+            weights
+                .checked_add(v.spec.out_channels)
+                .ok_or(ConvError::Overflow {
+                    what: "parameter count",
+                })?;
+        }
         Ok(v)
     }
 
@@ -512,7 +524,12 @@ impl ValidSpec {
 
     /// Number of learnable parameters: weights plus K biases if present.
     pub fn param_count(&self) -> usize {
-        self.weight_count() + if self.spec.bias { self.spec.out_channels } else { 0 }
+        self.weight_count()
+            + if self.spec.bias {
+                self.spec.out_channels
+            } else {
+                0
+            }
     }
 
     /// Padding `[top, bottom, left, right]` for an input of `[h, w]` (resolving `same` rules).
