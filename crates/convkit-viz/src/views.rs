@@ -322,7 +322,11 @@ fn direct_caption(spec: &ValidSpec, g: &convkit::Geometry) -> Vec<String> {
         dims([g.h, g.w]),
         dims([kh, kw]),
         pair([sh, sw]),
-        sides(p),
+        if spec.padding_mode() == convkit::PaddingMode::Zeros {
+            sides(p)
+        } else {
+            format!("{} ({})", sides(p), spec.padding_mode())
+        },
         pair([dh, dw]),
         dims([g.oh, g.ow])
     )];
@@ -659,7 +663,7 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
                 },
                 None,
             )
-        } else if y as usize % sh != 0 || x as usize % sw != 0 {
+        } else if !(y as usize).is_multiple_of(sh) || !(x as usize).is_multiple_of(sw) {
             (CellKind::Zero, None)
         } else {
             (CellKind::Input, Some((y as usize / sh, x as usize / sw)))
@@ -926,7 +930,7 @@ fn scatter(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
         }
     }
     let mut caption = transposed_caption(spec, g);
-    let uneven = kh % sh != 0 || kw % sw != 0;
+    let uneven = !kh.is_multiple_of(sh) || !kw.is_multiple_of(sw);
     caption.push(format!(
         "overlap: each output cell receives 1…{heat_max} products; k {} divisible by s{}",
         if uneven { "not" } else { "is" },
