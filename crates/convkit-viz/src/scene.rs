@@ -1,7 +1,7 @@
 //! The frames model: what every renderer draws, independent of pixels.
 //!
-//! A [`Scene`] is a set of static [`Panel`]s (grids of cells placed in *cell units*), static
-//! [`Label`]s and [`Line`]s, a caption, and one [`Frame`] per animation step. A frame only says
+//! A [`Scene`] is a set of static [`Panel`]s (grids of cells placed in *cell units*, each with
+//! its label), static [`Line`]s, a caption, and one [`Frame`] per animation step. A frame only says
 //! which cells are shaded (the kernel footprint, the current output cell) and which cells it
 //! computes (its *focus*); the GIF, SVG and HTML renderers all read the same scene, so the
 //! pictures agree with each other and with the numbers in the caption.
