@@ -1162,12 +1162,12 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
         "Depthwise separable convolution: {c_in} → {k_out} channels, {} kernel",
         dims([kh, kw])
     );
-    let mut scene = b.finish("depthwise_separable", title, caption, 0);
-    scene.caption.insert(
-        scene.caption.len(),
-        format!("two layers: {}; {}", dw_spec.pytorch(), pw_spec.pytorch()),
-    );
-    Ok(scene)
+    caption.push(format!(
+        "two layers: {}; {}",
+        dw_spec.pytorch(),
+        pw_spec.pytorch()
+    ));
+    Ok(b.finish("depthwise_separable", title, caption, 0))
 }
 
 fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Scene> {
