@@ -7,6 +7,7 @@ mod conv;
 mod engine;
 mod error;
 mod explain;
+mod filter;
 mod io;
 mod layer;
 mod tour;
@@ -37,6 +38,8 @@ enum Command {
     Tour(tour::Args),
     /// Draw a convolution as conv_arithmetic does (GIF, SVG, PNG, interactive HTML).
     Animate(animate::Args),
+    /// Filter images with a kernel (Sobel, Gaussian, box, custom...), OpenCV semantics.
+    Filter(filter::Args),
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         Command::Explain(a) => explain::run(a),
         Command::Tour(a) => tour::run(a),
         Command::Animate(a) => animate::run(a),
+        Command::Filter(a) => filter::run(a),
     };
     if let Err(e) = result {
         fail(&e.to_string(), 1);
