@@ -1,6 +1,7 @@
 //! End-to-end test of the interactive page in headless Chromium (Debian's `chromium` package),
 //! driven over the DevTools protocol: load the page from `file://`, check that it drew, hover an
-//! output cell and an input cell and check what lit up, save a screenshot.
+//! output cell and an input cell and check what lit up, save a screenshot; then check that the
+//! SVG animates (its frame groups become visible in turn).
 //!
 //! Chromium is looked up at `$CONVKIT_CHROMIUM` or `/usr/bin/chromium`. Without it the test
 //! fails when `CI=true` (CI installs it with `scripts/install-chromium.sh`) and is skipped with a
@@ -286,4 +287,28 @@ fn interactive_page_draws_and_lights_hovered_relations() {
         hover_text.as_str().unwrap().contains("input (1, 1)"),
         "{hover_text}"
     );
+
+    // The SVG animates in the browser: exactly one frame group is visible at a time, and the
+    // visible one advances.
+    let svg_path = out_dir.join("padding_strides.svg");
+    let opts = convkit_viz::svg::SvgOptions {
+        delay_ms: 200,
+        ..Default::default()
+    };
+    std::fs::write(&svg_path, convkit_viz::svg::svg(&scene, &opts).unwrap()).unwrap();
+    let svg_url = format!("file://{}", svg_path.canonicalize().unwrap().display());
+    cdp.call("Page.navigate", json!({ "url": svg_url }));
+    let visible = "(() => { const g = [...document.querySelectorAll('svg > g')]; \
+                   if (g.length !== 9) return null; \
+                   const v = g.map((e, i) => getComputedStyle(e).visibility === 'visible' ? i : -1) \
+                   .filter((i) => i >= 0); return v.length === 1 ? v[0] : null; })()";
+    let mut seen = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    while seen.len() < 3 && start.elapsed() < Duration::from_secs(20) {
+        if let Some(i) = cdp.eval(visible).as_u64() {
+            seen.insert(i);
+        }
+        std::thread::sleep(Duration::from_millis(70));
+    }
+    assert!(seen.len() >= 3, "SVG frames seen visible: {seen:?}");
 }
