@@ -213,9 +213,12 @@ pub struct Line {
 /// One animation step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Frame {
-    /// Cells shaded dark at 40%: the kernel footprint (only real taps under dilation), the
-    /// weights used and the cell(s) computed.
+    /// Cells shaded dark at 40%: the kernel footprint (only real taps under dilation) and the
+    /// cell(s) computed.
     pub highlights: Vec<CellRef>,
+    /// The weights used. Every frame of most views uses the whole kernel, so they are not
+    /// shaded in the animation; hovering the computed cell lights them.
+    pub weights: Vec<CellRef>,
     /// The cell(s) this frame computes (output cells; the input cell for the scatter view).
     pub focus: Vec<CellRef>,
     /// One line saying what happens (in numerical mode, the sum with its numbers).
@@ -301,12 +304,12 @@ impl Scene {
         for (i, f) in self.frames.iter().enumerate() {
             for c in &f.focus {
                 let e = computed.entry(*c).or_insert_with(|| (Vec::new(), i));
-                e.0.extend(f.highlights.iter().copied());
+                e.0.extend(f.highlights.iter().chain(&f.weights).copied());
             }
         }
         let mut used: BTreeMap<CellRef, Vec<CellRef>> = BTreeMap::new();
         for f in &self.frames {
-            for h in &f.highlights {
+            for h in f.highlights.iter().chain(&f.weights) {
                 if !computed.contains_key(h) {
                     used.entry(*h).or_default().extend(f.focus.iter().copied());
                 }

@@ -560,7 +560,7 @@ fn direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Scen
                     }
                 }
             }
-            hl.extend(kernel_cells.iter().copied());
+            let weights = kernel_cells.clone();
             hl.push([out, oy, ox]);
             let note = match &values {
                 Some((_, _, y)) => sum_note(format!("y[{oy},{ox}]"), &terms, y[[0, 0, oy, ox]]),
@@ -575,6 +575,7 @@ fn direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Scen
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[out, oy, ox]],
                 note,
             });
@@ -722,12 +723,13 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let mut hl = Vec::new();
+            let mut weights = Vec::new();
             let mut terms = Vec::new();
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (r, c) = (oy + ky * dh, ox + kx * dw);
                     hl.push([inp, r, c]);
-                    hl.push([ker, ky, kx]);
+                    weights.push([ker, ky, kx]);
                     if let (Some((x, wt, _)), (_, Some((iy, ix)))) = (&values, cell_of(r, c)) {
                         terms.push((x[[0, 0, iy, ix]], wt[[0, 0, kh - 1 - ky, kw - 1 - kx]]));
                     }
@@ -743,6 +745,7 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[out, oy, ox]],
                 note,
             });
@@ -899,7 +902,7 @@ fn scatter(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
     for iy in 0..g.h {
         for ix in 0..g.w {
             let mut hl = vec![[inp, iy, ix]];
-            hl.extend(kernel_cells.iter().copied());
+            let weights = kernel_cells.clone();
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (r, c) = (iy * sh + ky * dh, ix * sw + kx * dw);
@@ -924,6 +927,7 @@ fn scatter(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[inp, iy, ix]],
                 note,
             });
@@ -1112,16 +1116,17 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
     for oy in 0..gd.oh {
         for ox in 0..gd.ow {
             let mut hl = Vec::new();
+            let mut weights = Vec::new();
             for c in 0..c_in {
                 for ky in 0..kh {
                     for kx in 0..kw {
                         hl.push([ins[c], oy * sh + ky * dh, ox * sw + kx * dw]);
-                        hl.push([kers[c], ky, kx]);
+                        weights.push([kers[c], ky, kx]);
                     }
                 }
                 hl.push([mids[c], oy, ox]);
             }
-            hl.extend(pw_cells.iter().copied());
+            weights.extend(pw_cells.iter().copied());
             let focus: Vec<CellRef> = outs.iter().map(|&o| [o, oy, ox]).collect();
             hl.extend(focus.iter().copied());
             let note = match &values {
@@ -1137,6 +1142,7 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus,
                 note,
             });
@@ -1324,7 +1330,7 @@ fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
                     terms.push((v.4[[0, 0, oy, c]], v.2[[0, 0, 0, kx]]));
                 }
             }
-            hl.extend(all2d.iter().chain(&allc).chain(&allr).copied());
+            let weights: Vec<CellRef> = all2d.iter().chain(&allc).chain(&allr).copied().collect();
             hl.push([out, oy, ox]);
             let note = match &values {
                 Some(v) => sum_note(format!("y[{oy},{ox}]"), &terms, v.5[[0, 0, oy, ox]]),
@@ -1334,6 +1340,7 @@ fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[out, oy, ox]],
                 note,
             });
@@ -1491,6 +1498,7 @@ fn grouped(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
                 };
                 b.frames.push(Frame {
                     highlights: hl,
+                    weights: Vec::new(),
                     focus: vec![[outs[k], oy, ox]],
                     note,
                 });

@@ -339,6 +339,14 @@ fn hover_lights_taps_and_fed_outputs() {
     assert_eq!(out11.frame, Some(4));
     let taps: Vec<_> = out11.lights.iter().filter(|l| l[0] == ii).collect();
     assert_eq!(taps.len(), 9);
+    // The weights used light up on hover but are not shaded in the animation.
+    let ki = s.panel_index("kernel").unwrap();
+    assert_eq!(out11.lights.iter().filter(|l| l[0] == ki).count(), 9);
+    assert!(s
+        .frames
+        .iter()
+        .all(|f| f.highlights.iter().all(|h| h[0] != ki)));
+    assert_eq!(s.frames[4].weights.len(), 9);
     assert!(taps
         .iter()
         .all(|t| (2..5).contains(&t[1]) && (2..5).contains(&t[2])));
