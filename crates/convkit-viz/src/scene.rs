@@ -22,7 +22,7 @@ pub const SHADE_ALPHA: f32 = 0.4;
 /// Intermediate maps (depthwise output, first separable pass).
 pub const MID: Rgb = [108, 113, 196];
 /// Kernel cells.
-pub const KERNEL: Rgb = [253, 246, 227];
+pub const KERNEL: Rgb = [255, 236, 179];
 /// Zeros inserted between inputs (transposed convolution as a direct one).
 pub const ZERO: Rgb = [238, 232, 213];
 /// The extra `output_padding` border of a transposed convolution.
