@@ -6,8 +6,8 @@
 //! * grad input of a transposed conv is the direct conv of `dy` with the same weights.
 //! * grad weight is a correlation of the input with `dy` over the batch and space. With the
 //!   batch and channel axes swapped it is a direct convolution whose *kernel* is `dy`
-//!   (stride and dilation exchange roles), so it runs as one implicit GEMM per group with a
-//!   long reduction over N·OH·OW — deterministic, as every engine path is.
+//!   (stride and dilation exchange roles); [`wgrad`] runs it as rank-OW GEMM updates on the
+//!   microkernels, reading the input in place (NHWC) — deterministic, as every engine path is.
 //! * depthwise layers use the depthwise kernel's own backward ([`Depthwise::backward`]).
 //!
 //! The reference ([`crate::reference::backward`]) stays the oracle; `Algo::Reference` runs it.
@@ -16,12 +16,13 @@ use crate::border::{self, Border};
 use crate::error::{ConvError, Result};
 use crate::geometry::{Equivalent, Geometry};
 use crate::kernels::depthwise::Depthwise;
+use crate::kernels::gemm::Microkernel;
 use crate::kernels::subpixel::Subpixel;
-use crate::kernels::Isa;
+use crate::kernels::{wgrad, Isa};
 use crate::plan::{self, Algo};
 use crate::reference::{self, GradRequest, Gradients};
 use crate::spec::{ConvSpec, PaddingMode, ValidSpec};
-use ndarray::{s, Array1, Array4, ArrayView4, Axis};
+use ndarray::{Array1, Array4, ArrayView4, Axis};
 
 /// Computes the requested gradients of a layer given `dy = dL/dy`.
 ///
@@ -197,13 +198,7 @@ fn grad_input_transposed(
     }
 }
 
-/// `Σ_{n,oy,ox} a[n, c, oy·s + ky·d, ox·s + kx·d] · b[n, k, oy, ox]` for every (k, c, ky, kx)
-/// within each group, where `a` is zero-padded by `pad`: the result has shape
-/// `(B, A/g, kh, kw)` (B = channels of `b`, A = channels of `a`).
-///
-/// Runs as a direct convolution over `a` with its batch and channel axes swapped (batch =
-/// channels of `a`, channels = N) and kernel `b` (swapped likewise): stride `d`, dilation `s`.
-#[allow(clippy::too_many_arguments)]
+/// The weight-gradient correlation on the best microkernel ([`wgrad::correlate`]).
 fn correlate(
     a: ArrayView4<f32>,
     b: ArrayView4<f32>,
@@ -213,31 +208,9 @@ fn correlate(
     dilation: [usize; 2],
     groups: usize,
 ) -> Result<Array4<f32>> {
-    let (n, ca, _, _) = a.dim();
-    let (_, cb, oh, ow) = b.dim();
-    let (ag, bg) = (ca / groups, cb / groups);
-    let mut out = Array4::<f32>::zeros((cb, ag, kernel[0], kernel[1]));
-    for gi in 0..groups {
-        let ap = a
-            .slice(s![.., gi * ag..(gi + 1) * ag, .., ..])
-            .permuted_axes([1, 0, 2, 3]);
-        let bp = b
-            .slice(s![.., gi * bg..(gi + 1) * bg, .., ..])
-            .permuted_axes([1, 0, 2, 3]);
-        let spec = ConvSpec::conv2d(n, bg, [oh, ow])
-            .stride(dilation)
-            .dilation(stride)
-            .padding_sides(pad)
-            .bias(false)
-            .build()?;
-        let bw = bp.as_standard_layout();
-        let r = plan::forward(&spec, ap, bw.view(), None, Algo::Auto)?;
-        // r: (A/g, B/g, kh', kw') with kh' ≥ kh (rows of padding past the last tap).
-        let r = r.slice(s![.., .., ..kernel[0], ..kernel[1]]);
-        out.slice_mut(s![gi * bg..(gi + 1) * bg, .., .., ..])
-            .assign(&r.permuted_axes([1, 0, 2, 3]));
-    }
-    Ok(out)
+    let ukr = Microkernel::for_isa(Isa::best())
+        .ok_or_else(|| ConvError::Unsupported("no microkernel for this CPU".into()))?;
+    wgrad::correlate(a, b, pad, kernel, stride, dilation, groups, ukr)
 }
 
 /// dL/dw of a direct conv: correlate the (padded) input with `dy`.
