@@ -11,6 +11,7 @@
 //! (the same data can check fast paths that accumulate in f32), tight enough that any indexing,
 //! padding or flipping mistake (an O(0.1) error) fails.
 
+use convkit::plan::{self, Algo};
 use convkit::reference::{self, GradRequest};
 use convkit::{ConvSpec, Padding, PaddingMode, ValidSpec};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, Dimension, Ix1, Ix3, Ix4, IxDyn};
@@ -324,6 +325,35 @@ fn golden_backward_matches_pytorch() {
             }
         }
         Ok(err)
+    });
+}
+
+/// The planned (fast, f32) forward path with `Algo::Auto` against the same PyTorch outputs, at
+/// the same f32 tolerance: whatever algorithm the plan picks for each layer (implicit GEMM,
+/// 1×1 GEMM, depthwise kernel, or the reference for transposed layers) must agree.
+#[test]
+fn golden_planned_forward_matches_pytorch() {
+    for_every_case("planned forward", |g, case| {
+        let spec = case.spec().map_err(|e| format!("spec rejected: {e}"))?;
+        let (x, w, b, y) = (
+            g.req(case, "x"),
+            g.req(case, "w"),
+            g.get(case, "b"),
+            g.req(case, "y"),
+        );
+        let (x4, w4) = if case.one_d() {
+            (reference::as_4d(d3(&x)), reference::as_4d(d3(&w)))
+        } else {
+            (d4(&x), d4(&w))
+        };
+        let got = plan::forward(&spec, x4, w4, b.as_ref().map(d1), Algo::Auto)
+            .map_err(|e| format!("plan::forward failed: {e}"))?;
+        let got = if case.one_d() {
+            got.index_axis_move(ndarray::Axis(2), 0).into_dyn()
+        } else {
+            got.into_dyn()
+        };
+        compare("y", got.view(), y.view())
     });
 }
 
