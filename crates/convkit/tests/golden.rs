@@ -30,6 +30,8 @@ struct GoldenFile {
     seed: u64,
     torch_version: String,
     cases: Vec<Case>,
+    /// Layers PyTorch refuses (no tensors); convkit must refuse them too.
+    rejects: Vec<Case>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -59,6 +61,9 @@ struct Case {
     output_padding: [usize; 2],
     output_size: Option<[usize; 2]>,
     input_shape: Vec<usize>,
+    /// Rejected layers only: PyTorch's error message.
+    #[serde(default)]
+    error: Option<String>,
 }
 
 impl Case {
@@ -586,6 +591,44 @@ fn golden_covers_every_option() {
     for (what, f) in &checks {
         println!("{what}: {} cases", cases.iter().filter(|c| f(c)).count());
     }
+}
+
+/// Every layer PyTorch refuses (bad groups, `same` with stride, bad output_padding or
+/// output_size, border modes or `same` on transposed layers, kernel larger than the padded
+/// input, reflect/circular pads beyond the input, transposed outputs cropped away, and the
+/// random draws PyTorch refused) is an error in convkit too, from `build` or `geometry`.
+#[test]
+fn golden_pytorch_rejections_are_errors() {
+    let g = load();
+    assert!(
+        g.file.rejects.len() >= 30,
+        "only {} rejected layers",
+        g.file.rejects.len()
+    );
+    let mut accepted = Vec::new();
+    for c in &g.file.rejects {
+        let torch = c.error.as_deref().unwrap_or("?");
+        let shape = &c.input_shape;
+        let input = if c.one_d() {
+            [shape[0], shape[1], 1, shape[2]]
+        } else {
+            [shape[0], shape[1], shape[2], shape[3]]
+        };
+        match c.spec().and_then(|s| s.geometry(input)) {
+            Ok(geom) => accepted.push(format!(
+                "{}: convkit gives output {:?}, PyTorch says: {torch}",
+                c.name,
+                geom.output_shape()
+            )),
+            Err(e) => println!("{}: {e}  (PyTorch: {torch})", c.name),
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "convkit accepts {} layers PyTorch rejects:\n{}",
+        accepted.len(),
+        accepted.join("\n")
+    );
 }
 
 /// Every tensor in the safetensors file belongs to a case in the JSON file and vice versa.
