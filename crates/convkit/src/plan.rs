@@ -178,13 +178,11 @@ impl Plan {
                 }
                 Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
             }
-            Algo::Depthwise => {
-                Imp::Depthwise {
-                    dw: Box::new(Depthwise::new(&geom, isa)?),
-                    w: weight.iter().copied().collect(),
-                    bias: bias.map(|b| b.to_vec()),
-                }
-            }
+            Algo::Depthwise => Imp::Depthwise {
+                dw: Box::new(Depthwise::new(&geom, isa)?),
+                w: weight.iter().copied().collect(),
+                bias: bias.map(|b| b.to_vec()),
+            },
             Algo::Auto => unreachable!("Auto is resolved above"),
         };
         Ok(Plan {

@@ -549,7 +549,7 @@ fn golden_covers_every_option() {
     ];
     let missing: Vec<&str> = checks
         .iter()
-        .filter(|(_, f)| !cases.iter().any(|c| f(c)))
+        .filter(|(_, f)| !cases.iter().any(f))
         .map(|(n, _)| *n)
         .collect();
     assert!(missing.is_empty(), "golden data lacks: {missing:?}");

@@ -636,8 +636,8 @@ fn check_exact(spec: &ValidSpec, g: Option<&Geometry>) {
             }
         }
         Equivalent::Transposed { output_padding, .. } => {
-            for ax in 0..2 {
-                assert!(output_padding[ax] < spec.stride()[ax]);
+            for (op, s) in output_padding.iter().zip(spec.stride()) {
+                assert!(*op < s);
             }
         }
     }
