@@ -2,10 +2,12 @@
 //!
 //! Each subcommand lives in its own module exposing `Args` (clap) and `run(args) -> CliResult`.
 
+mod animate;
 mod conv;
 mod engine;
 mod error;
 mod explain;
+mod filter;
 mod io;
 mod layer;
 mod tour;
@@ -34,6 +36,10 @@ enum Command {
     Explain(explain::Args),
     /// Run every kind of convolution in the seed on built-in data and report.
     Tour(tour::Args),
+    /// Draw a convolution as conv_arithmetic does (GIF, SVG, PNG, interactive HTML).
+    Animate(animate::Args),
+    /// Filter images with a kernel (Sobel, Gaussian, box, custom...), OpenCV semantics.
+    Filter(filter::Args),
 }
 
 fn main() {
@@ -55,6 +61,8 @@ fn main() {
         Command::ConvTranspose1d(a) => conv::run(conv::CONV_TRANSPOSE1D, a),
         Command::Explain(a) => explain::run(a),
         Command::Tour(a) => tour::run(a),
+        Command::Animate(a) => animate::run(a),
+        Command::Filter(a) => filter::run(a),
     };
     if let Err(e) = result {
         fail(&e.to_string(), 1);
