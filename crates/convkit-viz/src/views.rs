@@ -659,7 +659,7 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
                 },
                 None,
             )
-        } else if y as usize % sh != 0 || x as usize % sw != 0 {
+        } else if !(y as usize).is_multiple_of(sh) || !(x as usize).is_multiple_of(sw) {
             (CellKind::Zero, None)
         } else {
             (CellKind::Input, Some((y as usize / sh, x as usize / sw)))
