@@ -423,7 +423,7 @@ fn print_table(rows: &[Row], size: usize, seed: u64) {
         "convkit tour: every convolution of the seed on built-in data \
          ({size}x{size} test image, random tensors with seed {seed})"
     );
-    println!("engine: auto (today the reference: plain loops, f64 accumulation)\n");
+    println!("engine: --algo auto, today {}\n", Algo::Auto.describe());
     let wk = rows.iter().map(|r| r.kind.len()).max().unwrap_or(4).max(4);
     let shapes: Vec<String> = rows
         .iter()
