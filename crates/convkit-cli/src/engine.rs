@@ -40,6 +40,15 @@ impl Algo {
     }
 }
 
+impl Algo {
+    /// What runs a layer under this choice, for reports (`convkit tour`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Algo::Auto | Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
+        }
+    }
+}
+
 /// Forward pass of any layer on NCHW arrays (1D layers as (N, C, 1, L)).
 pub fn forward(
     spec: &ValidSpec,

@@ -64,7 +64,7 @@ fn check(
     let depth = (spec.in_channels() / spec.groups()) * spec.kernel()[0] * spec.kernel()[1];
     let tol = 1e-5 * (depth as f32 + 1.0);
     for (i, (g, r)) in got.iter().zip(want.iter()).enumerate() {
-        if !((g - r).abs() <= tol) {
+        if (g - r).is_nan() || (g - r).abs() > tol {
             return Err(format!(
                 "{spec} input {input:?} algo {algo} isa {isa}: element {i}: got {g}, want {r}"
             ));
