@@ -156,6 +156,12 @@ pub enum ConvError {
         /// Why not.
         why: String,
     },
+    /// An operand holds NaN or ±infinity where only finite values make sense.
+    #[error("{what} has a non-finite entry (NaN or infinity)")]
+    NonFinite {
+        /// Which operand.
+        what: &'static str,
+    },
 }
 
 /// Result alias used across the crate.

@@ -374,11 +374,11 @@ impl ValidSpec {
                 });
             }
             if spec.output_size.is_none() {
-                for ax in 0..2 {
+                for (ax, axis) in AXES.into_iter().enumerate() {
                     let (op, s, d) = (spec.output_padding[ax], spec.stride[ax], spec.dilation[ax]);
                     if op >= s && op >= d {
                         return Err(ConvError::BadOutputPadding {
-                            axis: AXES[ax],
+                            axis,
                             output_padding: op,
                             stride: s,
                             dilation: d,
@@ -407,12 +407,21 @@ impl ValidSpec {
                     what: "dilated kernel extent",
                 })?;
         }
-        v.weight_shape()
+        let weights = v
+            .weight_shape()
             .iter()
             .try_fold(1usize, |a, &b| a.checked_mul(b))
             .ok_or(ConvError::Overflow {
                 what: "weight size",
             })?;
+        // param_count() = weights + K biases must fit too.
+        if v.spec.bias {
+            weights
+                .checked_add(v.spec.out_channels)
+                .ok_or(ConvError::Overflow {
+                    what: "parameter count",
+                })?;
+        }
         Ok(v)
     }
 
