@@ -270,6 +270,19 @@ pub enum Path {
     },
     /// Direct 2D correlation.
     Direct2D,
+    /// A box (all weights equal): horizontal sums, then running sums down the columns in f64
+    /// (`S += new row − old row`, O(1) per pixel whatever the height), scaled once.
+    BoxSums,
+}
+
+/// Smallest box height for which running sums beat the `kh`-tap column pass.
+const BOX_MIN_ROWS: usize = 4;
+
+/// `Some(scale)` when the single term `(col, row)` is a box: all entries of each factor equal.
+fn box_scale(terms: &[(Vec<f64>, Vec<f64>)]) -> Option<f64> {
+    let [(c, r)] = terms else { return None };
+    let flat = |v: &[f64]| v.iter().all(|&x| x == v[0]) && v[0] != 0.0;
+    (flat(c) && flat(r)).then(|| c[0] * r[0])
 }
 
 /// What the plan decided for one kernel (a magnitude filter has two).
@@ -477,6 +490,9 @@ impl FilterPlan {
                     format!("separable: {pairs} pair(s) of 1D passes (row pass, then column pass, fused)")
                 }
                 Path::Direct2D => "direct 2D".to_string(),
+                Path::BoxSums => {
+                    "separable box: row sums, then running sums down the columns".to_string()
+                }
             };
             s += &format!(
                 "  MACs per pixel: {} (2D would be {}); path: {path}\n",
@@ -554,7 +570,16 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
         }
         PathChoice::Auto => sep_ok && (opts.rank.is_some() || weights_separable < weights_2d),
     };
-    let (stage, path, macs) = if use_sep {
+    // A tall box sums its columns in O(1); that beats both other paths whenever allowed.
+    let boxed = box_scale(&terms).filter(|_| {
+        opts.path != PathChoice::Direct
+            && opts.rank.is_none()
+            && opts.dilation == 1
+            && kh >= BOX_MIN_ROWS
+    });
+    let (stage, path, macs) = if let Some(scale) = boxed {
+        (Stage::Box { scale }, Path::BoxSums, kw + 2)
+    } else if use_sep {
         let t32 = terms
             .iter()
             .map(|(c, r)| {

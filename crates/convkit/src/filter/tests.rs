@@ -192,7 +192,7 @@ fn path_choice_follows_the_factorisation() {
         "scharr-x",
         "prewitt-x",
         "gaussian:sigma=2",
-        "box:31",
+        "box:3",
     ] {
         let p = plan(s);
         assert_eq!(p.rank, 1, "{s}");
@@ -207,6 +207,10 @@ fn path_choice_follows_the_factorisation() {
     let lap = plan("laplacian");
     assert_eq!(lap.path, Path::Direct2D);
     assert_eq!(lap.macs_per_pixel, 9);
+    // Tall boxes sum down the columns with running sums.
+    let b = plan("box:31");
+    assert_eq!((b.rank, b.path, b.macs_per_pixel), (1, Path::BoxSums, 33));
+    assert_eq!(plan("[[2,2],[2,2],[2,2],[2,2]]").path, Path::BoxSums);
     let zero = plan("[[0,0],[0,0]]");
     assert_eq!((zero.rank, zero.path), (0, Path::Direct2D));
     // Laplacian: rank 2, 2·(3+3) = 12 > 9, so 2D.
@@ -402,4 +406,47 @@ fn saturation_rounds_half_to_even() {
     assert_eq!(saturate_u8(f32::NAN), 0);
     assert_eq!(saturate_u16(70000.0), 65535);
     assert_eq!(saturate_u16(1.5), 2);
+}
+
+/// Box kernels on the running-sum path equal the oracle on every border, ISA and band split;
+/// on u8 images the sums are exact, so the result is the correctly rounded mean.
+#[test]
+fn box_sums_match_the_oracle() {
+    let mut rng = Rng(29);
+    for (h, w, c) in [(37, 11, 1), (6, 9, 3), (3, 4, 1), (130, 17, 2)] {
+        let px: Vec<u8> = (0..h * w * c).map(|_| rng.below(256) as u8).collect();
+        let pf: Vec<f64> = px.iter().map(|&v| v as f64).collect();
+        for (kh, kw) in [(4, 1), (5, 7), (9, 4), (31, 31)] {
+            let k = kernels::box_kernel(kw, kh).unwrap();
+            for border in BORDERS {
+                let opts = FilterOptions {
+                    border,
+                    ..Default::default()
+                };
+                let plan = FilterPlan::new(&FilterOp::Linear(k.clone()), &opts).unwrap();
+                assert_eq!(plan.parts()[0].path, Path::BoxSums);
+                let want = filter_naive(&pf, (h, w, c), &k, 1, border);
+                for isa in Isa::available() {
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let p = plan.clone().with_isa(isa);
+                        let got = pool
+                            .install(|| p.run_alloc(&Image::new(&px, w, h, c).unwrap()))
+                            .unwrap();
+                        let what = format!("{h}x{w}x{c} box {kh}x{kw} {border} {isa:?}");
+                        check_close(&got, &want, 255.0, &what);
+                        if border != FilterBorder::Constant(7.5) {
+                            // Integer sums: exactly the mean, rounded once.
+                            for (g, e) in got.iter().zip(&want) {
+                                assert_eq!(*g, *e as f32, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
