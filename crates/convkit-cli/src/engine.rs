@@ -44,7 +44,12 @@ impl Algo {
     /// What runs a layer under this choice, for reports (`convkit tour`).
     pub fn describe(self) -> &'static str {
         match self {
-            Algo::Auto | Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
+            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, depthwise or sub-pixel)",
+            Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
+            Algo::ImplicitGemm => "the implicit-GEMM engine",
+            Algo::Gemm1x1 => "the 1x1 GEMM engine",
+            Algo::Depthwise => "the depthwise kernel",
+            Algo::Subpixel => "the sub-pixel (stride-phase) transposed engine",
         }
     }
 }
