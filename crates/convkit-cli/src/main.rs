@@ -2,6 +2,7 @@
 //!
 //! Each subcommand lives in its own module exposing `Args` (clap) and `run(args) -> CliResult`.
 
+mod bench;
 mod error;
 mod io;
 
@@ -16,11 +17,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Time the fast engine on a suite of layers (ms, GFLOP/s, % of FMA peak).
+    Bench(bench::Args),
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: error::CliResult = match cli.command {};
+    let result: error::CliResult = match cli.command {
+        Command::Bench(a) => bench::run(a),
+    };
     if let Err(e) = result {
         eprintln!("convkit: error: {e}");
         std::process::exit(1);

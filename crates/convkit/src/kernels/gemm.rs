@@ -142,7 +142,9 @@ unsafe fn ukr_scalar(
         };
         for r in 0..SCALAR_MR {
             for j in 0..SCALAR_NR {
-                acc[r][j] = av[r].mul_add(bv[j], acc[r][j]);
+                // Unfused multiply-add: `mul_add` without a hardware FMA in the baseline target
+                // would be a libm call per element.
+                acc[r][j] += av[r] * bv[j];
             }
         }
     }
