@@ -18,6 +18,7 @@
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
 use crate::kernels::depthwise::{Depthwise, Isa as DwIsa};
+use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
 use crate::kernels::Isa;
@@ -38,6 +39,9 @@ pub enum Algo {
     ImplicitGemm,
     /// 1×1, stride 1, unpadded: a GEMM straight on the NCHW input, no copy.
     Gemm1x1,
+    /// Stride-1 direct convolution: the microkernel reads a padded input band in place
+    /// ([`crate::kernels::direct`]); exact f32 arithmetic like the GEMMs (no Winograd).
+    Direct,
     /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
     Depthwise,
 }
@@ -58,6 +62,7 @@ impl Algo {
             Algo::Reference => "reference",
             Algo::ImplicitGemm => "implicit-gemm",
             Algo::Gemm1x1 => "gemm1x1",
+            Algo::Direct => "direct",
             Algo::Depthwise => "depthwise",
         }
     }
@@ -92,6 +97,7 @@ enum Imp {
         bias: Option<Array1<f32>>,
     },
     Gemm(Box<ConvGemm>),
+    Direct(Box<DirectConv>),
     Depthwise {
         dw: Box<Depthwise>,
         w: Vec<f32>,
@@ -124,6 +130,15 @@ fn is_pointwise(g: &Geometry) -> bool {
     s.kernel() == [1, 1] && s.stride() == [1, 1] && g.pad == [0; 4]
 }
 
+/// Whether the direct kernel beats the implicit GEMM: stride 1, no dilation (dilated layers
+/// gain more from the implicit GEMM's skipping of padding-only taps), and few wasted gap
+/// columns (`(kw−1)` of every `ow + kw − 1` flat positions, ≤ 1/8).
+fn prefers_direct(g: &Geometry) -> bool {
+    let s = &g.spec;
+    let gap = s.kernel()[1] - 1;
+    s.stride() == [1, 1] && s.dilation() == [1, 1] && 8 * gap <= g.ow.min(384) + gap
+}
+
 impl Plan {
     /// Plans `spec` on an input of shape `input = [n, c, h, w]` with the best ISA level.
     pub fn new(
@@ -152,6 +167,7 @@ impl Plan {
             Algo::Auto if spec.is_transposed() => Algo::Reference,
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
+            Algo::Auto if prefers_direct(&geom) => Algo::Direct,
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
         };
@@ -177,6 +193,12 @@ impl Plan {
                     ));
                 }
                 Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
+            }
+            Algo::Direct => {
+                if spec.stride() != [1, 1] {
+                    return Err(unavailable(chosen, "it needs stride 1"));
+                }
+                Imp::Direct(Box::new(DirectConv::new(&geom, weight, bias, ukr)))
             }
             Algo::Depthwise => {
                 let dw_isa = match isa {
@@ -213,6 +235,7 @@ impl Plan {
     pub fn isa(&self) -> Option<Isa> {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
+            Imp::Direct(d) => Some(d.microkernel().isa),
             Imp::Depthwise { dw, .. } => Some(match dw.isa() {
                 DwIsa::Scalar => Isa::Scalar,
                 DwIsa::Avx2 => Isa::Avx2,
@@ -226,6 +249,7 @@ impl Plan {
     pub fn workspace_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.workspace_bytes(),
+            Imp::Direct(d) => d.workspace_bytes(),
             Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
     }
@@ -234,6 +258,7 @@ impl Plan {
     pub fn packed_weight_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.packed_weight_bytes(),
+            Imp::Direct(d) => d.packed_weight_bytes(),
             Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
         }
@@ -261,7 +286,7 @@ impl Plan {
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
                 y.assign(&out);
             }
-            Imp::Gemm(_) | Imp::Depthwise { .. } => {
+            Imp::Gemm(_) | Imp::Direct(_) | Imp::Depthwise { .. } => {
                 let xs = x.as_standard_layout();
                 let xs = xs.as_slice().expect("standard layout is contiguous");
                 match y.as_slice_mut() {
@@ -282,6 +307,10 @@ impl Plan {
     fn run_slices(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         match &self.imp {
             Imp::Gemm(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Direct(conv) => {
                 conv.run(x, y);
                 Ok(())
             }

@@ -150,6 +150,14 @@ fn fixed_cases() {
                 .dilation(2),
             [1, 6, 12, 12],
         ),
+        // Rows wider than one direct band (several column bands, border modes at both ends).
+        (
+            ConvSpec::conv1d(5, 9, 3)
+                .padding(2)
+                .padding_mode(PaddingMode::Reflect),
+            [1, 5, 1, 900],
+        ),
+        (ConvSpec::conv2d(3, 4, [2, 5]).padding(2), [1, 3, 3, 800]),
         // Deep enough for several depth chunks and channel blocks.
         (ConvSpec::conv2d(64, 40, 3).padding(1), [1, 64, 9, 9]),
         (ConvSpec::conv2d(300, 20, 1), [1, 300, 5, 10]),

@@ -34,7 +34,7 @@ use std::cell::RefCell;
 const TILE_PIXELS: usize = 192;
 /// Minimum number of tasks a layer is cut into (so batch 1 keeps every core busy); fixed, so
 /// that the decomposition, and hence the result, never depends on the thread count.
-const MIN_TASKS: usize = 16;
+const MIN_TASKS: usize = 8;
 /// Largest output-channel block per task (rows of the C buffer).
 const MAX_MC: usize = 256;
 /// Bytes of one packed B micro-panel (`KC × NR` floats) we want resident in L1.
@@ -77,6 +77,47 @@ impl Tile {
     }
 }
 
+/// Packs PyTorch-layout weights `(K, Cg, kh, kw)` for a microkernel of `mr` rows:
+/// `[group][panel][kk = (ky·kw + kx)·Cg + c][r]`, zero rows past `Kg` in the last panel.
+pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<f32> {
+    let (k, cg, kh, kw) = w.dim();
+    let kg = k / groups;
+    let ktot = cg * kh * kw;
+    let mpanels = kg.div_ceil(mr);
+    let mut a = vec![0f32; groups * mpanels * ktot * mr];
+    for g in 0..groups {
+        for m in 0..kg {
+            let (p, r) = (m / mr, m % mr);
+            for c in 0..cg {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let kk = (ky * kw + kx) * cg + c;
+                        a[((g * mpanels + p) * ktot + kk) * mr + r] = w[[g * kg + m, c, ky, kx]];
+                    }
+                }
+            }
+        }
+    }
+    a
+}
+
+/// `dst = src` for short runs, without a `memmove` call per run (im2col rows are often a few
+/// dozen floats).
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (a, b) in (&mut d).zip(&mut s) {
+        let a: &mut [f32; 8] = a.try_into().expect("chunk of 8");
+        let b: &[f32; 8] = b.try_into().expect("chunk of 8");
+        *a = *b;
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
+    }
+}
+
 /// A planned implicit-GEMM convolution (weights packed, tiles and tables precomputed).
 #[derive(Debug)]
 pub struct ConvGemm {
@@ -102,6 +143,10 @@ pub struct ConvGemm {
     zeros: bool,
     tiles: Vec<Tile>,
     direct: bool,
+    /// Row offsets of a packed B panel (`k·NR`).
+    offs_packed: Vec<usize>,
+    /// Row offsets of the input planes for the in-place 1×1 GEMM (`c·H·W`).
+    offs_planes: Vec<usize>,
 }
 
 thread_local! {
@@ -177,22 +222,7 @@ impl ConvGemm {
         let ktot = cg * kh * kw;
         let mr = ukr.mr;
         let mpanels = kg.div_ceil(mr);
-        // Weights: [group][panel][kk = (ky·kw + kx)·cg + c][r], zero rows past Kg.
-        let mut a = vec![0f32; groups * mpanels * ktot * mr];
-        for g in 0..groups {
-            for m in 0..kg {
-                let (p, r) = (m / mr, m % mr);
-                for c in 0..cg {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let kk = (ky * kw + kx) * cg + c;
-                            a[((g * mpanels + p) * ktot + kk) * mr + r] =
-                                w[[g * kg + m, c, ky, kx]];
-                        }
-                    }
-                }
-            }
-        }
+        let a = pack_weights(w, groups, mr);
         let bias = match bias {
             Some(b) => b.to_vec(),
             None => vec![0.0; geom.k],
@@ -230,34 +260,43 @@ impl ConvGemm {
             zeros && dw > 1 && kw > 1,
         );
         let nr = ukr.nr;
-        let target = round_up(TILE_PIXELS, nr);
-        let mut tiles = Vec::new();
-        for &(y0, y1, ky) in &rows {
-            for &(x0, x1, kx) in &cols {
-                let bw = x1 - x0;
-                let total = (y1 - y0) * bw;
-                let ntiles = total.div_ceil(target);
-                let per = round_up(total.div_ceil(ntiles), nr);
-                let mut q0 = 0;
-                while q0 < total {
-                    let q1 = (q0 + per).min(total);
-                    tiles.push(Tile {
-                        oy0: y0,
-                        ox0: x0,
-                        bw,
-                        q0,
-                        q1,
-                        ky,
-                        kx,
-                    });
-                    q0 = q1;
+        // Pixel tiles: ≈ TILE_PIXELS, made smaller (down to one panel) before any split of the
+        // output channels, since each channel block repacks B.
+        let make_tiles = |target: usize| {
+            let mut tiles = Vec::new();
+            for &(y0, y1, ky) in &rows {
+                for &(x0, x1, kx) in &cols {
+                    let bw = x1 - x0;
+                    let total = (y1 - y0) * bw;
+                    let ntiles = total.div_ceil(target);
+                    let per = round_up(total.div_ceil(ntiles), nr);
+                    let mut q0 = 0;
+                    while q0 < total {
+                        let q1 = (q0 + per).min(total);
+                        tiles.push(Tile {
+                            oy0: y0,
+                            ox0: x0,
+                            bw,
+                            q0,
+                            q1,
+                            ky,
+                            kx,
+                        });
+                        q0 = q1;
+                    }
                 }
             }
+            tiles
+        };
+        let mut target = round_up(TILE_PIXELS, nr);
+        let mut tiles = make_tiles(target);
+        while geom.n * groups * tiles.len() < MIN_TASKS && target > nr {
+            target = round_up(target / 2, nr);
+            tiles = make_tiles(target);
         }
-        // Output-channel blocks: as large as possible, halved until there are enough tasks.
         let mut mc_panels = mpanels.min((MAX_MC / mr).max(1));
         let tasks = |mcp: usize| geom.n * groups * tiles.len() * mpanels.div_ceil(mcp);
-        while tasks(mc_panels) < MIN_TASKS && mc_panels > 1 {
+        while tasks(mc_panels) < MIN_TASKS / 2 && mc_panels > 1 {
             mc_panels = mc_panels.div_ceil(2);
         }
         let nmb = mpanels.div_ceil(mc_panels);
@@ -285,6 +324,8 @@ impl ConvGemm {
             zeros,
             tiles,
             direct,
+            offs_packed: (0..kc).map(|k| k * nr).collect(),
+            offs_planes: (0..ktot).map(|c| c * geom.h * geom.w).collect(),
         }
     }
 
@@ -385,12 +426,12 @@ impl ConvGemm {
                 self.pack(xg, tile, kk0, kk1, bbuf);
             }
             for p in 0..npan {
-                let (b, ldb): (&[f32], usize) = if !self.direct {
-                    (&bbuf[p * kc * nr..(p + 1) * kc * nr], nr)
+                let (b, offs): (&[f32], &[usize]) = if !self.direct {
+                    (&bbuf[p * kc * nr..(p + 1) * kc * nr], &self.offs_packed)
                 } else {
                     let q = tile.q0 + p * nr;
                     if q + nr <= hw {
-                        (&xg[kk0 * hw + q..kk1 * hw], hw)
+                        (&xg[q..], &self.offs_planes[kk0..kk1])
                     } else {
                         // Tail panel narrower than the kernel: copy it, zero-padded.
                         let w = hw - q;
@@ -399,13 +440,13 @@ impl ConvGemm {
                             d[..w].copy_from_slice(&xg[kk * hw + q..kk * hw + hw]);
                             d[w..].fill(0.0);
                         }
-                        (&bbuf[..kc * nr], nr)
+                        (&bbuf[..kc * nr], &self.offs_packed)
                     }
                 };
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr.run(kc, a, b, ldb, c, ldc, !first);
+                    self.ukr.run(kc, a, b, offs, c, ldc, !first);
                 }
             }
             first = false;
@@ -487,7 +528,7 @@ impl ConvGemm {
             let start = (a as isize * sw as isize + self.col_base[kx]) as usize;
             let d = &mut dst[a - ox..b - ox];
             if sw == 1 {
-                d.copy_from_slice(&row[start..start + (b - a)]);
+                copy_short(d, &row[start..start + (b - a)]);
             } else {
                 let src = &row[start..start + (b - a - 1) * sw + 1];
                 for (v, s) in d.iter_mut().zip(src.iter().step_by(sw)) {

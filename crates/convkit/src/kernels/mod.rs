@@ -1,6 +1,8 @@
 //! Fast CPU kernels: one module per algorithm or microkernel family.
 //!
 //! * [`depthwise`]: channel-vectorised depthwise kernels.
+//! * [`direct`]: stride-1 direct convolution, the microkernel reading a padded input band
+//!   through per-tap row offsets (no im2col).
 //! * [`gemm`]: register-blocked sgemm microkernels, runtime-dispatched per [`Isa`].
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
@@ -10,6 +12,7 @@
 //! [`crate::plan`] decides which of these runs; nothing here chooses an algorithm.
 
 pub mod depthwise;
+pub mod direct;
 pub mod gemm;
 pub mod igemm;
 pub mod peak;
