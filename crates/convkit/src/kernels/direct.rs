@@ -15,7 +15,7 @@
 //! Each output element is produced by exactly one task over a fixed chunk sequence, so the
 //! result does not depend on the number of threads.
 
-use super::gemm::Microkernel;
+use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
 use super::store::SharedOut;
@@ -65,7 +65,7 @@ pub struct DirectConv {
     wb: usize,
     nbx: usize,
     nby: usize,
-    offs: Vec<usize>,
+    offs: RowOffsets,
     a: Vec<f32>,
     bias: Vec<f32>,
 }
@@ -90,7 +90,10 @@ impl DirectConv {
         let a = pack_weights(w, groups, mr);
         let bias = bias.map_or_else(|| vec![0.0; geom.k], |b| b.to_vec());
         let (eh, ew) = ((kh - 1) * dh, (kw - 1) * dw);
-        let nbx = geom.ow.div_ceil(MAX_BAND_COLS);
+        // Columns per band: the whole row if the one-row band fits the buffer, else cut.
+        let max_cols = (MAX_BAND_BYTES / (4 * cg * (1 + eh))).saturating_sub(ew);
+        let max_cols = max_cols.clamp(nr, MAX_BAND_COLS);
+        let nbx = geom.ow.div_ceil(max_cols);
         let cols = geom.ow.div_ceil(nbx);
         let wb = cols + ew;
         let band_bytes = |r: usize| 4 * cg * (r + eh) * wb;
@@ -101,12 +104,15 @@ impl DirectConv {
         let tasks = |rows: usize, mcp: usize| {
             geom.n * groups * nbx * geom.oh.div_ceil(rows) * mpanels.div_ceil(mcp)
         };
-        while rows > 1 && tasks(rows, mpanels) < MIN_TASKS {
-            rows = rows.div_ceil(2);
-        }
+        // Enough tasks for every core: split the output channels first (a band refill is a
+        // cheap copy), down to 32-row blocks; then shorter bands while they fill two panels.
         let mut mc_panels = mpanels.min((MAX_MC / mr).max(1));
-        while mc_panels > 1 && tasks(rows, mc_panels) < MIN_TASKS / 2 {
-            mc_panels = mc_panels.div_ceil(2);
+        let min_mcp = 32usize.div_ceil(mr);
+        while mc_panels > min_mcp && tasks(rows, mc_panels) < MIN_TASKS {
+            mc_panels = mc_panels.div_ceil(2).max(min_mcp);
+        }
+        while rows > 1 && (rows / 2) * wb >= 2 * nr && tasks(rows, mc_panels) < MIN_TASKS {
+            rows = rows.div_ceil(2);
         }
         let br = rows + eh;
         let mut offs = vec![0; ktot];
@@ -117,7 +123,6 @@ impl DirectConv {
                 }
             }
         }
-        let _ = nr;
         DirectConv {
             ukr,
             geom: *geom,
@@ -135,7 +140,7 @@ impl DirectConv {
             wb,
             nbx,
             nby: geom.oh.div_ceil(rows),
-            offs,
+            offs: RowOffsets::new(offs),
             a,
             bias,
         }
@@ -256,13 +261,12 @@ impl DirectConv {
         let mut kk0 = 0;
         while kk0 < self.ktot {
             let kk1 = (kk0 + per).min(self.ktot);
-            let offs = &self.offs[kk0..kk1];
             for p in 0..npan {
                 let b = &band[p * nr..];
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr.run(kk1 - kk0, a, b, offs, c, ldc, kk0 > 0);
+                    self.ukr.run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
                 }
             }
             kk0 = kk1;

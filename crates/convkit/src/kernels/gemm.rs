@@ -19,6 +19,37 @@ use super::Isa;
 /// Raw microkernel: `(kc, a, b, offs, c, ldc, accumulate)`.
 type RawUkr = unsafe fn(usize, *const f32, *const f32, *const usize, *mut f32, usize, bool);
 
+/// A table of B row offsets with its maximum, computed once so that each microkernel call
+/// checks its bounds in O(1).
+#[derive(Debug, Clone, Default)]
+pub struct RowOffsets {
+    offs: Vec<usize>,
+    max: usize,
+}
+
+impl RowOffsets {
+    /// Wraps a table of offsets.
+    pub fn new(offs: Vec<usize>) -> Self {
+        let max = offs.iter().copied().max().unwrap_or(0);
+        RowOffsets { offs, max }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.offs.is_empty()
+    }
+
+    /// The largest offset.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
 /// A microkernel with its register blocking.
 #[derive(Clone, Copy)]
 pub struct Microkernel {
@@ -69,13 +100,14 @@ impl Microkernel {
         })
     }
 
-    /// `C[MR×NR] (+)= A · B` over depth `kc`, B row `k` at `b[offs[k]..]` (see the module doc).
+    /// `C[MR×NR] (+)= A · B` over depth `kc`, B row `k` at `b[offs[k0 + k]..]` (see the
+    /// module doc).
     ///
-    /// The bounds every access needs are checked here (O(kc) integer work per call, against
-    /// O(kc·MR·NR) FMAs), so the kernels' pointer arithmetic stays inside the slices.
+    /// Bounds are checked here in O(1) (`b` must hold `NR` values past the table's largest
+    /// offset), so the kernels' pointer arithmetic stays inside the slices.
     ///
     /// # Panics
-    /// If a slice is too short for `kc`, `offs` or `ldc`.
+    /// If a slice is too short for `kc`, the offsets or `ldc`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -83,29 +115,26 @@ impl Microkernel {
         kc: usize,
         a: &[f32],
         b: &[f32],
-        offs: &[usize],
+        offs: &RowOffsets,
+        k0: usize,
         c: &mut [f32],
         ldc: usize,
         accumulate: bool,
     ) {
         let (mr, nr) = (self.mr, self.nr);
         assert!(a.len() >= kc * mr, "A panel too short");
-        let offs = &offs[..kc];
-        let max_off = offs.iter().copied().max().unwrap_or(0);
-        assert!(kc == 0 || b.len() >= max_off + nr, "B rows out of bounds");
-        assert!(
-            ldc >= nr && c.len() >= (mr - 1) * ldc + nr,
-            "C tile too short"
-        );
+        assert!(k0 + kc <= offs.len(), "offset table too short");
+        assert!(kc == 0 || b.len() >= offs.max + nr, "B rows out of bounds");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "C tile too short");
         // SAFETY: the asserts above bound every read of `a` (kc·MR values), of `b` (kc rows of
-        // NR starting at offs[k] ≤ max_off) and every write of `c` (MR rows of NR at stride
+        // NR starting at offsets ≤ offs.max) and every write of `c` (MR rows of NR at stride
         // ldc); the ISA was checked available when `self` was built.
         unsafe {
             (self.f)(
                 kc,
                 a.as_ptr(),
                 b.as_ptr(),
-                offs.as_ptr(),
+                offs.offs.as_ptr().add(k0),
                 c.as_mut_ptr(),
                 ldc,
                 accumulate,
@@ -282,16 +311,16 @@ mod tests {
                     let a = data(kc * u.mr, 1);
                     let b = data(kc * ldb + u.nr, 2);
                     // Rows in a scrambled order, as the direct convolution's taps are.
-                    let offs: Vec<usize> = (0..kc).map(|k| ((k * 7) % kc.max(1)) * ldb).collect();
+                    let offs = RowOffsets::new((0..kc).map(|k| ((k * 7) % kc.max(1)) * ldb).collect());
                     let c0 = data(u.mr * ldc, 3);
                     for acc in [false, true] {
                         let mut c = c0.clone();
-                        u.run(kc, &a, &b, &offs, &mut c, ldc, acc);
+                        u.run(kc, &a, &b, &offs, 0, &mut c, ldc, acc);
                         for r in 0..u.mr {
                             for j in 0..u.nr {
                                 let mut want: f64 = if acc { c0[r * ldc + j] as f64 } else { 0.0 };
                                 for k in 0..kc {
-                                    want += a[k * u.mr + r] as f64 * b[offs[k] + j] as f64;
+                                    want += a[k * u.mr + r] as f64 * b[offs.offs[k] + j] as f64;
                                 }
                                 let got = c[r * ldc + j] as f64;
                                 assert!(

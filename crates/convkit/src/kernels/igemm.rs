@@ -20,7 +20,7 @@
 //! Each output element is produced by exactly one task, over a fixed sequence of chunks, so
 //! the result does not depend on the number of threads.
 
-use super::gemm::Microkernel;
+use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
 use super::store::SharedOut;
 use crate::border::Border;
@@ -144,9 +144,9 @@ pub struct ConvGemm {
     tiles: Vec<Tile>,
     direct: bool,
     /// Row offsets of a packed B panel (`k·NR`).
-    offs_packed: Vec<usize>,
+    offs_packed: RowOffsets,
     /// Row offsets of the input planes for the in-place 1×1 GEMM (`c·H·W`).
-    offs_planes: Vec<usize>,
+    offs_planes: RowOffsets,
 }
 
 thread_local! {
@@ -324,8 +324,8 @@ impl ConvGemm {
             zeros,
             tiles,
             direct,
-            offs_packed: (0..kc).map(|k| k * nr).collect(),
-            offs_planes: (0..ktot).map(|c| c * geom.h * geom.w).collect(),
+            offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
+            offs_planes: RowOffsets::new((0..ktot).map(|c| c * geom.h * geom.w).collect()),
         }
     }
 
@@ -426,12 +426,12 @@ impl ConvGemm {
                 self.pack(xg, tile, kk0, kk1, bbuf);
             }
             for p in 0..npan {
-                let (b, offs): (&[f32], &[usize]) = if !self.direct {
-                    (&bbuf[p * kc * nr..(p + 1) * kc * nr], &self.offs_packed)
+                let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
+                    (&bbuf[p * kc * nr..], &self.offs_packed, 0)
                 } else {
                     let q = tile.q0 + p * nr;
                     if q + nr <= hw {
-                        (&xg[q..], &self.offs_planes[kk0..kk1])
+                        (&xg[q..], &self.offs_planes, kk0)
                     } else {
                         // Tail panel narrower than the kernel: copy it, zero-padded.
                         let w = hw - q;
@@ -440,13 +440,13 @@ impl ConvGemm {
                             d[..w].copy_from_slice(&xg[kk * hw + q..kk * hw + hw]);
                             d[w..].fill(0.0);
                         }
-                        (&bbuf[..kc * nr], &self.offs_packed)
+                        (&bbuf[..], &self.offs_packed, 0)
                     }
                 };
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr.run(kc, a, b, offs, c, ldc, !first);
+                    self.ukr.run(kc, a, b, offs, k0, c, ldc, !first);
                 }
             }
             first = false;

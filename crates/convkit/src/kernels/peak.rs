@@ -6,7 +6,7 @@
 //! running clock, ≈ 116–118 GFLOP/s per core: the bound every layer's % of peak is quoted
 //! against.
 
-use super::gemm::Microkernel;
+use super::gemm::{Microkernel, RowOffsets};
 use super::Isa;
 use std::time::Instant;
 
@@ -30,14 +30,14 @@ fn best_of_trials(u: Microkernel) -> f64 {
     let a = vec![1e-3f32; kc * u.mr];
     let b = vec![1e-3f32; kc * u.nr];
     let mut c = vec![0f32; u.mr * u.nr];
-    let offs: Vec<usize> = (0..kc).map(|k| k * u.nr).collect();
+    let offs = RowOffsets::new((0..kc).map(|k| k * u.nr).collect());
     let reps = (200_000 / (u.mr * u.nr)).max(1);
     let flops = (2 * kc * u.mr * u.nr * reps) as f64;
     let mut best = 0f64;
     for _ in 0..200 {
         let t = Instant::now();
         for _ in 0..reps {
-            u.run(kc, &a, &b, &offs, &mut c, u.nr, true);
+            u.run(kc, &a, &b, &offs, 0, &mut c, u.nr, true);
         }
         std::hint::black_box(&mut c);
         best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
