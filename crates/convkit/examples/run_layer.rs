@@ -8,8 +8,9 @@ use ndarray::{Array1, Array4};
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let v: Vec<usize> = a[..12].iter().map(|s| s.parse().unwrap()).collect();
-    let (n, c, h, w, k, kh, kw, s, p, d, g, runs) =
-        (v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11]);
+    let (n, c, h, w, k, kh, kw, s, p, d, g, runs) = (
+        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+    );
     let algo: Algo = a.get(12).map_or(Algo::Auto, |s| s.parse().unwrap());
     let isa: Isa = a.get(13).map_or(Isa::best(), |s| s.parse().unwrap());
     let spec = ConvSpec::conv2d(c, k, [kh, kw])

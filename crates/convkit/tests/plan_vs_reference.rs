@@ -64,7 +64,8 @@ fn check(
     let depth = (spec.in_channels() / spec.groups()) * spec.kernel()[0] * spec.kernel()[1];
     let tol = 1e-5 * (depth as f32 + 1.0);
     for (i, (g, r)) in got.iter().zip(want.iter()).enumerate() {
-        if !((g - r).abs() <= tol) {
+        let close = (g - r).abs() <= tol; // false for NaN too
+        if !close {
             return Err(format!(
                 "{spec} input {input:?} algo {algo} isa {isa}: element {i}: got {g}, want {r}"
             ));

@@ -266,7 +266,8 @@ impl DirectConv {
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr.run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
+                    self.ukr
+                        .run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
                 }
             }
             kk0 = kk1;

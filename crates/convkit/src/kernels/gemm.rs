@@ -125,7 +125,10 @@ impl Microkernel {
         assert!(a.len() >= kc * mr, "A panel too short");
         assert!(k0 + kc <= offs.len(), "offset table too short");
         assert!(kc == 0 || b.len() >= offs.max + nr, "B rows out of bounds");
-        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "C tile too short");
+        assert!(
+            ldc >= nr && c.len() >= (mr - 1) * ldc + nr,
+            "C tile too short"
+        );
         // SAFETY: the asserts above bound every read of `a` (kc·MR values), of `b` (kc rows of
         // NR starting at offsets ≤ offs.max) and every write of `c` (MR rows of NR at stride
         // ldc); the ISA was checked available when `self` was built.
@@ -311,7 +314,8 @@ mod tests {
                     let a = data(kc * u.mr, 1);
                     let b = data(kc * ldb + u.nr, 2);
                     // Rows in a scrambled order, as the direct convolution's taps are.
-                    let offs = RowOffsets::new((0..kc).map(|k| ((k * 7) % kc.max(1)) * ldb).collect());
+                    let offs =
+                        RowOffsets::new((0..kc).map(|k| ((k * 7) % kc.max(1)) * ldb).collect());
                     let c0 = data(u.mr * ldc, 3);
                     for acc in [false, true] {
                         let mut c = c0.clone();

@@ -35,8 +35,9 @@ const TILE_PIXELS: usize = 192;
 /// Minimum number of tasks a layer is cut into (so batch 1 keeps every core busy); fixed, so
 /// that the decomposition, and hence the result, never depends on the thread count.
 const MIN_TASKS: usize = 8;
-/// Largest output-channel block per task (rows of the C buffer).
-const MAX_MC: usize = 256;
+/// Largest C buffer (output-channel block × tile pixels) per task, bytes: as many channels as
+/// fit, since every channel block repacks B.
+const MAX_C_BYTES: usize = 256 * 1024;
 /// Bytes of one packed B micro-panel (`KC × NR` floats) we want resident in L1.
 const B_PANEL_BYTES: usize = 24 * 1024;
 
@@ -115,6 +116,27 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
     for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *a = *b;
+    }
+}
+
+/// `dst[i] = src[i·stride]`; stride 2 (the common strided layers) in blocks of 8 that the
+/// compiler turns into shuffles.
+#[inline]
+fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
+    if stride == 2 {
+        let n8 = (dst.len() / 8).min(src.len() / 16);
+        for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(16)).take(n8) {
+            let d: &mut [f32; 8] = d.try_into().expect("chunk of 8");
+            let s: &[f32; 16] = s.try_into().expect("chunk of 16");
+            *d = [s[0], s[2], s[4], s[6], s[8], s[10], s[12], s[14]];
+        }
+        for i in n8 * 8..dst.len() {
+            dst[i] = src[2 * i];
+        }
+    } else {
+        for (v, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+            *v = *s;
+        }
     }
 }
 
@@ -294,7 +316,9 @@ impl ConvGemm {
             target = round_up(target / 2, nr);
             tiles = make_tiles(target);
         }
-        let mut mc_panels = mpanels.min((MAX_MC / mr).max(1));
+        let max_tile = tiles.iter().map(Tile::len).max().unwrap_or(nr);
+        let fit = MAX_C_BYTES / (4 * mr * round_up(max_tile, nr));
+        let mut mc_panels = mpanels.min(fit.max(1));
         let tasks = |mcp: usize| geom.n * groups * tiles.len() * mpanels.div_ceil(mcp);
         while tasks(mc_panels) < MIN_TASKS / 2 && mc_panels > 1 {
             mc_panels = mc_panels.div_ceil(2);
@@ -530,10 +554,7 @@ impl ConvGemm {
             if sw == 1 {
                 copy_short(d, &row[start..start + (b - a)]);
             } else {
-                let src = &row[start..start + (b - a - 1) * sw + 1];
-                for (v, s) in d.iter_mut().zip(src.iter().step_by(sw)) {
-                    *v = *s;
-                }
+                gather_strided(d, &row[start..start + (b - a - 1) * sw + 1], sw);
             }
         }
         for o in b..end {
