@@ -21,6 +21,7 @@ use crate::kernels::depthwise::{Depthwise, Isa as DwIsa};
 use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
+use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::Isa;
 use crate::reference;
 use crate::spec::ValidSpec;
@@ -42,6 +43,9 @@ pub enum Algo {
     /// Stride-1 direct convolution: the microkernel reads a padded input band in place
     /// ([`crate::kernels::direct`]); exact f32 arithmetic like the GEMMs (no Winograd).
     Direct,
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 ungrouped layers ([`crate::kernels::winograd`]):
+    /// 2.25× fewer multiplies, error within the tolerance documented there.
+    Winograd,
     /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
     Depthwise,
 }
@@ -63,6 +67,7 @@ impl Algo {
             Algo::ImplicitGemm => "implicit-gemm",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Direct => "direct",
+            Algo::Winograd => "winograd",
             Algo::Depthwise => "depthwise",
         }
     }
@@ -98,6 +103,7 @@ enum Imp {
     },
     Gemm(Box<ConvGemm>),
     Direct(Box<DirectConv>),
+    Winograd(Box<Winograd>),
     Depthwise {
         dw: Box<Depthwise>,
         w: Vec<f32>,
@@ -139,6 +145,36 @@ fn prefers_direct(g: &Geometry) -> bool {
     s.stride() == [1, 1] && s.dilation() == [1, 1] && 8 * gap <= g.ow.min(384) + gap
 }
 
+/// The microkernel for Winograd's GEMMs: the plan's, unless a narrower one (AVX2's 16
+/// columns) wastes far less on padding the tile count (small maps such as 14×14, whose 49
+/// tiles fill 51 % of two 48-wide panels but 77 % of four 16-wide ones).
+fn winograd_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
+    match Microkernel::for_isa(Isa::Avx2) {
+        Some(narrow) if ukr.isa == Isa::Avx512 => {
+            let (wide, thin) = (
+                Winograd::padded_macs(ukr, g),
+                Winograd::padded_macs(narrow, g),
+            );
+            if thin < 0.75 * wide {
+                narrow
+            } else {
+                ukr
+            }
+        }
+        _ => ukr,
+    }
+}
+
+/// Whether Winograd pays: enough channels for its transforms to amortise, and its padded
+/// GEMM work well under the direct convolution's.
+fn prefers_winograd(g: &Geometry, ukr: Microkernel) -> bool {
+    if !winograd::applies(g) || g.c < 16 || g.k < 16 {
+        return false;
+    }
+    let direct = 9.0 * g.k as f64 * g.c as f64 * (g.oh * g.ow) as f64;
+    Winograd::padded_macs(winograd_kernel(g, ukr), g) < 0.7 * direct
+}
+
 impl Plan {
     /// Plans `spec` on an input of shape `input = [n, c, h, w]` with the best ISA level.
     pub fn new(
@@ -167,6 +203,7 @@ impl Plan {
             Algo::Auto if spec.is_transposed() => Algo::Reference,
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
+            Algo::Auto if prefers_winograd(&geom, ukr) => Algo::Winograd,
             Algo::Auto if prefers_direct(&geom) => Algo::Direct,
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
@@ -199,6 +236,20 @@ impl Plan {
                     return Err(unavailable(chosen, "it needs stride 1"));
                 }
                 Imp::Direct(Box::new(DirectConv::new(&geom, weight, bias, ukr)))
+            }
+            Algo::Winograd => {
+                if !winograd::applies(&geom) {
+                    return Err(unavailable(
+                        chosen,
+                        "it needs a 3x3 kernel, stride 1, dilation 1 and groups 1",
+                    ));
+                }
+                Imp::Winograd(Box::new(Winograd::new(
+                    &geom,
+                    weight,
+                    bias,
+                    winograd_kernel(&geom, ukr),
+                )))
             }
             Algo::Depthwise => {
                 let dw_isa = match isa {
@@ -236,6 +287,7 @@ impl Plan {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
             Imp::Direct(d) => Some(d.microkernel().isa),
+            Imp::Winograd(w) => Some(w.microkernel().isa),
             Imp::Depthwise { dw, .. } => Some(match dw.isa() {
                 DwIsa::Scalar => Isa::Scalar,
                 DwIsa::Avx2 => Isa::Avx2,
@@ -250,6 +302,7 @@ impl Plan {
         match &self.imp {
             Imp::Gemm(g) => g.workspace_bytes(),
             Imp::Direct(d) => d.workspace_bytes(),
+            Imp::Winograd(w) => w.workspace_bytes(),
             Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
     }
@@ -259,6 +312,7 @@ impl Plan {
         match &self.imp {
             Imp::Gemm(g) => g.packed_weight_bytes(),
             Imp::Direct(d) => d.packed_weight_bytes(),
+            Imp::Winograd(w) => w.packed_weight_bytes(),
             Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
         }
@@ -286,7 +340,7 @@ impl Plan {
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
                 y.assign(&out);
             }
-            Imp::Gemm(_) | Imp::Direct(_) | Imp::Depthwise { .. } => {
+            Imp::Gemm(_) | Imp::Direct(_) | Imp::Winograd(_) | Imp::Depthwise { .. } => {
                 let xs = x.as_standard_layout();
                 let xs = xs.as_slice().expect("standard layout is contiguous");
                 match y.as_slice_mut() {
@@ -311,6 +365,10 @@ impl Plan {
                 Ok(())
             }
             Imp::Direct(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Winograd(conv) => {
                 conv.run(x, y);
                 Ok(())
             }

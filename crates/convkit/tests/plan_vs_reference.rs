@@ -372,3 +372,66 @@ proptest! {
         check_all(&spec, input, seed).map_err(TestCaseError::fail)?;
     }
 }
+
+/// Winograd's documented tolerance: |error| ≤ 4e-6 · Σ|x·w| + 1e-6 per output, against the
+/// f64 reference (Σ|x·w| computed by the reference on |x|, |w|). Prints the measured worst
+/// ratio |error| / Σ|x·w| next to the direct kernel's (run with --nocapture).
+#[test]
+fn winograd_error_is_bounded() {
+    let cases = [
+        (ConvSpec::conv2d(64, 64, 3).padding(1), [1, 64, 30, 29]),
+        (ConvSpec::conv2d(256, 32, 3).padding(1), [1, 256, 14, 14]),
+        (
+            ConvSpec::conv2d(17, 23, 3).padding_sides([0, 2, 1, 0]),
+            [2, 17, 9, 12],
+        ),
+        (
+            ConvSpec::conv2d(16, 20, 3)
+                .padding(1)
+                .padding_mode(PaddingMode::Reflect),
+            [1, 16, 7, 8],
+        ),
+    ];
+    for (i, (s, input)) in cases.into_iter().enumerate() {
+        let spec = s.build().unwrap();
+        let (x, w, b) = operands(&spec, input, 40 + i as u64);
+        let want =
+            reference::forward(&spec, x.view(), w.view(), b.as_ref().map(|b| b.view())).unwrap();
+        let scale = reference::forward(
+            &spec,
+            x.mapv(f32::abs).view(),
+            w.mapv(f32::abs).view(),
+            None,
+        )
+        .unwrap();
+        let mut worst = [0f64; 2];
+        for (j, algo) in [Algo::Winograd, Algo::Direct].into_iter().enumerate() {
+            for isa in Isa::available_levels() {
+                let plan = Plan::with_isa(
+                    &spec,
+                    input,
+                    w.view(),
+                    b.as_ref().map(|b| b.view()),
+                    algo,
+                    isa,
+                )
+                .unwrap();
+                assert_eq!(plan.algo(), algo);
+                let mut got = Array4::<f32>::zeros(plan.geometry().output_shape());
+                plan.run(x.view(), got.view_mut()).unwrap();
+                for ((g, r), s) in got.iter().zip(want.iter()).zip(scale.iter()) {
+                    let err = (g - r).abs() as f64;
+                    assert!(
+                        err <= 4e-6 * *s as f64 + 1e-6,
+                        "{algo} {isa} {spec}: {g} vs {r} (scale {s})"
+                    );
+                    worst[j] = worst[j].max(err / (*s as f64).max(1e-30));
+                }
+            }
+        }
+        println!(
+            "{spec}: max |err|/sum|x*w|: winograd {:.2e}, direct {:.2e}",
+            worst[0], worst[1]
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! * [`gemm`]: register-blocked sgemm microkernels, runtime-dispatched per [`Isa`].
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
+//! * [`winograd`]: Winograd F(2×2, 3×3) on the same microkernels.
 //! * [`store`]: the scatter of finished output tiles into the caller's array.
 //! * [`peak`]: an FMA-throughput loop that measures the machine's peak (for `convkit bench`).
 //!
@@ -17,6 +18,7 @@ pub mod gemm;
 pub mod igemm;
 pub mod peak;
 pub mod store;
+pub mod winograd;
 
 use std::fmt;
 
