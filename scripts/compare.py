@@ -6,7 +6,10 @@ For each thread count, each layer is timed by the three engines one after the ot
 all three alike. Every engine: warm-up, then the median (and minimum) of --runs runs.
 
 Prints one table per thread count (ms, ratio convkit / best of the others) and writes a bar
-chart PNG. Usage:
+chart PNG. Besides wall-clock medians and minima it reports process CPU time per run: on a
+machine shared with other jobs, CPU time excludes the waits for a core, so at one thread it is
+the fairest estimate of undisturbed speed (at two threads idle-spinning workers inflate it).
+Usage:
 
     scripts/compare.py --threads 1 2 [--suite dense|all | --shapes FILE.json] [--runs 15]
                        [--convkit target/release/convkit] [--png compare.png] [--json out.json]
@@ -25,18 +28,21 @@ import numpy as np
 
 
 def timed(fn, runs, warm_s=0.2):
-    """Warm-up (>= 2 calls and ~warm_s seconds), then `runs` timed calls: (median, min) in ms."""
+    """Warm-up (>= 2 calls and ~warm_s seconds), then `runs` timed calls:
+    (median ms, min ms, process CPU ms per call)."""
     t0 = time.perf_counter()
     n = 0
     while n < 2 or (time.perf_counter() - t0 < warm_s and n < 50):
         fn()
         n += 1
     ts = []
+    c0 = time.process_time()
     for _ in range(runs):
         t = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts), min(ts)
+    cpu = (time.process_time() - c0) * 1e3 / runs
+    return statistics.median(ts), min(ts), cpu
 
 
 def dims(row):
@@ -171,23 +177,28 @@ def main():
         for i, row in enumerate(rows):
             ck, pk = convkit_time(a.convkit, row, t, a.runs, peak=(i == 0))
             peak = peak or pk
-            tm, tmin = torch_time(row, t, a.runs)
-            om, omin = ort_time(row, t, a.runs)
+            tm, tmin, tcpu = torch_time(row, t, a.runs)
+            om, omin, ocpu = ort_time(row, t, a.runs)
             best = min(tm, om)
             best_min = min(tmin, omin)
             table.append(dict(name=row["name"], algo=ck["algo"], convkit_ms=ck["median_ms"],
                               convkit_min_ms=ck["min_ms"], torch_ms=tm, torch_min_ms=tmin,
-                              ort_ms=om, ort_min_ms=omin, ratio=ck["median_ms"] / best,
+                              ort_ms=om, ort_min_ms=omin, convkit_cpu_ms=ck.get("cpu_ms"),
+                              torch_cpu_ms=tcpu, ort_cpu_ms=ocpu, ratio=ck["median_ms"] / best,
+                              ratio_cpu=(ck["cpu_ms"] / min(tcpu, ocpu)) if ck.get("cpu_ms") else None,
                               ratio_min=ck["min_ms"] / best_min, gflops=ck["gflops"],
                               peak_pct=(100 * flops(row) / (ck["min_ms"] * 1e6) / peak) if peak else None))
         results[t] = dict(peak_gflops=peak, rows=table)
         print(f"\n== {t} thread(s); FMA peak {peak or float('nan'):.1f} GFLOP/s; medians of {a.runs} runs (min in brackets) ==")
-        print(f"{'layer':<26} {'algo':>13} {'convkit ms':>17} {'torch ms':>17} {'ORT ms':>17} {'ratio':>6} {'r(min)':>6} {'%peak':>6}")
+        print(f"{'layer':<26} {'algo':>13} {'convkit ms':>17} {'torch ms':>17} {'ORT ms':>17} {'ratio':>6} {'r(min)':>6} {'%peak':>6}"
+              f"  | cpu ms/run: {'convkit':>8} {'torch':>8} {'ORT':>8} {'ratio':>6}")
         for r in table:
             pk = f"{r['peak_pct']:.0f}%" if r["peak_pct"] is not None else "-"
+            cpu = "-" if r["ratio_cpu"] is None else (
+                f"{r['convkit_cpu_ms']:8.3f} {r['torch_cpu_ms']:8.3f} {r['ort_cpu_ms']:8.3f} {r['ratio_cpu']:6.2f}")
             print(f"{r['name']:<26} {r['algo']:>13} {r['convkit_ms']:8.3f} [{r['convkit_min_ms']:6.3f}] "
                   f"{r['torch_ms']:8.3f} [{r['torch_min_ms']:6.3f}] {r['ort_ms']:8.3f} [{r['ort_min_ms']:6.3f}] "
-                  f"{r['ratio']:6.2f} {r['ratio_min']:6.2f} {pk:>6}")
+                  f"{r['ratio']:6.2f} {r['ratio_min']:6.2f} {pk:>6}  |             {cpu}")
         worst = max(r["ratio"] for r in table)
         print(f"worst ratio convkit / min(torch, ORT): {worst:.2f} (median), "
               f"{max(r['ratio_min'] for r in table):.2f} (min)")

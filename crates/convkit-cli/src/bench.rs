@@ -110,6 +110,10 @@ pub struct Row {
     pub min_ms: f64,
     /// Useful GFLOP/s at the median (2·MACs / time, padded taps counted as work).
     pub gflops: f64,
+    /// CPU time of the whole process per run, ms (Linux; all threads). On a shared machine
+    /// this is what one run costs without the waits for a core; with one thread it estimates
+    /// the undisturbed wall time.
+    pub cpu_ms: Option<f64>,
     /// Percentage of the measured FMA peak for the thread count (if measured).
     pub peak_pct: Option<f64>,
     /// Algorithm the plan chose.
@@ -297,6 +301,18 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// CPU nanoseconds used so far by every thread of this process (Linux `schedstat`), or `None`
+/// where that is not available.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// Times one layer: warm-up, then `runs` timed forward passes.
 fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> CliResult<Row> {
     let (spec, input) = layer(s)?;
@@ -314,11 +330,16 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
         warm += 1;
     }
     let mut times = Vec::with_capacity(runs);
+    let cpu0 = process_cpu_ns();
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         plan.run(x.view(), y.view_mut())?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let cpu_ms = match (cpu0, process_cpu_ns()) {
+        (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1e6 / runs.max(1) as f64),
+        _ => None,
+    };
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut times);
     let gflops = plan.geometry().flops() as f64 / (median_ms * 1e-3) / 1e9;
@@ -327,6 +348,7 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
         median_ms,
         min_ms,
         gflops,
+        cpu_ms,
         peak_pct: None,
         algo: plan.algo().to_string(),
         isa: plan.isa().map(|i| i.to_string()),
@@ -404,8 +426,8 @@ pub fn run(args: Args) -> CliResult {
         best.map_or(0.0, |b| b.total_gflops)
     });
     println!(
-        "{:<26} {:>14} {:>7} {:>10} {:>10} {:>9} {:>7}",
-        "layer", "algo", "isa", "median ms", "min ms", "GFLOP/s", "% peak"
+        "{:<26} {:>14} {:>7} {:>10} {:>10} {:>10} {:>9} {:>7}",
+        "layer", "algo", "isa", "median ms", "min ms", "cpu ms", "GFLOP/s", "% peak"
     );
     let mut rows = Vec::new();
     for s in &shapes {
@@ -415,12 +437,13 @@ pub fn run(args: Args) -> CliResult {
         };
         row.peak_pct = peak.filter(|&p| p > 0.0).map(|p| 100.0 * row.gflops / p);
         println!(
-            "{:<26} {:>14} {:>7} {:>10.3} {:>10.3} {:>9.1} {:>7}",
+            "{:<26} {:>14} {:>7} {:>10.3} {:>10.3} {:>10} {:>9.1} {:>7}",
             row.name,
             row.algo,
             row.isa.as_deref().unwrap_or("-"),
             row.median_ms,
             row.min_ms,
+            row.cpu_ms.map_or("-".into(), |c| format!("{c:.3}")),
             row.gflops,
             row.peak_pct.map_or("-".into(), |p| format!("{p:.0}%"))
         );
