@@ -22,7 +22,7 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::SharedOut;
+use super::store::{copy_row, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
@@ -38,8 +38,10 @@ const MIN_TASKS: usize = 8;
 /// Largest C buffer (output-channel block × tile pixels) per task, bytes: as many channels as
 /// fit, since every channel block repacks B.
 const MAX_C_BYTES: usize = 256 * 1024;
+/// Floats of the phase-split input rows a strided layer's packing may use (256 KiB).
+const PHASE_MAX: usize = 64 * 1024;
 /// Bytes of one packed B micro-panel (`KC × NR` floats) we want resident in L1.
-const B_PANEL_BYTES: usize = 24 * 1024;
+const B_PANEL_BYTES: usize = 30 * 1024;
 
 /// A block of output pixels: rows `[oy0, ..)` × columns `[ox0, ox0 + bw)` enumerated row-major,
 /// of which the tile holds positions `[q0, q1)`; and the taps it multiplies.
@@ -102,23 +104,6 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
     a
 }
 
-/// `dst = src` for short runs, without a `memmove` call per run (im2col rows are often a few
-/// dozen floats).
-#[inline]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    assert_eq!(dst.len(), src.len());
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (a, b) in (&mut d).zip(&mut s) {
-        let a: &mut [f32; 8] = a.try_into().expect("chunk of 8");
-        let b: &[f32; 8] = b.try_into().expect("chunk of 8");
-        *a = *b;
-    }
-    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *a = *b;
-    }
-}
-
 /// `dst[i] = src[i·stride]`; stride 2 (the common strided layers) in blocks of 8 that the
 /// compiler turns into shuffles.
 #[inline]
@@ -138,6 +123,16 @@ fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
             *v = *s;
         }
     }
+}
+
+/// Where [`ConvGemm::split_phases`] put the rows: channels from `c0`, input rows
+/// `iy0 .. iy0 + rows`, `wph` values per phase.
+#[derive(Debug, Clone, Copy)]
+struct PhaseRows {
+    c0: usize,
+    iy0: usize,
+    rows: usize,
+    wph: usize,
 }
 
 /// A planned implicit-GEMM convolution (weights packed, tiles and tables precomputed).
@@ -169,6 +164,8 @@ pub struct ConvGemm {
     offs_packed: RowOffsets,
     /// Row offsets of the input planes for the in-place 1×1 GEMM (`c·H·W`).
     offs_planes: RowOffsets,
+    /// Whether row copies may use AVX-512 (the plan's ISA).
+    avx512: bool,
 }
 
 thread_local! {
@@ -349,6 +346,7 @@ impl ConvGemm {
             tiles,
             direct,
             offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
+            avx512: ukr.isa == super::Isa::Avx512,
             offs_planes: RowOffsets::new((0..ktot).map(|c| c * geom.h * geom.w).collect()),
         }
     }
@@ -367,6 +365,7 @@ impl ConvGemm {
         let maxlen = self.tiles.iter().map(Tile::len).max().unwrap_or(0);
         let ldc = round_up(maxlen, self.ukr.nr);
         (self.mc_panels * self.ukr.mr + self.kc) * ldc
+            + if self.stride_w > 1 { PHASE_MAX } else { 0 }
     }
 
     /// Bytes of packed weights.
@@ -438,7 +437,8 @@ impl ConvGemm {
         let p0 = mb * self.mc_panels;
         let p1 = (p0 + self.mc_panels).min(self.mpanels);
         let rows = (p1 - p0) * mr;
-        let (cbuf, bbuf) = ws.split_at_mut(rows * ldc);
+        let (cbuf, rest) = ws.split_at_mut(rows * ldc);
+        let (bbuf, phase) = rest.split_at_mut(self.kc * ldc);
         let hw = g.h * g.w;
         let xg = &x[(n * g.c + grp * self.cg) * hw..][..self.cg * hw];
         let apan = self.ktot * mr;
@@ -447,7 +447,7 @@ impl ConvGemm {
         for (kk0, kk1) in self.chunks(tile) {
             let kc = kk1 - kk0;
             if !self.direct {
-                self.pack(xg, tile, kk0, kk1, bbuf);
+                self.pack(xg, tile, kk0, kk1, bbuf, phase);
             }
             for p in 0..npan {
                 let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
@@ -499,13 +499,26 @@ impl ConvGemm {
 
     /// Packs rows `[kk0, kk1)` of the tile's im2col panel into `dst` (panel-major: panel `p`
     /// at `p·kc·NR`, row `kk` at `+ (kk − kk0)·NR`), zero-filling lanes past the tile.
-    fn pack(&self, xg: &[f32], tile: &Tile, kk0: usize, kk1: usize, dst: &mut [f32]) {
+    ///
+    /// Strided layers first split the input rows the tile reads into their `stride` column
+    /// phases (`phase`, when they fit in it): a strided gather per tap becomes a contiguous
+    /// copy, and each row is deinterleaved once instead of once per `kx` tap.
+    fn pack(
+        &self,
+        xg: &[f32],
+        tile: &Tile,
+        kk0: usize,
+        kk1: usize,
+        dst: &mut [f32],
+        phase: &mut [f32],
+    ) {
         let g = &self.geom;
         let nr = self.ukr.nr;
         let kc = kk1 - kk0;
         let len = tile.len();
         let npan = len.div_ceil(nr);
         let hw = g.h * g.w;
+        let split = self.split_phases(xg, tile, kk0, kk1, phase);
         for kk in kk0..kk1 {
             let tap = kk / self.cg;
             let c = kk % self.cg;
@@ -514,13 +527,132 @@ impl ConvGemm {
             let kl = kk - kk0;
             for (j, oy, ox, seg) in tile.segments(nr) {
                 let at = (j / nr) * kc * nr + kl * nr + j % nr;
-                self.fill(plane, ky, kx, oy, ox, &mut dst[at..at + seg]);
+                let d = &mut dst[at..at + seg];
+                match split {
+                    Some(ph) => self.fill_phase(plane, phase, ph, c, ky, kx, oy, ox, d),
+                    None => self.fill(plane, ky, kx, oy, ox, d),
+                }
             }
             let tail = npan * nr - len;
             if tail > 0 {
                 let at = (npan - 1) * kc * nr + kl * nr + (nr - tail);
                 dst[at..at + tail].fill(0.0);
             }
+        }
+    }
+
+    /// Deinterleaves the input rows of channels `c0..c1` that the tile reads into `phase`
+    /// (`[c − c0][iy − iy0][p][t] = x[c][iy][t·s + p]`); `None` if not strided or too big.
+    fn split_phases(
+        &self,
+        xg: &[f32],
+        tile: &Tile,
+        kk0: usize,
+        kk1: usize,
+        phase: &mut [f32],
+    ) -> Option<PhaseRows> {
+        let g = &self.geom;
+        let s = self.stride_w;
+        // Without several column taps there is no reuse to pay for the extra copy.
+        if s == 1 || self.kw == 1 || kk1 <= kk0 {
+            return None;
+        }
+        let cg = self.cg;
+        let (c0, c1) = if kk0 / cg == (kk1 - 1) / cg {
+            (kk0 % cg, (kk1 - 1) % cg + 1)
+        } else {
+            (0, cg)
+        };
+        let (oy_a, oy_b) = (
+            tile.oy0 + tile.q0 / tile.bw,
+            tile.oy0 + (tile.q1 - 1) / tile.bw,
+        );
+        let mut lo = usize::MAX;
+        let mut hi = 0;
+        for ky in tile.ky.0..tile.ky.1 {
+            for oy in oy_a..=oy_b {
+                let iy = self.row_src[ky * g.oh + oy];
+                if iy >= 0 {
+                    lo = lo.min(iy as usize);
+                    hi = hi.max(iy as usize);
+                }
+            }
+        }
+        if lo > hi {
+            return None;
+        }
+        let wph = g.w.div_ceil(s);
+        let rows = hi - lo + 1;
+        if (c1 - c0) * rows * s * wph > phase.len() {
+            return None;
+        }
+        let hw = g.h * g.w;
+        for c in c0..c1 {
+            for r in 0..rows {
+                let row = &xg[c * hw + (lo + r) * g.w..][..g.w];
+                let base = ((c - c0) * rows + r) * s * wph;
+                for p in 0..s {
+                    let n = (g.w - p.min(g.w)).div_ceil(s);
+                    let d = &mut phase[base + p * wph..base + (p + 1) * wph];
+                    if n > 0 {
+                        gather_strided(&mut d[..n], &row[p..p + (n - 1) * s + 1], s);
+                    }
+                    d[n..].fill(0.0);
+                }
+            }
+        }
+        Some(PhaseRows {
+            c0,
+            iy0: lo,
+            rows,
+            wph,
+        })
+    }
+
+    /// [`ConvGemm::fill`] reading the interior from the phase-split rows.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn fill_phase(
+        &self,
+        plane: &[f32],
+        phase: &[f32],
+        ph: PhaseRows,
+        c: usize,
+        ky: usize,
+        kx: usize,
+        oy: usize,
+        ox: usize,
+        dst: &mut [f32],
+    ) {
+        let g = &self.geom;
+        let iy = self.row_src[ky * g.oh + oy];
+        if iy < 0 {
+            dst.fill(0.0);
+            return;
+        }
+        let end = ox + dst.len();
+        let a = self.col_lo[kx].clamp(ox, end);
+        let b = self.col_hi[kx].clamp(a, end);
+        let row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+        let border = |o: usize| {
+            if self.zeros {
+                0.0
+            } else {
+                row[self.col_src[kx * g.ow + o] as usize]
+            }
+        };
+        for o in ox..a {
+            dst[o - ox] = border(o);
+        }
+        if b > a {
+            let s = self.stride_w;
+            let ix = (a as isize * s as isize + self.col_base[kx]) as usize;
+            let base = ((c - ph.c0) * ph.rows + (iy as usize - ph.iy0)) * s * ph.wph;
+            let src = &phase[base + (ix % s) * ph.wph + ix / s..][..b - a];
+            copy_row(&mut dst[a - ox..b - ox], src, 0.0, false, self.avx512);
+        }
+        for o in b..end {
+            dst[o - ox] = border(o);
         }
     }
 
@@ -552,7 +684,7 @@ impl ConvGemm {
             let start = (a as isize * sw as isize + self.col_base[kx]) as usize;
             let d = &mut dst[a - ox..b - ox];
             if sw == 1 {
-                copy_short(d, &row[start..start + (b - a)]);
+                copy_row(d, &row[start..start + (b - a)], 0.0, false, self.avx512);
             } else {
                 gather_strided(d, &row[start..start + (b - a - 1) * sw + 1], sw);
             }
