@@ -15,6 +15,7 @@
 //! * [`border`]: padding modes as index rules, shared by every engine.
 //! * [`separable`]: spatially separable kernels (rank-1 / low-rank factorisation, two passes).
 //! * [`dwsep`]: the depthwise separable block.
+//! * [`filter`]: image filtering with OpenCV semantics (named kernels, separable / 2D paths).
 //!
 //! ```
 //! use convkit::{ConvSpec, reference};
@@ -28,8 +29,11 @@
 //! ```
 
 pub mod arith;
+pub mod backward;
 pub mod border;
+pub mod dwsep;
 pub mod error;
+pub mod filter;
 pub mod geometry;
 pub mod kernels;
 pub mod plan;

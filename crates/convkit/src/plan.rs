@@ -17,10 +17,11 @@
 
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
-use crate::kernels::depthwise::{Depthwise, Isa as DwIsa};
+use crate::kernels::depthwise::Depthwise;
 use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
+use crate::kernels::subpixel::Subpixel;
 use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::Isa;
 use crate::reference;
@@ -48,15 +49,20 @@ pub enum Algo {
     Winograd,
     /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
     Depthwise,
+    /// Transposed layers: stride-phase (sub-pixel) decomposition into direct convolutions
+    /// that never multiply an inserted zero ([`crate::kernels::subpixel`]).
+    Subpixel,
 }
 
 impl Algo {
     /// Every algorithm, in `--algo` order.
-    pub const ALL: [Algo; 4] = [
+    pub const ALL: [Algo; 6] = [
         Algo::Auto,
         Algo::Reference,
         Algo::ImplicitGemm,
         Algo::Gemm1x1,
+        Algo::Depthwise,
+        Algo::Subpixel,
     ];
 
     /// The kebab-case name.
@@ -69,6 +75,7 @@ impl Algo {
             Algo::Direct => "direct",
             Algo::Winograd => "winograd",
             Algo::Depthwise => "depthwise",
+            Algo::Subpixel => "subpixel",
         }
     }
 }
@@ -109,6 +116,7 @@ enum Imp {
         w: Vec<f32>,
         bias: Option<Vec<f32>>,
     },
+    Subpixel(Box<Subpixel>),
 }
 
 /// A planned convolution: algorithm chosen, weights packed, workspace sized.
@@ -200,7 +208,7 @@ impl Plan {
         let ukr = Microkernel::for_isa(isa)
             .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
         let chosen = match algo {
-            Algo::Auto if spec.is_transposed() => Algo::Reference,
+            Algo::Auto if spec.is_transposed() => Algo::Subpixel,
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
             Algo::Auto if prefers_winograd(&geom, ukr) => Algo::Winograd,
@@ -208,11 +216,14 @@ impl Plan {
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
         };
-        if spec.is_transposed() && chosen != Algo::Reference {
+        if spec.is_transposed() && !matches!(chosen, Algo::Reference | Algo::Subpixel) {
             return Err(unavailable(
                 chosen,
-                "transposed convolutions run on the reference engine for now",
+                "transposed convolutions run as sub-pixel phases (or the reference)",
             ));
+        }
+        if chosen == Algo::Subpixel && !spec.is_transposed() {
+            return Err(unavailable(chosen, "it runs transposed convolutions only"));
         }
         let imp = match chosen {
             Algo::Reference => Imp::Reference {
@@ -251,18 +262,12 @@ impl Plan {
                     winograd_kernel(&geom, ukr),
                 )))
             }
-            Algo::Depthwise => {
-                let dw_isa = match isa {
-                    Isa::Scalar => DwIsa::Scalar,
-                    Isa::Avx2 => DwIsa::Avx2,
-                    Isa::Avx512 => DwIsa::Avx512,
-                };
-                Imp::Depthwise {
-                    dw: Box::new(Depthwise::new(&geom, dw_isa)?),
-                    w: weight.iter().copied().collect(),
-                    bias: bias.map(|b| b.to_vec()),
-                }
-            }
+            Algo::Depthwise => Imp::Depthwise {
+                dw: Box::new(Depthwise::new(&geom, isa)?),
+                w: weight.iter().copied().collect(),
+                bias: bias.map(|b| b.to_vec()),
+            },
+            Algo::Subpixel => Imp::Subpixel(Box::new(Subpixel::new(&geom, weight, bias, isa)?)),
             Algo::Auto => unreachable!("Auto is resolved above"),
         };
         Ok(Plan {
@@ -288,11 +293,8 @@ impl Plan {
             Imp::Gemm(g) => Some(g.microkernel().isa),
             Imp::Direct(d) => Some(d.microkernel().isa),
             Imp::Winograd(w) => Some(w.microkernel().isa),
-            Imp::Depthwise { dw, .. } => Some(match dw.isa() {
-                DwIsa::Scalar => Isa::Scalar,
-                DwIsa::Avx2 => Isa::Avx2,
-                DwIsa::Avx512 => Isa::Avx512,
-            }),
+            Imp::Depthwise { dw, .. } => Some(dw.isa()),
+            Imp::Subpixel(sp) => Some(sp.isa()),
             Imp::Reference { .. } => None,
         }
     }
@@ -303,6 +305,7 @@ impl Plan {
             Imp::Gemm(g) => g.workspace_bytes(),
             Imp::Direct(d) => d.workspace_bytes(),
             Imp::Winograd(w) => w.workspace_bytes(),
+            Imp::Subpixel(sp) => sp.workspace_bytes(),
             Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
     }
@@ -315,6 +318,7 @@ impl Plan {
             Imp::Winograd(w) => w.packed_weight_bytes(),
             Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
+            Imp::Subpixel(sp) => sp.packed_weight_bytes(),
         }
     }
 
@@ -335,6 +339,7 @@ impl Plan {
             }
         }
         match &self.imp {
+            Imp::Subpixel(sp) => sp.run(x, y)?,
             Imp::Reference { w, bias } => {
                 let out =
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
@@ -373,7 +378,9 @@ impl Plan {
                 Ok(())
             }
             Imp::Depthwise { dw, w, bias } => dw.run(x, w, bias.as_deref(), y),
-            Imp::Reference { .. } => unreachable!("the reference runs on arrays"),
+            Imp::Reference { .. } | Imp::Subpixel(_) => {
+                unreachable!("the reference and sub-pixel plans run on arrays")
+            }
         }
     }
 }

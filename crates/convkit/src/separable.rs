@@ -19,6 +19,7 @@
 
 use crate::border::Border;
 use crate::error::{ConvError, Result};
+use crate::kernels::Isa;
 use crate::reference::check_operands;
 use crate::spec::ValidSpec;
 use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
@@ -402,6 +403,10 @@ fn out_len(
         .checked_add(pads[0])
         .and_then(|v| v.checked_add(pads[1]))
         .ok_or(overflow("padded input size"))?;
+    // Border rules index with isize.
+    if padded > isize::MAX as usize {
+        return Err(overflow("padded input size"));
+    }
     if padded < ext {
         return Err(ConvError::KernelTooLarge {
             axis,
@@ -412,11 +417,174 @@ fn out_len(
     Ok(((padded - ext) / s + 1, ext))
 }
 
-/// `y += a·x`, written so the compiler vectorises it.
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+/// Columns per register block of [`weighted_rows`]: 64 f32 are 4 AVX-512, 8 AVX2 or 16 SSE
+/// registers of accumulators.
+const BLOCK: usize = 64;
+
+/// `out[i] (+)= Σₜ wₜ·base[offₜ + i]` for `taps = [(offₜ, wₜ)]`: a weighted sum of shifted rows.
+///
+/// Register-blocked: each block of [`BLOCK`] outputs stays in registers while every tap is
+/// added, so a tap costs one load per element instead of the load + load + store of an axpy
+/// over the whole row. `ACC` adds to `out` instead of overwriting it. Every
+/// `base[offₜ..offₜ + out.len()]` must exist.
+#[inline(always)]
+fn weighted_rows<const FMA: bool, const ACC: bool>(
+    out: &mut [f32],
+    base: &[f32],
+    taps: &[(usize, f32)],
+) {
+    let n = out.len();
+    let fma = |w: f32, x: f32, a: f32| if FMA { w.mul_add(x, a) } else { a + w * x };
+    let mut i = 0;
+    while i + BLOCK <= n {
+        let mut acc = [0f32; BLOCK];
+        if ACC {
+            acc.copy_from_slice(&out[i..i + BLOCK]);
+        }
+        for &(off, w) in taps {
+            let src = &base[off + i..off + i + BLOCK];
+            for (a, &x) in acc.iter_mut().zip(src) {
+                *a = fma(w, x, *a);
+            }
+        }
+        out[i..i + BLOCK].copy_from_slice(&acc);
+        i += BLOCK;
+    }
+    let tail = &mut out[i..];
+    if !ACC {
+        tail.fill(0.0);
+    }
+    for &(off, w) in taps {
+        let src = &base[off + i..off + n];
+        for (a, &x) in tail.iter_mut().zip(src) {
+            *a = fma(w, x, *a);
+        }
+    }
+}
+
+/// Everything the row blocks of [`conv2d_two_pass`] share, resolved once.
+struct TwoPass {
+    terms: Vec<(Vec<f32>, Vec<f32>)>,
+    border: Border,
+    h: usize,
+    w: usize,
+    ow: usize,
+    top: usize,
+    left: usize,
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// Length of the padded row the horizontal pass reads: (ow − 1)·s_w + d_w·(kw − 1) + 1.
+    needed_w: usize,
+    /// Padded column j reads vertical-pass column `col_src[j]` (None: a zero).
+    col_src: Vec<Option<usize>>,
+    rows_per_block: usize,
+}
+
+impl TwoPass {
+    /// Output rows `b·rows_per_block ..` of one plane into `yblock` (zeroed, whole rows).
+    #[inline(always)]
+    fn block<const FMA: bool>(&self, xplane: &[f32], yblock: &mut [f32], b: usize) {
+        let (w, ow, left, needed_w) = (self.w, self.ow, self.left, self.needed_w);
+        let [sh, sw] = self.stride;
+        let [dh, dw] = self.dilation;
+        // Usually every input column lands inside the needed padded row, and the vertical pass
+        // writes straight into it; otherwise (a large left pad or stride) it goes via `vbuf`.
+        let direct = left + w <= needed_w;
+        let interior = left.min(needed_w)..(left + w).min(needed_w);
+        let mut vbuf = vec![0f32; if direct { 0 } else { w }];
+        let mut prow = vec![0f32; needed_w];
+        let mut taps: Vec<(usize, f32)> =
+            Vec::with_capacity(self.terms.first().map_or(0, |t| t.0.len().max(t.1.len())));
+        for (r, yrow) in yblock.chunks_mut(ow).enumerate() {
+            let oy = b * self.rows_per_block + r;
+            for (t, (col, row)) in self.terms.iter().enumerate() {
+                // Vertical pass over all w input columns of output row oy: the input rows the
+                // nonzero taps read (a row outside a zeros border contributes nothing).
+                taps.clear();
+                for (ky, &cv) in col.iter().enumerate() {
+                    // Cannot wrap: padded sizes were checked to fit in isize.
+                    let iy = (oy * sh + ky * dh) as isize - self.top as isize;
+                    if let (true, Some(src)) = (cv != 0.0, self.border.source(iy, self.h)) {
+                        taps.push((src * w, cv));
+                    }
+                }
+                let v = if direct {
+                    &mut prow[left..left + w]
+                } else {
+                    &mut vbuf[..]
+                };
+                weighted_rows::<FMA, false>(v, xplane, &taps);
+                // Horizontal border: complete the padded row of the vertical result.
+                if direct {
+                    for j in (0..left).chain(left + w..needed_w) {
+                        prow[j] = self.col_src[j].map_or(0.0, |s| prow[left + s]);
+                    }
+                } else {
+                    if !interior.is_empty() {
+                        prow[interior.clone()]
+                            .copy_from_slice(&vbuf[interior.start - left..interior.end - left]);
+                    }
+                    for j in (0..interior.start).chain(interior.end..needed_w) {
+                        prow[j] = self.col_src[j].map_or(0.0, |s| vbuf[s]);
+                    }
+                }
+                // Horizontal pass; the first term overwrites the (zeroed) output row.
+                if sw == 1 {
+                    taps.clear();
+                    taps.extend(
+                        row.iter()
+                            .enumerate()
+                            .filter(|&(_, &rv)| rv != 0.0)
+                            .map(|(kx, &rv)| (kx * dw, rv)),
+                    );
+                    if t == 0 {
+                        weighted_rows::<FMA, false>(yrow, &prow, &taps);
+                    } else {
+                        weighted_rows::<FMA, true>(yrow, &prow, &taps);
+                    }
+                } else {
+                    for (kx, &rv) in row.iter().enumerate() {
+                        if rv == 0.0 {
+                            continue;
+                        }
+                        let off = kx * dw;
+                        for (o, yv) in yrow.iter_mut().enumerate() {
+                            let xv = prow[off + o * sw];
+                            *yv = if FMA {
+                                rv.mul_add(xv, *yv)
+                            } else {
+                                *yv + rv * xv
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`TwoPass::block`] compiled for the instruction set `isa` (checked available).
+    fn block_isa(&self, isa: Isa, xplane: &[f32], yblock: &mut [f32], b: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(p: &TwoPass, x: &[f32], y: &mut [f32], b: usize) {
+                p.block::<true>(x, y, b)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(p: &TwoPass, x: &[f32], y: &mut [f32], b: usize) {
+                p.block::<true>(x, y, b)
+            }
+            match isa {
+                // SAFETY: `conv2d_two_pass_with` checked `isa.available()`, i.e. that this CPU
+                // has AVX-512F; the body is safe Rust compiled with those features.
+                Isa::Avx512 => return unsafe { avx512(self, xplane, yblock, b) },
+                // SAFETY: as above, for AVX2 + FMA.
+                Isa::Avx2 => return unsafe { avx2(self, xplane, yblock, b) },
+                Isa::Scalar => {}
+            }
+        }
+        let _ = isa;
+        self.block::<false>(xplane, yblock, b)
     }
 }
 
@@ -429,8 +597,12 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// `x̃` extends x by `border` ([`Border::source`], which is defined for any padding, also pads
 /// larger than the input: callers that want PyTorch's limits use [`conv2d_two_pass_spec`]).
 /// `pad` is `[top, bottom, left, right]`; stride and dilation are `[h, w]`; the output size is
-/// that of [`crate::Geometry`]. Accumulates in f32; zero taps are skipped. Parallel over
-/// channels and blocks of output rows.
+/// that of [`crate::Geometry`].
+///
+/// Cost per output cell: `terms·(kh·w/ow + kw)` multiply-adds (the vertical pass runs over
+/// every input column). Accumulates in f32 (fused multiply-adds on AVX2/AVX-512, detected at
+/// run time); zero taps are skipped. The inner loops run along contiguous rows and are
+/// vectorised by the compiler; rayon splits the work over channels and blocks of output rows.
 ///
 /// Errors: zero-sized input, stride or dilation; a kernel extent larger than the padded input;
 /// sizes that overflow; terms whose lengths differ from the kernel shape or are non-finite.
@@ -442,6 +614,26 @@ pub fn conv2d_two_pass(
     stride: [usize; 2],
     dilation: [usize; 2],
 ) -> Result<Array4<f32>> {
+    conv2d_two_pass_with(Isa::best(), x, f, pad, border, stride, dilation)
+}
+
+/// [`conv2d_two_pass`] with a chosen instruction set (for tests and benchmarks); an `isa` this
+/// CPU lacks is an [`ConvError::AlgorithmUnavailable`] error.
+pub fn conv2d_two_pass_with(
+    isa: Isa,
+    x: ArrayView4<f32>,
+    f: &Factorization,
+    pad: [usize; 4],
+    border: Border,
+    stride: [usize; 2],
+    dilation: [usize; 2],
+) -> Result<Array4<f32>> {
+    if !isa.available() {
+        return Err(ConvError::AlgorithmUnavailable {
+            algo: "separable",
+            why: format!("this CPU lacks the {isa:?} instruction set"),
+        });
+    }
     let (n, c, h, w) = x.dim();
     for (v, what) in [
         (n, "batch size"),
@@ -474,90 +666,57 @@ pub fn conv2d_two_pass(
     }
     let (oh, _) = out_len("height", h, [pad[0], pad[1]], kh, stride[0], dilation[0])?;
     let (ow, ext_w) = out_len("width", w, [pad[2], pad[3]], kw, stride[1], dilation[1])?;
-    [n, c, oh, ow]
+    // A Vec holds at most isize::MAX bytes.
+    [n, c, oh, ow, std::mem::size_of::<f32>()]
         .iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .filter(|&bytes| bytes <= isize::MAX as usize)
         .ok_or(ConvError::Overflow {
             what: "output size",
         })?;
-    let terms: Vec<(Vec<f32>, Vec<f32>)> = f
-        .terms
-        .iter()
-        .map(|t| {
-            let v = |a: &[f64]| a.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            (v(&t.col), v(&t.row))
-        })
-        .collect();
-
-    // Horizontal border rule, resolved once: padded column j reads vertical-pass column src[j].
     let needed_w = (ow - 1) * stride[1] + ext_w;
-    let col_src: Vec<Option<usize>> = (0..needed_w)
-        .map(|j| border.source(j as isize - pad[2] as isize, w))
-        .collect();
-    // Padded columns that are plain input columns: copied, not gathered.
-    let interior = pad[2].min(needed_w)..(pad[2] + w).min(needed_w);
+    let plan = TwoPass {
+        terms: f
+            .terms
+            .iter()
+            .map(|t| {
+                let v = |a: &[f64]| a.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+                (v(&t.col), v(&t.row))
+            })
+            .collect(),
+        border,
+        h,
+        w,
+        ow,
+        top: pad[0],
+        left: pad[2],
+        stride,
+        dilation,
+        needed_w,
+        col_src: (0..needed_w)
+            .map(|j| border.source(j as isize - pad[2] as isize, w))
+            .collect(),
+        rows_per_block: oh.div_ceil(16).clamp(1, 64),
+    };
 
     let x = x.as_standard_layout();
     let xs = x.as_slice().ok_or(ConvError::Unsupported(
         "input is not contiguous after conversion".into(),
     ))?;
     let mut y = Array4::<f32>::zeros((n, c, oh, ow));
-    if terms.is_empty() {
+    if plan.terms.is_empty() {
         return Ok(y); // zero kernel
     }
     let ys = y
         .as_slice_mut()
         .ok_or(ConvError::Unsupported("output is not contiguous".into()))?;
-    let rows_per_block = oh.div_ceil(16).clamp(1, 64);
-    let (sh, sw, dh, dw) = (stride[0], stride[1], dilation[0], dilation[1]);
-
     ys.par_chunks_mut(oh * ow)
         .zip(xs.par_chunks(h * w))
         .for_each(|(yplane, xplane)| {
             yplane
-                .par_chunks_mut(rows_per_block * ow)
+                .par_chunks_mut(plan.rows_per_block * ow)
                 .enumerate()
-                .for_each(|(b, yblock)| {
-                    let mut vbuf = vec![0f32; w];
-                    let mut prow = vec![0f32; needed_w];
-                    for (r, yrow) in yblock.chunks_mut(ow).enumerate() {
-                        let oy = b * rows_per_block + r;
-                        for (col, row) in &terms {
-                            // Vertical pass over all w input columns of output row oy.
-                            vbuf.fill(0.0);
-                            for (ky, &cv) in col.iter().enumerate() {
-                                let iy = (oy * sh + ky * dh) as isize - pad[0] as isize;
-                                if cv == 0.0 {
-                                    continue;
-                                }
-                                if let Some(src) = border.source(iy, h) {
-                                    axpy(&mut vbuf, cv, &xplane[src * w..(src + 1) * w]);
-                                }
-                            }
-                            // Horizontal border: the padded row of the vertical result.
-                            prow[interior.clone()].copy_from_slice(
-                                &vbuf[interior.start - pad[2]..interior.end - pad[2]],
-                            );
-                            for j in (0..interior.start).chain(interior.end..needed_w) {
-                                prow[j] = col_src[j].map_or(0.0, |s| vbuf[s]);
-                            }
-                            // Horizontal pass.
-                            for (kx, &rv) in row.iter().enumerate() {
-                                if rv == 0.0 {
-                                    continue;
-                                }
-                                let off = kx * dw;
-                                if sw == 1 {
-                                    axpy(yrow, rv, &prow[off..off + ow]);
-                                } else {
-                                    for (o, yv) in yrow.iter_mut().enumerate() {
-                                        *yv += rv * prow[off + o * sw];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                });
+                .for_each(|(b, yblock)| plan.block_isa(isa, xplane, yblock, b));
         });
     Ok(y)
 }
@@ -676,6 +835,14 @@ mod tests {
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() <= tol, "{a:?} vs {b:?}");
         }
+    }
+
+    /// Every instruction set this CPU can run the two-pass kernel with.
+    fn isas() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
     }
 
     fn max_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
@@ -938,13 +1105,29 @@ mod tests {
         ]
     }
 
+    /// The exact factorisations of [`test_kernels`] plus low-rank approximations (whose
+    /// reconstruction is the kernel the two passes must compute).
+    fn test_factorizations() -> Vec<(String, Factorization)> {
+        let mut v: Vec<(String, Factorization)> = test_kernels()
+            .into_iter()
+            .map(|(name, k)| (name.to_string(), factorize(k.view()).unwrap()))
+            .collect();
+        let r = random_kernel(7, 7, 3);
+        for rank in [1, 2] {
+            v.push((
+                format!("random7x7-rank{rank}"),
+                low_rank(r.view(), rank).unwrap(),
+            ));
+        }
+        v
+    }
+
     #[test]
     fn two_pass_equals_depthwise_2d_for_every_border_stride_dilation() {
         let shapes = [(2, 3, 9, 11), (1, 2, 7, 6), (1, 1, 5, 13), (1, 1, 1, 8)];
         let pads = [[0, 0, 0, 0], [1, 1, 1, 1], [2, 0, 1, 3]];
         let mut checked = 0;
-        for (name, k) in test_kernels() {
-            let f = factorize(k.view()).unwrap();
+        for (name, f) in test_factorizations() {
             for (si, &shape) in shapes.iter().enumerate() {
                 let x = random_input(shape, si as u64);
                 for pad in pads {
@@ -954,13 +1137,25 @@ mod tests {
                                 let what = format!(
                                     "{name} {shape:?} {pad:?} {b:?} s{stride:?} d{dilation:?}"
                                 );
-                                let got = conv2d_two_pass(x.view(), &f, pad, b, stride, dilation);
-                                match oracle(&x, &f, pad, b, stride, dilation) {
-                                    Ok(want) => {
-                                        assert_close4(&got.unwrap(), &want, &f, &what);
-                                        checked += 1;
+                                let want = oracle(&x, &f, pad, b, stride, dilation);
+                                for isa in isas() {
+                                    let got = conv2d_two_pass_with(
+                                        isa,
+                                        x.view(),
+                                        &f,
+                                        pad,
+                                        b,
+                                        stride,
+                                        dilation,
+                                    );
+                                    let what = format!("{what} {isa:?}");
+                                    match &want {
+                                        Ok(want) => {
+                                            assert_close4(&got.unwrap(), want, &f, &what);
+                                            checked += 1;
+                                        }
+                                        Err(e) => assert_eq!(&got.unwrap_err(), e, "{what}"),
                                     }
-                                    Err(e) => assert_eq!(got.unwrap_err(), e, "{what}"),
                                 }
                             }
                         }
@@ -1012,18 +1207,28 @@ mod tests {
             }
         }
         assert!(checked > 150, "{checked}");
-        // 'same' padding, resolved by the spec.
+        // 'same' padding rules, resolved by the spec.
         let k = gauss2d(1.0, 5);
         let f = factorize(k.view()).unwrap();
-        let spec = ConvSpec::conv2d(3, 3, 5)
-            .groups(3)
-            .padding_rule(crate::Padding::Same)
-            .padding_mode(PaddingMode::Reflect)
-            .bias(false)
-            .build()
-            .unwrap();
-        let y = conv2d_two_pass_spec(&spec, x.view(), &f, None).unwrap();
-        assert_eq!(y.dim(), (2, 3, 8, 9));
+        let w = Array4::from_shape_fn((3, 1, 5, 5), |(_, _, i, j)| k[[i, j]] as f32);
+        for (rule, stride, dims) in [
+            (crate::Padding::Same, 1, (2, 3, 8, 9)),
+            (crate::Padding::SameTf, 2, (2, 3, 4, 5)),
+            (crate::Padding::Valid, 1, (2, 3, 4, 5)),
+        ] {
+            let spec = ConvSpec::conv2d(3, 3, 5)
+                .groups(3)
+                .padding_rule(rule)
+                .stride(stride)
+                .padding_mode(PaddingMode::Replicate)
+                .bias(false)
+                .build()
+                .unwrap();
+            let y = conv2d_two_pass_spec(&spec, x.view(), &f, None).unwrap();
+            assert_eq!(y.dim(), dims, "{rule:?}");
+            let want = reference::forward(&spec, x.view(), w.view(), None).unwrap();
+            assert_close4(&y, &want, &f, &format!("{rule:?}"));
+        }
     }
 
     #[test]
@@ -1123,6 +1328,13 @@ mod tests {
             let got = conv2d_two_pass(x.view(), &f, pad, b, [1, 2], [2, 1]).unwrap();
             let want = oracle(&x, &f, pad, b, [1, 2], [2, 1]).unwrap();
             assert_close4(&got, &want, &f, &format!("{b:?} big pads"));
+            // The needed part of the padded row lies inside the left pad only.
+            let small = random_input((1, 1, 3, 3), 6);
+            let pad = [0, 0, 10, 0];
+            let got = conv2d_two_pass(small.view(), &f, pad, b, [1, 20], [1, 1]).unwrap();
+            let want = oracle(&small, &f, pad, b, [1, 20], [1, 1]).unwrap();
+            assert_eq!(got.dim(), (1, 1, 1, 1));
+            assert_close4(&got, &want, &f, &format!("{b:?} left pad only"));
         }
     }
 
@@ -1133,17 +1345,19 @@ mod tests {
             col in prop::collection::vec(-2.0f64..2.0, 1..6),
             row in prop::collection::vec(-2.0f64..2.0, 1..6),
             c in 1usize..3, h in 1usize..12, w in 1usize..12,
-            pad in prop::array::uniform4(0usize..4),
-            stride in prop::array::uniform2(1usize..4),
+            pad in prop::array::uniform4(0usize..7),
+            stride in prop::array::uniform2(1usize..6),
             dilation in prop::array::uniform2(1usize..4),
-            bi in 0usize..5, seed in 0u64..1000,
+            bi in 0usize..5, seed in 0u64..1000, ii in 0usize..3,
         ) {
             let k = outer(&col, &row);
             let f = factorize(k.view()).unwrap();
             prop_assert!(f.rank <= 1);
             let x = random_input((1, c, h, w), seed);
             let b = BORDERS[bi];
-            let got = conv2d_two_pass(x.view(), &f, pad, b, stride, dilation);
+            let isas = isas();
+            let isa = isas[ii % isas.len()];
+            let got = conv2d_two_pass_with(isa, x.view(), &f, pad, b, stride, dilation);
             match oracle(&x, &f, pad, b, stride, dilation) {
                 Ok(want) => {
                     let got = got.unwrap();

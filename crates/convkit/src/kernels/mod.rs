@@ -7,6 +7,8 @@
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
 //! * [`winograd`]: Winograd F(2×2, 3×3) on the same microkernels.
+//! * [`subpixel`]: transposed convolution as stride-phase direct convolutions.
+//! * [`wgrad`]: weight gradients as in-place GEMMs (no im2col).
 //! * [`store`]: the scatter of finished output tiles into the caller's array.
 //! * [`peak`]: an FMA-throughput loop that measures the machine's peak (for `convkit bench`).
 //!
@@ -18,6 +20,8 @@ pub mod gemm;
 pub mod igemm;
 pub mod peak;
 pub mod store;
+pub mod subpixel;
+pub mod wgrad;
 pub mod winograd;
 
 use std::fmt;

@@ -1,0 +1,69 @@
+//! The one place the CLI chooses how a convolution runs.
+//!
+//! Every command goes through [`forward`] / [`backward`]: `--algo auto` plans the layer on
+//! the fast engine (`convkit::plan`, `convkit::backward`), `--algo reference` runs the oracle,
+//! and the other names force one algorithm of the plan (an error if it cannot run the layer).
+
+use crate::error::CliResult;
+use convkit::plan::{self, Algo as PlanAlgo};
+use convkit::{GradRequest, Gradients, ValidSpec};
+use ndarray::{Array4, ArrayView1, ArrayView4};
+
+/// Which engine runs the convolution (`--algo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Algo {
+    /// The fastest correct engine for the layer, chosen by the plan.
+    #[default]
+    Auto,
+    /// The reference oracle: plain loops, f64 accumulation.
+    Reference,
+    /// Tiled implicit GEMM (any direct convolution).
+    ImplicitGemm,
+    /// 1×1 stride-1 unpadded layers as a GEMM on the NCHW input.
+    Gemm1x1,
+    /// Depthwise layers (groups = in_channels): the channel-vectorised kernel.
+    Depthwise,
+    /// Transposed layers as stride-phase (sub-pixel) direct convolutions.
+    Subpixel,
+}
+
+impl Algo {
+    fn plan_algo(self) -> PlanAlgo {
+        match self {
+            Algo::Auto => PlanAlgo::Auto,
+            Algo::Reference => PlanAlgo::Reference,
+            Algo::ImplicitGemm => PlanAlgo::ImplicitGemm,
+            Algo::Gemm1x1 => PlanAlgo::Gemm1x1,
+            Algo::Depthwise => PlanAlgo::Depthwise,
+            Algo::Subpixel => PlanAlgo::Subpixel,
+        }
+    }
+}
+
+/// Forward pass of any layer on NCHW arrays (1D layers as (N, C, 1, L)).
+pub fn forward(
+    spec: &ValidSpec,
+    x: ArrayView4<f32>,
+    w: ArrayView4<f32>,
+    bias: Option<ArrayView1<f32>>,
+    algo: Algo,
+) -> CliResult<Array4<f32>> {
+    Ok(plan::forward(spec, x, w, bias, algo.plan_algo())?)
+}
+
+/// Backward pass: the gradients in `want` given `dy = dL/dy`. Any `--algo` but `reference`
+/// runs the fast backward engine (which picks its own algorithm per gradient).
+pub fn backward(
+    spec: &ValidSpec,
+    x: ArrayView4<f32>,
+    w: ArrayView4<f32>,
+    dy: ArrayView4<f32>,
+    want: GradRequest,
+    algo: Algo,
+) -> CliResult<Gradients<f32>> {
+    let a = match algo {
+        Algo::Reference => PlanAlgo::Reference,
+        _ => PlanAlgo::Auto,
+    };
+    Ok(convkit::backward::backward(spec, x, w, dy, want, a)?)
+}

@@ -1,0 +1,211 @@
+//! The streaming filter engine: row stage → ring buffer → column stage, over row bands.
+//!
+//! OpenCV's `FilterEngine` design: each band of output rows is produced by one task, which
+//! streams the input rows it needs through a ring buffer of `extent_h` rows, so every
+//! horizontally filtered (or padded) row is computed once per band and stays in cache while
+//! the column stage reads it `kh` times.
+//!
+//! * Row stage (per input row): widen the samples to f32 into a padded row (border handled here,
+//!   by index lists computed once, so the inner loops never test bounds), then
+//!   - separable: one horizontal 1D pass per rank-1 term into the ring;
+//!   - direct 2D: the padded row itself goes into the ring.
+//! * Column stage (per 4 output rows): one `dot_block` over the ring rows: separable = the
+//!   kernel column of every term (rank r is one pass); 2D = every `(i, j)` tap as ring row
+//!   `i` shifted by `j·d·C`.
+//!
+//! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
+//! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
+
+use super::simd::{dot_block, Isa, MAX_ROWS};
+use super::{FilterBorder, Image, Sample};
+use rayon::prelude::*;
+
+/// What the row and column stages compute.
+#[derive(Debug, Clone)]
+pub(crate) enum Stage {
+    /// Σ_t col_t ⊗ row_t, each term `(col, row)` of lengths `(kh, kw)`.
+    Separable(Vec<(Vec<f32>, Vec<f32>)>),
+    /// A dense `kh × kw` row-major kernel.
+    Direct(Vec<f32>),
+}
+
+/// Geometry of one filter run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub kh: usize,
+    pub kw: usize,
+    pub dilation: usize,
+}
+
+impl Shape {
+    /// Rows above the anchor `(kh/2)·d`, below, left and right (OpenCV's centred anchor).
+    fn pads(&self) -> (usize, usize, usize, usize) {
+        let d = self.dilation;
+        (
+            (self.kh / 2) * d,
+            (self.kh - 1 - self.kh / 2) * d,
+            (self.kw / 2) * d,
+            (self.kw - 1 - self.kw / 2) * d,
+        )
+    }
+}
+
+/// Filters `src` into `dst` (same `H × W × C` layout, f32).
+pub(crate) fn run<T: Sample>(
+    stage: &Stage,
+    shape: Shape,
+    border: FilterBorder,
+    src: &Image<T>,
+    dst: &mut [f32],
+    isa: Isa,
+) {
+    let (w, h, c) = (src.width, src.height, src.channels);
+    let wc = w * c;
+    debug_assert_eq!(dst.len(), wc * h);
+    if wc == 0 || h == 0 {
+        return;
+    }
+    let (top, bottom, left, right) = shape.pads();
+    let ext_h = top + bottom + 1;
+    // Border index lists for the horizontal pads (None = the constant value).
+    let lsrc: Vec<Option<usize>> = (0..left)
+        .map(|p| border.source(p as isize - left as isize, w))
+        .collect();
+    let rsrc: Vec<Option<usize>> = (0..right)
+        .map(|p| border.source((w + p) as isize, w))
+        .collect();
+    let ctx = Ctx {
+        stage,
+        shape,
+        border,
+        src,
+        isa,
+        lsrc: &lsrc,
+        rsrc: &rsrc,
+        top,
+        ext_h,
+    };
+    // Bands: a multiple of the thread count, each ≥ 4 ring heights when possible so the
+    // (ext_h − 1) rows recomputed per band stay cheap.
+    let threads = rayon::current_num_threads().max(1);
+    let per = (h / (threads * 4 * ext_h)).clamp(1, 4);
+    let bands = (threads * per).min(h);
+    let band_rows = h.div_ceil(bands);
+    if bands == 1 {
+        ctx.band(0, dst);
+    } else {
+        dst.par_chunks_mut(band_rows * wc)
+            .enumerate()
+            .for_each(|(b, out)| ctx.band(b * band_rows, out));
+    }
+}
+
+struct Ctx<'a, T> {
+    stage: &'a Stage,
+    shape: Shape,
+    border: FilterBorder,
+    src: &'a Image<'a, T>,
+    isa: Isa,
+    lsrc: &'a [Option<usize>],
+    rsrc: &'a [Option<usize>],
+    top: usize,
+    ext_h: usize,
+}
+
+impl<T: Sample> Ctx<'_, T> {
+    /// Produces output rows `y0 .. y0 + out.len() / (W·C)`.
+    fn band(&self, y0: usize, out: &mut [f32]) {
+        let (w, c) = (self.src.width, self.src.channels);
+        let wc = w * c;
+        let rows_out = out.len() / wc;
+        let padded_len = (w + self.lsrc.len() + self.rsrc.len()) * c;
+        let d = self.shape.dilation;
+        // Output rows per column step: R rows share their source rows only when the taps are
+        // adjacent (d = 1).
+        let rmax = if d == 1 { MAX_ROWS } else { 1 };
+        let ring_len = self.ext_h + rmax - 1;
+        let ring_row = match self.stage {
+            Stage::Separable(t) => t.len() * wc,
+            Stage::Direct(_) => padded_len,
+        };
+        let mut ring = vec![0.0f32; ring_len * ring_row];
+        let mut pad = match self.stage {
+            Stage::Separable(_) => vec![0.0f32; padded_len],
+            Stage::Direct(_) => Vec::new(),
+        };
+        let step = d * c;
+        let shifts: Vec<usize> = (0..self.shape.kw).map(|j| j * step).collect();
+        // Column-stage columns and weights: 2D = the kernel, separable = one column per term
+        // (w[i][t] = col_t[i]) at the term's offset inside a ring row.
+        let (ccols, cw): (Vec<usize>, Vec<f32>) = match self.stage {
+            Stage::Separable(t) => (
+                (0..t.len()).map(|k| k * wc).collect(),
+                (0..self.shape.kh)
+                    .flat_map(|i| t.iter().map(move |(col, _)| col[i]))
+                    .collect(),
+            ),
+            Stage::Direct(k) => (shifts.clone(), k.clone()),
+        };
+        // Virtual input rows start at y0 − top; slot of virtual row v = (v − first) mod len.
+        let first = y0 as isize - self.top as isize;
+        let slot = |v: isize| (v - first) as usize % ring_len;
+        let mut next = first;
+        let mut rows: Vec<usize> = Vec::with_capacity(self.shape.kh + rmax);
+        let mut r = 0;
+        while r < rows_out {
+            let nr = rmax.min(rows_out - r);
+            let y = (y0 + r) as isize;
+            let base = y - self.top as isize;
+            let last = base + (self.ext_h + nr) as isize - 2;
+            while next <= last {
+                let s = slot(next);
+                let dst = &mut ring[s * ring_row..(s + 1) * ring_row];
+                match self.stage {
+                    Stage::Separable(t) => {
+                        self.fill_padded(next, &mut pad);
+                        for (k, (_, row)) in t.iter().enumerate() {
+                            let o = &mut dst[k * wc..(k + 1) * wc];
+                            dot_block(self.isa, &pad, &[0], &shifts, row, o, wc);
+                        }
+                    }
+                    Stage::Direct(_) => self.fill_padded(next, dst),
+                }
+                next += 1;
+            }
+            rows.clear();
+            rows.extend(
+                (0..self.shape.kh + nr - 1).map(|s| slot(base + (s * d) as isize) * ring_row),
+            );
+            let o = &mut out[r * wc..(r + nr) * wc];
+            dot_block(self.isa, &ring, &rows, &ccols, &cw, o, wc);
+            r += nr;
+        }
+    }
+
+    /// Writes virtual input row `v` (any integer) widened to f32 and padded on both sides.
+    fn fill_padded(&self, v: isize, dst: &mut [f32]) {
+        let (w, h, c) = (self.src.width, self.src.height, self.src.channels);
+        let Some(sy) = self.border.source(v, h) else {
+            dst.fill(self.border.value());
+            return;
+        };
+        let left = self.lsrc.len() * c;
+        let row = &self.src.data[sy * w * c..(sy + 1) * w * c];
+        T::widen(row, &mut dst[left..left + w * c]);
+        for (p, s) in self.lsrc.iter().enumerate() {
+            self.copy_pixel(row, *s, &mut dst[p * c..(p + 1) * c]);
+        }
+        let r0 = left + w * c;
+        for (p, s) in self.rsrc.iter().enumerate() {
+            self.copy_pixel(row, *s, &mut dst[r0 + p * c..r0 + (p + 1) * c]);
+        }
+    }
+
+    fn copy_pixel(&self, row: &[T], s: Option<usize>, dst: &mut [f32]) {
+        let c = self.src.channels;
+        match s {
+            Some(x) => T::widen(&row[x * c..(x + 1) * c], dst),
+            None => dst.fill(self.border.value()),
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! Image filtering: named kernels, OpenCV-compatible borders, and fast separable / 2D paths.
+//!
+//! ```
+//! use convkit::filter::{FilterBorder, FilterOptions, FilterPlan, Image, KernelSpec, Depth};
+//! let op = KernelSpec::parse("sobel-x").unwrap().resolve(Depth::U8).unwrap();
+//! let plan = FilterPlan::new(&op, &FilterOptions::default()).unwrap();
+//! assert_eq!(plan.parts()[0].rank, 1); // [1,2,1]ᵀ ⊗ [-1,0,1]: two 1D passes, 6 MACs not 9
+//! let px: Vec<u8> = (0..20).map(|i| (i % 5) as u8 * 10).collect(); // 4 rows × 5 columns
+//! let img = Image::new(&px, 5, 4, 1).unwrap();
+//! let y = plan.run_alloc(&img).unwrap();
+//! assert_eq!(y[6], 80.0); // row 1, column 1: (1 + 2 + 1) · (20 − 0)
+//! ```
+//!
+//! Semantics are OpenCV's `filter2D` / `sepFilter2D`: correlation (like PyTorch `conv2d`), the
+//! output the size of the input, the anchor at the kernel centre `(rows/2, cols/2)`, and the
+//! border rules of [`FilterBorder`]. Dilation `d` spreads the taps `d` pixels apart (anchor
+//! `(rows/2·d, cols/2·d)`), which OpenCV does not offer.
+//!
+//! Path choice ([`FilterPlan::new`]): the kernel is factorised; a rank-r kernel runs as r pairs
+//! of 1D passes when `r·(kh + kw) < kh·kw` MACs per pixel, else as a direct 2D filter. The
+//! factorisation is exact; `FilterOptions::rank` forces a rank-r approximation and the plan
+//! reports its error. See [`engine`](self) for how the passes stream through the cache.
+
+pub mod bench;
+mod engine;
+pub mod kernels;
+pub mod naive;
+pub mod simd;
+
+pub use kernels::{Depth, FilterOp, Kernel, KernelSpec, KERNEL_NAMES};
+pub use simd::Isa;
+
+use crate::border::Border;
+use crate::error::{ConvError, Result};
+use engine::{Shape, Stage};
+use std::fmt;
+
+/// How the image is extended beyond its edges, with OpenCV's and PyTorch's names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FilterBorder {
+    /// A constant value outside (OpenCV `BORDER_CONSTANT`; 0 is PyTorch `zeros`).
+    Constant(f32),
+    /// `dcb|abcd|cba` (OpenCV `BORDER_REFLECT_101`, OpenCV's default; PyTorch `reflect`).
+    Reflect101,
+    /// `cba|abcd|dcb` (OpenCV `BORDER_REFLECT`; NumPy `symmetric`).
+    Reflect,
+    /// `aaa|abcd|ddd` (OpenCV `BORDER_REPLICATE`; PyTorch `replicate`).
+    Replicate,
+    /// `bcd|abcd|abc` (OpenCV `BORDER_WRAP`; PyTorch `circular`).
+    Circular,
+}
+
+/// Help text listing the border names.
+pub const BORDER_HELP: &str = "zeros | constant:V (OpenCV BORDER_CONSTANT) | reflect-101 \
+(OpenCV BORDER_REFLECT_101, OpenCV's default, = PyTorch 'reflect') | reflect (OpenCV \
+BORDER_REFLECT: the edge pixel repeats) | replicate (BORDER_REPLICATE) | circular (BORDER_WRAP)";
+
+impl Default for FilterBorder {
+    /// OpenCV's default, `BORDER_REFLECT_101`.
+    fn default() -> Self {
+        FilterBorder::Reflect101
+    }
+}
+
+impl FilterBorder {
+    /// Parses `zeros`, `constant[:V]`, `reflect-101`, `reflect`, `replicate`, `circular`
+    /// (also OpenCV's names `reflect101`, `reflect_101`, `wrap`).
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        Ok(match s.as_str() {
+            "zeros" | "zero" | "constant" => FilterBorder::Constant(0.0),
+            "reflect-101" | "reflect101" | "reflect_101" => FilterBorder::Reflect101,
+            "reflect" => FilterBorder::Reflect,
+            "replicate" => FilterBorder::Replicate,
+            "circular" | "wrap" => FilterBorder::Circular,
+            _ => match s.strip_prefix("constant:") {
+                Some(v) => {
+                    let v: f32 = v.trim().parse().map_err(|_| {
+                        ConvError::Unsupported(format!("bad constant border value {v:?}"))
+                    })?;
+                    if !v.is_finite() {
+                        return Err(ConvError::Unsupported(
+                            "the constant border value must be finite".into(),
+                        ));
+                    }
+                    FilterBorder::Constant(v)
+                }
+                None => {
+                    return Err(ConvError::Unsupported(format!(
+                        "unknown border {s:?}; expected {BORDER_HELP}"
+                    )))
+                }
+            },
+        })
+    }
+
+    /// The index rule (constant borders read nothing from the image).
+    pub fn rule(self) -> Border {
+        match self {
+            FilterBorder::Constant(_) => Border::Zeros,
+            FilterBorder::Reflect101 => Border::Reflect101,
+            FilterBorder::Reflect => Border::Reflect,
+            FilterBorder::Replicate => Border::Replicate,
+            FilterBorder::Circular => Border::Circular,
+        }
+    }
+
+    /// Where position `i` of a length-`n` axis reads, `None` for the constant value.
+    pub fn source(self, i: isize, n: usize) -> Option<usize> {
+        self.rule().source(i, n)
+    }
+
+    /// The value read where [`source`](Self::source) is `None`.
+    pub fn value(self) -> f32 {
+        match self {
+            FilterBorder::Constant(v) => v,
+            _ => 0.0,
+        }
+    }
+
+    /// OpenCV's name for the mode.
+    pub fn opencv_name(self) -> &'static str {
+        match self {
+            FilterBorder::Constant(_) => "BORDER_CONSTANT",
+            FilterBorder::Reflect101 => "BORDER_REFLECT_101",
+            FilterBorder::Reflect => "BORDER_REFLECT",
+            FilterBorder::Replicate => "BORDER_REPLICATE",
+            FilterBorder::Circular => "BORDER_WRAP",
+        }
+    }
+}
+
+impl fmt::Display for FilterBorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterBorder::Constant(v) if *v == 0.0 => write!(f, "zeros"),
+            FilterBorder::Constant(v) => write!(f, "constant:{v}"),
+            FilterBorder::Reflect101 => write!(f, "reflect-101"),
+            FilterBorder::Reflect => write!(f, "reflect"),
+            FilterBorder::Replicate => write!(f, "replicate"),
+            FilterBorder::Circular => write!(f, "circular"),
+        }
+    }
+}
+
+/// A sample type images come in; the engine widens rows to f32 as it reads them.
+pub trait Sample: Copy + Send + Sync + 'static {
+    /// The depth, for OpenCV's depth-dependent rules.
+    const DEPTH: Depth;
+    /// `dst[i] = src[i] as f32` (equal lengths).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+macro_rules! sample {
+    ($t:ty, $d:expr) => {
+        impl Sample for $t {
+            const DEPTH: Depth = $d;
+            #[inline]
+            fn widen(src: &[Self], dst: &mut [f32]) {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s as f32;
+                }
+            }
+        }
+    };
+}
+sample!(u8, Depth::U8);
+sample!(u16, Depth::U16);
+sample!(f32, Depth::F32);
+
+/// A borrowed `height × width × channels` image, rows contiguous, channels interleaved.
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a, T> {
+    /// Samples, `height · width · channels` of them.
+    pub data: &'a [T],
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// Interleaved channels per pixel.
+    pub channels: usize,
+}
+
+impl<'a, T> Image<'a, T> {
+    /// Checks that `data` holds exactly `height · width · channels` samples.
+    pub fn new(data: &'a [T], width: usize, height: usize, channels: usize) -> Result<Self> {
+        for (v, what) in [
+            (width, "image width"),
+            (height, "image height"),
+            (channels, "channels"),
+        ] {
+            if v == 0 {
+                return Err(ConvError::Zero { what });
+            }
+        }
+        let n = width
+            .checked_mul(height)
+            .and_then(|v| v.checked_mul(channels))
+            .ok_or(ConvError::Overflow { what: "image size" })?;
+        if data.len() != n {
+            return Err(ConvError::ShapeMismatch {
+                what: "image data",
+                got: vec![data.len()],
+                expected: vec![height, width, channels],
+            });
+        }
+        Ok(Image {
+            data,
+            width,
+            height,
+            channels,
+        })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the image has no samples (never true for a checked image).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Which implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathChoice {
+    /// Separable when its MACs per pixel are fewer, else 2D.
+    #[default]
+    Auto,
+    /// Always rank-1 pairs (every kernel factorises exactly into at most min(kh, kw) pairs).
+    Separable,
+    /// Always the direct 2D filter.
+    Direct,
+}
+
+/// How to filter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FilterOptions {
+    /// Border rule.
+    pub border: FilterBorder,
+    /// Spacing of the taps (1 = ordinary filter).
+    pub dilation: usize,
+    /// Path override.
+    pub path: PathChoice,
+    /// Force a rank-r approximation (separable with r pairs); `None` keeps the kernel exact.
+    pub rank: Option<usize>,
+}
+
+impl Default for FilterOptions {
+    fn default() -> Self {
+        FilterOptions {
+            border: FilterBorder::default(),
+            dilation: 1,
+            path: PathChoice::Auto,
+            rank: None,
+        }
+    }
+}
+
+/// The implementation a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// `pairs` rank-1 terms, each a horizontal and a vertical 1D pass (fused, one sweep).
+    Separable {
+        /// Number of rank-1 terms.
+        pairs: usize,
+    },
+    /// Direct 2D correlation.
+    Direct2D,
+}
+
+/// What the plan decided for one kernel (a magnitude filter has two).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartInfo {
+    /// Kernel rows.
+    pub rows: usize,
+    /// Kernel columns.
+    pub cols: usize,
+    /// Numerical rank of the kernel.
+    pub rank: usize,
+    /// Singular values when the kernel was factorised by SVD (empty for known factors).
+    pub singular_values: Vec<f64>,
+    /// The chosen path.
+    pub path: Path,
+    /// Weights of the 2D kernel (`rows · cols`).
+    pub weights_2d: usize,
+    /// Weights of the separable form (`rank · (rows + cols)`).
+    pub weights_separable: usize,
+    /// MACs per output sample of the chosen path.
+    pub macs_per_pixel: usize,
+    /// Max |kernel − approximation| when a rank-r approximation was forced.
+    pub approx_error: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    shape: Shape,
+    stage: Stage,
+    info: PartInfo,
+}
+
+/// A validated, factorised filter, ready to run on any number of images.
+#[derive(Debug, Clone)]
+pub struct FilterPlan {
+    parts: Vec<Part>,
+    magnitude: bool,
+    opts: FilterOptions,
+    isa: Isa,
+}
+
+/// Relative tolerance under which a singular value counts as zero.
+const RANK_TOL: f64 = 1e-10;
+
+/// A kernel as a sum of rank-1 terms.
+struct Decomposition {
+    /// `(col, row)` pairs with kernel ≈ Σ col ⊗ row; empty when no exact factorisation with
+    /// fewer pairs than `min(kh, kw)` was found.
+    terms: Vec<(Vec<f64>, Vec<f64>)>,
+    /// Numerical rank.
+    rank: usize,
+    /// Singular values, when an SVD ran.
+    singular_values: Vec<f64>,
+    /// Max |kernel − Σ terms| when a rank was forced.
+    approx_error: Option<f64>,
+}
+
+/// Factorises a kernel: known factors first, then an exact rank-1 test.
+fn decompose(k: &Kernel, rank: Option<usize>) -> Result<Decomposition> {
+    // A rank-1 kernel approximated at any rank r ≥ 1 is exact.
+    let forced = rank.map(|_| 0.0);
+    let one = |terms, rank| Decomposition {
+        terms,
+        rank,
+        singular_values: Vec::new(),
+        approx_error: forced,
+    };
+    if let Some((c, r)) = k.factors() {
+        return Ok(one(vec![(c.to_vec(), r.to_vec())], 1));
+    }
+    if let Some(t) = exact_rank1(k) {
+        let zero = t.0.iter().all(|&v| v == 0.0);
+        return Ok(one(vec![t], usize::from(!zero)));
+    }
+    if let Some(r) = rank {
+        return Err(ConvError::Unsupported(format!(
+            "a rank-{r} approximation needs the SVD factorisation, which this build lacks"
+        )));
+    }
+    Ok(Decomposition {
+        terms: Vec::new(),
+        rank: 2,
+        singular_values: Vec::new(),
+        approx_error: None,
+    })
+}
+
+/// `Some((col, row))` when `k = col ⊗ row` up to rounding: pivot on the largest weight.
+fn exact_rank1(k: &Kernel) -> Option<(Vec<f64>, Vec<f64>)> {
+    let (rows, cols) = (k.rows(), k.cols());
+    let (mut p, mut q, mut best) = (0, 0, 0.0f64);
+    for i in 0..rows {
+        for j in 0..cols {
+            if k.at(i, j).abs() > best {
+                (p, q, best) = (i, j, k.at(i, j).abs());
+            }
+        }
+    }
+    if best == 0.0 {
+        return Some((vec![0.0; rows], vec![0.0; cols]));
+    }
+    let col: Vec<f64> = (0..rows).map(|i| k.at(i, q)).collect();
+    let row: Vec<f64> = (0..cols).map(|j| k.at(p, j) / k.at(p, q)).collect();
+    let ok = (0..rows)
+        .all(|i| (0..cols).all(|j| (k.at(i, j) - col[i] * row[j]).abs() <= RANK_TOL * best));
+    ok.then_some((col, row))
+}
+
+impl FilterPlan {
+    /// Validates the options, factorises the kernel(s) and picks the path.
+    pub fn new(op: &FilterOp, opts: &FilterOptions) -> Result<Self> {
+        if opts.dilation == 0 {
+            return Err(ConvError::Zero { what: "dilation" });
+        }
+        if opts.rank == Some(0) {
+            return Err(ConvError::Zero { what: "rank" });
+        }
+        let (kernels, magnitude) = match op {
+            FilterOp::Linear(k) => (vec![k], false),
+            FilterOp::Magnitude(a, b) => (vec![a, b], true),
+        };
+        let parts = kernels
+            .into_iter()
+            .map(|k| plan_part(k, opts))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FilterPlan {
+            parts,
+            magnitude,
+            opts: *opts,
+            isa: Isa::detect(),
+        })
+    }
+
+    /// The same plan on another instruction set (must be supported: see [`Isa::available`]).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = isa;
+        self
+    }
+
+    /// The decisions per kernel.
+    pub fn parts(&self) -> Vec<PartInfo> {
+        self.parts.iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// The options the plan was built with.
+    pub fn options(&self) -> &FilterOptions {
+        &self.opts
+    }
+
+    /// Filters `src` into `dst` (`H × W × C` f32, the layout of `src`).
+    pub fn run<T: Sample>(&self, src: &Image<T>, dst: &mut [f32]) -> Result<()> {
+        if dst.len() != src.len() {
+            return Err(ConvError::ShapeMismatch {
+                what: "filter output",
+                got: vec![dst.len()],
+                expected: vec![src.height, src.width, src.channels],
+            });
+        }
+        let p0 = &self.parts[0];
+        engine::run(&p0.stage, p0.shape, self.opts.border, src, dst, self.isa);
+        if self.magnitude {
+            let p1 = &self.parts[1];
+            let mut gy = vec![0.0f32; dst.len()];
+            engine::run(
+                &p1.stage,
+                p1.shape,
+                self.opts.border,
+                src,
+                &mut gy,
+                self.isa,
+            );
+            use rayon::prelude::*;
+            dst.par_chunks_mut(1 << 16)
+                .zip(gy.par_chunks(1 << 16))
+                .for_each(|(a, b)| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x = x.hypot(*y);
+                    }
+                });
+        }
+        Ok(())
+    }
+
+    /// [`run`](Self::run) into a new buffer.
+    pub fn run_alloc<T: Sample>(&self, src: &Image<T>) -> Result<Vec<f32>> {
+        let mut dst = vec![0.0f32; src.len()];
+        self.run(src, &mut dst)?;
+        Ok(dst)
+    }
+
+    /// A human-readable account of the plan (`convkit filter --explain`).
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        for (n, p) in self.parts.iter().enumerate() {
+            let i = &p.info;
+            if self.magnitude {
+                s += &format!("kernel {} of 2 (magnitude √(gx² + gy²)):\n", n + 1);
+            }
+            s += &format!(
+                "  kernel {}x{} (rows x cols), rank {}",
+                i.rows, i.cols, i.rank
+            );
+            if !i.singular_values.is_empty() {
+                let sv: Vec<String> = i
+                    .singular_values
+                    .iter()
+                    .map(|v| format!("{v:.4e}"))
+                    .collect();
+                s += &format!(", singular values [{}]", sv.join(", "));
+            }
+            s += "\n";
+            s += &format!(
+                "  weights: 2D {}, separable {} ({} pair(s) of {}+{})\n",
+                i.weights_2d,
+                i.weights_separable,
+                i.weights_separable / (i.rows + i.cols),
+                i.rows,
+                i.cols
+            );
+            let path = match i.path {
+                Path::Separable { pairs } => {
+                    format!("separable: {pairs} pair(s) of 1D passes (row pass, then column pass, fused)")
+                }
+                Path::Direct2D => "direct 2D".to_string(),
+            };
+            s += &format!(
+                "  MACs per pixel: {} (2D would be {}); path: {path}\n",
+                i.macs_per_pixel, i.weights_2d
+            );
+            if let Some(e) = i.approx_error {
+                s += &format!(
+                    "  rank-{} approximation, max |error| {e:.3e}\n",
+                    self.opts.rank.unwrap_or(0)
+                );
+            }
+        }
+        s += &format!(
+            "  border {} (OpenCV {}), dilation {}, {} kernels, {} thread(s)\n",
+            self.opts.border,
+            self.opts.border.opencv_name(),
+            self.opts.dilation,
+            self.isa.name(),
+            rayon::current_num_threads()
+        );
+        s
+    }
+}
+
+fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
+    let (kh, kw) = (k.rows(), k.cols());
+    let shape = Shape {
+        kh,
+        kw,
+        dilation: opts.dilation,
+    };
+    for (n, axis) in [(kh, "height"), (kw, "width")] {
+        let extent = (n - 1)
+            .checked_mul(opts.dilation)
+            .and_then(|v| v.checked_add(1))
+            .ok_or(ConvError::Overflow {
+                what: "dilated kernel",
+            })?;
+        if extent > 1 << 16 {
+            return Err(ConvError::Unsupported(format!(
+                "dilated kernel {axis} {extent} is larger than 65536"
+            )));
+        }
+    }
+    let weights_2d = kh * kw;
+    let Decomposition {
+        terms,
+        rank,
+        singular_values: sv,
+        approx_error,
+    } = decompose(k, opts.rank)?;
+    let sep_ok = !terms.is_empty();
+    let pairs = terms.len().max(1);
+    let weights_separable = if sep_ok {
+        pairs * (kh + kw)
+    } else {
+        min_rank_bound(kh, kw) * (kh + kw)
+    };
+    let use_sep = match opts.path {
+        PathChoice::Separable => {
+            if !sep_ok {
+                return Err(ConvError::AlgorithmUnavailable {
+                    algo: "separable",
+                    why: "the kernel is not rank 1".into(),
+                });
+            }
+            true
+        }
+        PathChoice::Direct => {
+            if opts.rank.is_some() {
+                return Err(ConvError::Unsupported(
+                    "a forced rank runs as separable pairs; it cannot use the 2D path".into(),
+                ));
+            }
+            false
+        }
+        PathChoice::Auto => sep_ok && (opts.rank.is_some() || weights_separable < weights_2d),
+    };
+    let (stage, path, macs) = if use_sep {
+        let t32 = terms
+            .iter()
+            .map(|(c, r)| {
+                (
+                    c.iter().map(|&v| v as f32).collect(),
+                    r.iter().map(|&v| v as f32).collect(),
+                )
+            })
+            .collect();
+        (
+            Stage::Separable(t32),
+            Path::Separable { pairs },
+            pairs * (kh + kw),
+        )
+    } else {
+        let w: Vec<f32> = k.data().iter().map(|&v| v as f32).collect();
+        (Stage::Direct(w), Path::Direct2D, weights_2d)
+    };
+    Ok(Part {
+        shape,
+        stage,
+        info: PartInfo {
+            rows: kh,
+            cols: kw,
+            rank,
+            singular_values: sv,
+            path,
+            weights_2d,
+            weights_separable,
+            macs_per_pixel: macs,
+            approx_error,
+        },
+    })
+}
+
+fn min_rank_bound(kh: usize, kw: usize) -> usize {
+    2.min(kh.min(kw))
+}
+
+/// OpenCV's `saturate_cast<uchar>(float)`: round half to even (`cvRound`), then clamp.
+pub fn saturate_u8(v: f32) -> u8 {
+    if v.is_nan() {
+        return 0;
+    }
+    v.round_ties_even().clamp(0.0, 255.0) as u8
+}
+
+/// OpenCV's `saturate_cast<ushort>(float)`: round half to even, then clamp.
+pub fn saturate_u16(v: f32) -> u16 {
+    if v.is_nan() {
+        return 0;
+    }
+    v.round_ties_even().clamp(0.0, 65535.0) as u16
+}
+
+#[cfg(test)]
+mod tests;
