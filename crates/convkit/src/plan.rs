@@ -1,6 +1,13 @@
 //! Plans: a layer + an input shape + its weights → the algorithm that runs it, with the
 //! weights packed once and the workspace sized. The only place that chooses an algorithm.
 //!
+//! `Algo::Auto` picks, in order: transposed → sub-pixel phases; depthwise → the depthwise
+//! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
+//! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
+//! one; stride 1 undilated with a small gap share → direct (input bands read in place);
+//! everything else (strided, dilated with padding-tap skipping, wide kernels) → implicit GEMM.
+//! Every choice can be forced with its `Algo` and is tested against the reference.
+//!
 //! ```
 //! use convkit::{ConvSpec, plan::{Algo, Plan}};
 //! use ndarray::{Array1, Array4};
