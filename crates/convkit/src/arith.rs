@@ -43,8 +43,10 @@ impl ReceptiveField {
         for ax in 0..2 {
             let j = self.jump[ax];
             r.size[ax] = self.size[ax].saturating_add((ext[ax] as u64 - 1).saturating_mul(j));
+            // Saturating casts: `as i64` would flip the sign of values above i64::MAX.
+            let sat = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             r.start[ax] =
-                self.start[ax].saturating_sub((pad_before[ax] as i64).saturating_mul(j as i64));
+                self.start[ax].saturating_sub(sat(pad_before[ax] as u64).saturating_mul(sat(j)));
             r.jump[ax] = j.saturating_mul(spec.stride()[ax] as u64);
         }
         Ok(r)
@@ -133,8 +135,13 @@ pub fn depthwise_separable_params(
 }
 
 /// Weights of a kh×kw kernel as a 2D kernel versus as two 1D passes (Sobel: 9 vs 6).
+///
+/// Saturates at `usize::MAX` (no kernel that large can be built: `ConvSpec::build` rejects it).
 pub fn spatially_separable_params(kernel: [usize; 2]) -> (usize, usize) {
-    (kernel[0] * kernel[1], kernel[0] + kernel[1])
+    (
+        kernel[0].saturating_mul(kernel[1]),
+        kernel[0].saturating_add(kernel[1]),
+    )
 }
 
 #[cfg(test)]

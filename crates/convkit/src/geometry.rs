@@ -89,11 +89,13 @@ impl Geometry {
                         // PyTorch `_output_padding`: max = min + stride − 1.
                         let max = min + stride[ax] as i128 - 1;
                         if (req as i128) < min || (req as i128) > max {
+                            // Clamped into usize (max can exceed it by up to s − 1).
+                            let clamp = |v: i128| usize::try_from(v.max(0)).unwrap_or(usize::MAX);
                             return Err(ConvError::BadOutputSize {
                                 axis: AXES[ax],
                                 requested: req,
-                                min: min.max(0) as usize,
-                                max: max.max(0) as usize,
+                                min: clamp(min),
+                                max: clamp(max),
                             });
                         }
                         (req as i128 - min) as usize
@@ -137,18 +139,51 @@ impl Geometry {
             pad,
             output_padding,
         };
-        // Every tensor an engine allocates must be addressable, and MACs must fit in u64.
-        for (what, dims) in [
+        // Every tensor an engine allocates must be addressable as f64 (the widest element the
+        // engines accumulate in; a larger Vec panics with "capacity overflow"), including the
+        // padded input a direct layer materialises, and MACs must fit in u64.
+        let mut tensors = vec![
             ("input size", g.input_shape()),
             ("output size", g.output_shape()),
-        ] {
+        ];
+        if !spec.is_transposed() {
+            // The per-axis sums were checked above.
+            tensors.push((
+                "padded input size",
+                [n, c, h + pad[0] + pad[1], w + pad[2] + pad[3]],
+            ));
+        }
+        for (what, dims) in tensors {
             dims.iter()
                 .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .and_then(|e| e.checked_mul(std::mem::size_of::<f64>()))
+                .filter(|&bytes| bytes <= isize::MAX as usize)
                 .ok_or(overflow(what))?;
         }
         g.checked_macs()
             .ok_or(overflow("multiply-accumulate count"))?;
+        // `equivalent()` reports the direct convolution's (signed) padding as i64.
+        if spec.is_transposed()
+            && g.direct_padding()
+                .iter()
+                .any(|&p| i64::try_from(p).is_err())
+        {
+            return Err(overflow("equivalent direct convolution padding"));
+        }
         Ok(g)
+    }
+
+    /// Transposed only: padding of the equivalent direct convolution, `d(k−1) − p_before` and
+    /// `d(k−1) − p_after + a` per axis, `[top, bottom, left, right]`, exact in i128.
+    fn direct_padding(&self) -> [i128; 4] {
+        let ext = self.spec.dilated_kernel();
+        let mut pad = [0i128; 4];
+        for ax in 0..2 {
+            let full = ext[ax] as i128 - 1;
+            pad[2 * ax] = full - self.pad[2 * ax] as i128;
+            pad[2 * ax + 1] = full - self.pad[2 * ax + 1] as i128 + self.output_padding[ax] as i128;
+        }
+        pad
     }
 
     /// Input shape `[n, c, h, w]`.
@@ -213,16 +248,11 @@ impl Geometry {
         let s = &self.spec;
         let ext = s.dilated_kernel();
         if s.is_transposed() {
-            let pad = [0, 1].map(|ax| {
-                let full = ext[ax] as i64 - 1;
-                [
-                    full - self.pad[2 * ax] as i64,
-                    full - self.pad[2 * ax + 1] as i64 + self.output_padding[ax] as i64,
-                ]
-            });
+            // Fits in i64: checked by `Geometry::new`.
+            let padding = self.direct_padding().map(|p| p as i64);
             Equivalent::Direct {
                 zero_insertion: [s.stride()[0] - 1, s.stride()[1] - 1],
-                padding: [pad[0][0], pad[0][1], pad[1][0], pad[1][1]],
+                padding,
                 stride: [1, 1],
                 dilation: s.dilation(),
                 stretched_input: [

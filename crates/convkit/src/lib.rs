@@ -10,6 +10,8 @@
 //! * [`geometry`]: a [`ValidSpec`] resolved on a concrete input shape.
 //! * [`arith`]: receptive fields of stacks and the seed's parameter comparisons.
 //! * [`reference`]: the slow, obviously correct oracle (f64 accumulation).
+//! * [`plan`]: the fast engine's entry point: picks an algorithm, packs weights, runs
+//!   [`kernels`] (SIMD microkernels, implicit GEMM) on rayon's pool.
 //! * [`border`]: padding modes as index rules, shared by every engine.
 //! * [`separable`]: spatially separable kernels (rank-1 / low-rank factorisation, two passes).
 //! * [`dwsep`]: the depthwise separable block.
@@ -31,6 +33,7 @@ pub mod dwsep;
 pub mod error;
 pub mod geometry;
 pub mod kernels;
+pub mod plan;
 pub mod reference;
 pub mod separable;
 pub mod spec;

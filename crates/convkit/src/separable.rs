@@ -19,7 +19,7 @@
 
 use crate::border::Border;
 use crate::error::{ConvError, Result};
-use crate::kernels::depthwise::Isa;
+use crate::kernels::Isa;
 use crate::reference::check_operands;
 use crate::spec::ValidSpec;
 use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
@@ -614,7 +614,7 @@ pub fn conv2d_two_pass(
     stride: [usize; 2],
     dilation: [usize; 2],
 ) -> Result<Array4<f32>> {
-    conv2d_two_pass_with(Isa::detect(), x, f, pad, border, stride, dilation)
+    conv2d_two_pass_with(Isa::best(), x, f, pad, border, stride, dilation)
 }
 
 /// [`conv2d_two_pass`] with a chosen instruction set (for tests and benchmarks); an `isa` this

@@ -407,12 +407,21 @@ impl ValidSpec {
                     what: "dilated kernel extent",
                 })?;
         }
-        v.weight_shape()
+        let weights = v
+            .weight_shape()
             .iter()
             .try_fold(1usize, |a, &b| a.checked_mul(b))
             .ok_or(ConvError::Overflow {
                 what: "weight size",
             })?;
+        // param_count() = weights + K biases must fit too.
+        if v.spec.bias {
+            weights
+                .checked_add(v.spec.out_channels)
+                .ok_or(ConvError::Overflow {
+                    what: "parameter count",
+                })?;
+        }
         Ok(v)
     }
 

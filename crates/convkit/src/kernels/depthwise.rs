@@ -12,48 +12,9 @@
 use crate::border::Border;
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
+pub use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;
-
-/// Instruction set a kernel runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// Plain Rust, any target.
-    Scalar,
-    /// x86-64 AVX2 + FMA.
-    Avx2,
-    /// x86-64 AVX-512F.
-    Avx512,
-}
-
-impl Isa {
-    /// The best instruction set this CPU has.
-    pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Scalar
-    }
-
-    /// Whether this CPU can run `self`.
-    pub fn available(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-}
 
 /// Floats a 16-wide vector block may read past the last output column.
 const SLACK: usize = 16;

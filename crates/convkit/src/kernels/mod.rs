@@ -1,4 +1,93 @@
-//! Fast kernels, one module per algorithm. Each documents when it wins and why; each is
-//! tested against [`crate::reference`].
+//! Fast CPU kernels: one module per algorithm or microkernel family.
+//!
+//! * [`depthwise`]: channel-vectorised depthwise kernels.
+//! * [`gemm`]: register-blocked sgemm microkernels, runtime-dispatched per [`Isa`].
+//! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
+//!   convolution, and the copy-free 1×1 GEMM on NCHW.
+//! * [`subpixel`]: transposed convolution as stride-phase direct convolutions.
+//! * [`store`]: the scatter of finished output tiles into the caller's array.
+//! * [`peak`]: an FMA-throughput loop that measures the machine's peak (for `convkit bench`).
+//!
+//! [`crate::plan`] decides which of these runs; nothing here chooses an algorithm.
 
 pub mod depthwise;
+pub mod gemm;
+pub mod igemm;
+pub mod peak;
+pub mod store;
+pub mod subpixel;
+
+use std::fmt;
+
+/// An instruction-set level with its own microkernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust (vectorised by the compiler for the baseline target).
+    Scalar,
+    /// x86-64 AVX2 + FMA (256-bit).
+    Avx2,
+    /// x86-64 AVX-512F (512-bit).
+    Avx512,
+}
+
+impl Isa {
+    /// Whether this CPU can run the level (checked at run time).
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every level this CPU can run, lowest first.
+    pub fn available_levels() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
+    }
+
+    /// The widest level available (what plans use by default).
+    pub fn best() -> Isa {
+        *Self::available_levels().last().unwrap_or(&Isa::Scalar)
+    }
+
+    /// Short name (`scalar`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" => Ok(Isa::Avx512),
+            _ => Err(format!(
+                "unknown ISA '{s}' (expected scalar, avx2 or avx512)"
+            )),
+        }
+    }
+}
+
+/// Rounds `v` up to a multiple of `m`.
+pub(crate) fn round_up(v: usize, m: usize) -> usize {
+    v.div_ceil(m) * m
+}

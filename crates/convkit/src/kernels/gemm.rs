@@ -1,0 +1,305 @@
+//! Register-blocked sgemm microkernels (BLIS/Goto style), one per ISA level.
+//!
+//! Every kernel computes one `MR × NR` tile of `C = A · B` over a depth `kc`:
+//! * `A` is a packed micro-panel: `kc` groups of `MR` weights (`a[k·MR + r]`), made once at
+//!   plan time by [`crate::kernels::pack`];
+//! * `B` is `kc` rows of `NR` contiguous values at a row stride `ldb` (a packed im2col panel
+//!   with `ldb = NR`, or the NCHW input itself for a 1×1 convolution, `ldb = H·W`);
+//! * `C` is `MR` rows of `NR` values at a row stride `ldc`, overwritten or accumulated into.
+//!
+//! Vectors run along `NR` (output pixels, contiguous in NCHW) and the `MR` weights are
+//! broadcast, so each B load feeds `MR` FMAs. The AVX-512 kernel keeps 8 × 3 = 24 zmm
+//! accumulators (Zen 4 needs ≥ 8 independent FMA chains: 4-cycle latency × 2 pipes; oneDNN and
+//! XNNPACK keep 24–28), loading 3 B vectors and 8 broadcasts per 24 FMAs.
+
+use super::Isa;
+
+/// Raw microkernel: `(kc, a, b, ldb, c, ldc, accumulate)`.
+type RawUkr = unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, bool);
+
+/// A microkernel with its register blocking.
+#[derive(Clone, Copy)]
+pub struct Microkernel {
+    /// Rows of the tile (output channels), the packing width of `A`.
+    pub mr: usize,
+    /// Columns of the tile (output pixels), the packing width of `B`.
+    pub nr: usize,
+    /// The instruction set it needs.
+    pub isa: Isa,
+    f: RawUkr,
+}
+
+impl std::fmt::Debug for Microkernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Microkernel({} {}x{})", self.isa, self.mr, self.nr)
+    }
+}
+
+impl Microkernel {
+    /// The kernel for `isa`, or `None` if this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Option<Microkernel> {
+        if !isa.available() {
+            return None;
+        }
+        Some(match isa {
+            Isa::Scalar => Microkernel {
+                mr: SCALAR_MR,
+                nr: SCALAR_NR,
+                isa,
+                f: ukr_scalar,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Microkernel {
+                mr: 6,
+                nr: 16,
+                isa,
+                f: x86::ukr_avx2_6x16,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Microkernel {
+                mr: 8,
+                nr: 48,
+                isa,
+                f: x86::ukr_avx512_8x48,
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => return None,
+        })
+    }
+
+    /// `C[MR×NR] (+)= A · B` over depth `kc` (see the module doc for the layouts).
+    ///
+    /// The bounds every access needs are checked here (O(1) per call), so the kernels'
+    /// pointer arithmetic stays inside the slices.
+    ///
+    /// # Panics
+    /// If a slice is too short for `kc`, `ldb` or `ldc`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (mr, nr) = (self.mr, self.nr);
+        assert!(a.len() >= kc * mr, "A panel too short");
+        assert!(
+            kc == 0 || (ldb >= nr && b.len() >= (kc - 1) * ldb + nr),
+            "B panel too short"
+        );
+        assert!(
+            ldc >= nr && c.len() >= (mr - 1) * ldc + nr,
+            "C tile too short"
+        );
+        // SAFETY: the asserts above bound every read of `a` (kc·MR values), of `b` (kc rows of
+        // NR at stride ldb) and every write of `c` (MR rows of NR at stride ldc); the ISA was
+        // checked available when `self` was built.
+        unsafe {
+            (self.f)(
+                kc,
+                a.as_ptr(),
+                b.as_ptr(),
+                ldb,
+                c.as_mut_ptr(),
+                ldc,
+                accumulate,
+            )
+        }
+    }
+}
+
+const SCALAR_MR: usize = 4;
+const SCALAR_NR: usize = 16;
+
+/// Portable kernel (4×16): plain arrays the compiler keeps in registers and vectorises with
+/// the baseline ISA (SSE2 on x86-64, NEON on aarch64).
+///
+/// # Safety
+/// `a` must be valid for `kc·4` reads, `b` for `kc` rows of 16 at stride `ldb`, `c` for 4 rows
+/// of 16 at stride `ldc` (checked by [`Microkernel::run`]).
+unsafe fn ukr_scalar(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; SCALAR_NR]; SCALAR_MR];
+    for k in 0..kc {
+        // SAFETY: within the bounds stated in the contract above.
+        let (av, bv) = unsafe {
+            (
+                std::slice::from_raw_parts(a.add(k * SCALAR_MR), SCALAR_MR),
+                std::slice::from_raw_parts(b.add(k * ldb), SCALAR_NR),
+            )
+        };
+        for r in 0..SCALAR_MR {
+            for j in 0..SCALAR_NR {
+                acc[r][j] = av[r].mul_add(bv[j], acc[r][j]);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        // SAFETY: row r of C lies within the bounds of the contract.
+        let cr = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), SCALAR_NR) };
+        for j in 0..SCALAR_NR {
+            cr[j] = if accumulate { cr[j] + row[j] } else { row[j] };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// AVX-512F 8×48 kernel: 24 zmm accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F available; `a` valid for `kc·8` reads, `b` for `kc` rows of 48 at stride
+    /// `ldb`, `c` for 8 rows of 48 at stride `ldc`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn ukr_avx512_8x48(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: every pointer offset below stays within the contract's bounds.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 3]; 8];
+            let mut ap = a;
+            let mut bp = b;
+            for _ in 0..kc {
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                let b2 = _mm512_loadu_ps(bp.add(32));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(r));
+                    row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                    row[2] = _mm512_fmadd_ps(av, b2, row[2]);
+                }
+                ap = ap.add(8);
+                bp = bp.add(ldb);
+            }
+            for (r, row) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                for (v, &x) in row.iter().enumerate() {
+                    let p = cr.add(16 * v);
+                    let out = if accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(p), x)
+                    } else {
+                        x
+                    };
+                    _mm512_storeu_ps(p, out);
+                }
+            }
+        }
+    }
+
+    /// AVX2+FMA 6×16 kernel: 12 ymm accumulators (16 registers in all).
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; `a` valid for `kc·6` reads, `b` for `kc` rows of 16 at stride
+    /// `ldb`, `c` for 6 rows of 16 at stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn ukr_avx2_6x16(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: every pointer offset below stays within the contract's bounds.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+            let mut ap = a;
+            let mut bp = b;
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(r));
+                    row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                }
+                ap = ap.add(6);
+                bp = bp.add(ldb);
+            }
+            for (r, row) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                for (v, &x) in row.iter().enumerate() {
+                    let p = cr.add(8 * v);
+                    let out = if accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(p), x)
+                    } else {
+                        x
+                    };
+                    _mm256_storeu_ps(p, out);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every available kernel against a plain f64 product, for both store modes and odd
+    /// depths / strides.
+    #[test]
+    fn kernels_match_plain_product() {
+        for isa in Isa::available_levels() {
+            let u = Microkernel::for_isa(isa).unwrap();
+            for &kc in &[0usize, 1, 7, 64, 129] {
+                for &(ldb, ldc) in &[(u.nr, u.nr), (u.nr + 5, u.nr + 3)] {
+                    let a = data(kc * u.mr, 1);
+                    let b = data(kc * ldb + u.nr, 2);
+                    let c0 = data(u.mr * ldc, 3);
+                    for acc in [false, true] {
+                        let mut c = c0.clone();
+                        u.run(kc, &a, &b, ldb, &mut c, ldc, acc);
+                        for r in 0..u.mr {
+                            for j in 0..u.nr {
+                                let mut want: f64 = if acc { c0[r * ldc + j] as f64 } else { 0.0 };
+                                for k in 0..kc {
+                                    want += a[k * u.mr + r] as f64 * b[k * ldb + j] as f64;
+                                }
+                                let got = c[r * ldc + j] as f64;
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (kc as f64 + 1.0),
+                                    "{isa} kc={kc} r={r} j={j}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Transposed convolution by stride-phase (sub-pixel) decomposition: never multiply the zeros.
+//!
+//! A transposed convolution writes `y[i·s + k·d − p] += x[i]·w[k]`. Output cells whose
+//! `(o + p) mod s` equal r (one *phase*) are reached only by the taps with `k·d ≡ r (mod s)`,
+//! and for them `y[Q] = Σ_k x[Q − m_k]·w[k]` with `Q = (o + p − r)/s`, `m_k = (k·d − r)/s`.
+//! The valid k are evenly spaced (step s/gcd(s,d)), so each phase is an ordinary direct
+//! convolution of the *un-stretched* input with a flipped sub-kernel of ⌈(k − k₀)/step⌉ taps,
+//! dilation d/gcd(s,d) and stride 1 — s_h·s_w small convolutions whose outputs interleave
+//! (Shi et al. 2016, "Is the deconvolution layer the same as a convolutional layer?";
+//! XNNPACK's subconvolution). Each phase runs on the fast direct engine.
+
+use crate::error::{ConvError, Result};
+use crate::geometry::Geometry;
+use crate::spec::{ConvSpec, Padding};
+use crate::ValidSpec;
+use ndarray::{s, Array4, ArrayView1, ArrayView4, ArrayViewMut4, Axis};
+
+/// One phase along one axis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AxisPhase {
+    /// First output index of the phase; later ones follow every `s`.
+    out_start: usize,
+    /// Number of output cells in the phase.
+    out_count: usize,
+    /// Transposed-kernel index of each direct tap, in direct (flipped) order.
+    taps: Vec<usize>,
+    /// Dilation of the direct sub-convolution, d / gcd(s, d).
+    dilation: usize,
+    /// Input range the sub-convolution reads (negative padding becomes a crop).
+    input: (usize, usize),
+    /// Zero padding before / after that input range.
+    pad: (usize, usize),
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Splits one axis of a transposed convolution into its `s` phases (those with outputs).
+fn axis_phases(
+    i_len: usize,
+    o_len: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+    p_before: usize,
+) -> Vec<AxisPhase> {
+    let dil = d / gcd(s, d);
+    let mut out = Vec::new();
+    for r in 0..s {
+        let out_start = (r + s - p_before % s) % s;
+        if out_start >= o_len {
+            continue;
+        }
+        let out_count = (o_len - 1 - out_start) / s + 1;
+        let q_min = ((out_start + p_before - r) / s) as isize;
+        let ks: Vec<usize> = (0..k).filter(|kk| kk * d % s == r).collect();
+        if ks.is_empty() {
+            out.push(AxisPhase {
+                out_start,
+                out_count,
+                taps: vec![],
+                dilation: dil,
+                input: (0, 0),
+                pad: (0, 0),
+            });
+            continue;
+        }
+        let nt = ks.len() as isize;
+        let m_max = ((ks[ks.len() - 1] * d - r) / s) as isize;
+        // Direct form: y[q] = Σ_t x[q + t·dil − pad_b] v[t], v[t] = w[ks[nt−1−t]].
+        let pad_b = m_max - q_min;
+        let pad_a = out_count as isize + (nt - 1) * dil as isize - i_len as isize - pad_b;
+        let start = (-pad_b).max(0) as usize;
+        let end = (i_len as isize + pad_a.min(0)).max(start as isize) as usize;
+        if start >= end {
+            // Every tap of these outputs lands in the cropped-away border: bias only.
+            out.push(AxisPhase {
+                out_start,
+                out_count,
+                taps: vec![],
+                dilation: dil,
+                input: (0, 0),
+                pad: (0, 0),
+            });
+            continue;
+        }
+        out.push(AxisPhase {
+            out_start,
+            out_count,
+            taps: ks.into_iter().rev().collect(),
+            dilation: dil,
+            input: (start, end),
+            pad: (pad_b.max(0) as usize, pad_a.max(0) as usize),
+        });
+    }
+    out
+}
+
+/// One 2D phase: a direct convolution and where its output goes.
+#[derive(Debug, Clone)]
+struct Phase {
+    ys: AxisPhase,
+    xs: AxisPhase,
+    /// The direct sub-convolution (`None` when no tap reaches this phase: bias only).
+    conv: Option<(ValidSpec, Array4<f32>)>,
+}
+
+/// A transposed convolution prepared as stride-phase direct convolutions.
+#[derive(Debug, Clone)]
+pub struct Subpixel {
+    geom: Geometry,
+    phases: Vec<Phase>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Subpixel {
+    /// Decomposes a transposed layer (weights in PyTorch's (C, K/g, kh, kw) layout).
+    pub fn new(
+        geom: &Geometry,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<Self> {
+        let spec = &geom.spec;
+        if !spec.is_transposed() {
+            return Err(ConvError::AlgorithmUnavailable {
+                algo: "subpixel",
+                why: "only transposed convolutions decompose into stride phases".into(),
+            });
+        }
+        crate::reference::check_operands(
+            spec,
+            &geom.input_shape(),
+            weight.shape(),
+            bias.map(|b| b.len()),
+        )?;
+        let [kh, kw] = spec.kernel();
+        let [sh, sw] = spec.stride();
+        let [dh, dw] = spec.dilation();
+        let g = spec.groups();
+        let (cg, kg) = (geom.c / g, geom.k / g);
+        let ys = axis_phases(geom.h, geom.oh, kh, sh, dh, geom.pad[0]);
+        let xs = axis_phases(geom.w, geom.ow, kw, sw, dw, geom.pad[2]);
+        let mut phases = Vec::with_capacity(ys.len() * xs.len());
+        for py in &ys {
+            for px in &xs {
+                let conv = if py.taps.is_empty() || px.taps.is_empty() {
+                    None
+                } else {
+                    let (nty, ntx) = (py.taps.len(), px.taps.len());
+                    let v = ConvSpec::conv2d(geom.c, geom.k, [nty, ntx])
+                        .dilation([py.dilation, px.dilation])
+                        .padding_rule(Padding::Explicit([py.pad.0, py.pad.1, px.pad.0, px.pad.1]))
+                        .groups(g)
+                        .bias(spec.has_bias())
+                        .build()?;
+                    let w = Array4::from_shape_fn((geom.k, cg, nty, ntx), |(k, ci, ty, tx)| {
+                        let (gi, ko) = (k / kg, k % kg);
+                        weight[[gi * cg + ci, ko, py.taps[ty], px.taps[tx]]]
+                    });
+                    Some((v, w))
+                };
+                phases.push(Phase {
+                    ys: py.clone(),
+                    xs: px.clone(),
+                    conv,
+                });
+            }
+        }
+        Ok(Subpixel {
+            geom: *geom,
+            phases,
+            bias: bias.map(|b| b.to_vec()),
+        })
+    }
+
+    /// Number of phases with at least one output cell.
+    pub fn phase_count(&self) -> usize {
+        self.phases.len()
+    }
+
+    /// Multiply-accumulates actually performed (no zero is ever multiplied).
+    pub fn macs(&self) -> u64 {
+        self.phases
+            .iter()
+            .filter_map(|p| {
+                let (v, _) = p.conv.as_ref()?;
+                let taps = (p.ys.taps.len() * p.xs.taps.len()) as u64;
+                Some(
+                    (self.geom.n * p.ys.out_count * p.xs.out_count) as u64
+                        * (self.geom.k * self.geom.c / v.groups()) as u64
+                        * taps,
+                )
+            })
+            .sum()
+    }
+
+    /// Runs the layer: `y` must have the layer's output shape.
+    pub fn run(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
+        let g = &self.geom;
+        if x.shape() != g.input_shape() {
+            return Err(ConvError::ShapeMismatch {
+                what: "input",
+                got: x.shape().to_vec(),
+                expected: g.input_shape().to_vec(),
+            });
+        }
+        if y.shape() != g.output_shape() {
+            return Err(ConvError::ShapeMismatch {
+                what: "output",
+                got: y.shape().to_vec(),
+                expected: g.output_shape().to_vec(),
+            });
+        }
+        for p in &self.phases {
+            let mut dst = y.slice_mut(s![
+                ..,
+                ..,
+                p.ys.out_start..;g.spec.stride()[0],
+                p.xs.out_start..;g.spec.stride()[1]
+            ]);
+            match &p.conv {
+                None => {
+                    for (k, mut plane) in dst.axis_iter_mut(Axis(1)).enumerate() {
+                        plane.fill(self.bias.as_ref().map_or(0.0, |b| b[k]));
+                    }
+                }
+                Some((v, w)) => {
+                    let xi = x.slice(s![
+                        ..,
+                        ..,
+                        p.ys.input.0..p.ys.input.1,
+                        p.xs.input.0..p.xs.input.1
+                    ]);
+                    let b = self.bias.as_ref().map(|b| ArrayView1::from(&b[..]));
+                    let out = crate::reference::forward(v, xi, w.view(), b)?;
+                    dst.assign(&out);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use ndarray::Array1;
+    use proptest::prelude::*;
+
+    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(spec: ConvSpec, input: [usize; 4]) -> std::result::Result<(), TestCaseError> {
+        let Ok(v) = spec.build() else { return Ok(()) };
+        let Ok(g) = v.geometry(input) else {
+            return Ok(());
+        };
+        let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), 1)).unwrap();
+        let ws = v.weight_shape();
+        let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), 2)).unwrap();
+        let b = Array1::from(pseudo(g.k, 3));
+        let bias = v.has_bias().then(|| b.view());
+        let want = reference::forward(&v, x.view(), w.view(), bias).unwrap();
+        let sp = Subpixel::new(&g, w.view(), bias).unwrap();
+        let mut y = Array4::from_elem(g.output_shape(), f32::NAN);
+        sp.run(x.view(), y.view_mut()).unwrap();
+        for (a, e) in y.iter().zip(want.iter()) {
+            prop_assert!(
+                (a - e).abs() <= 1e-5 + 1e-5 * e.abs(),
+                "{spec:?} {input:?}: {a} vs {e}"
+            );
+        }
+        // Never multiplies an inserted zero: each output cell costs at most
+        // ⌈kh/step_h⌉·⌈kw/step_w⌉ taps (step = s/gcd(s,d)), against kh·kw for the zero-stuffed
+        // direct equivalent.
+        let [kh, kw] = v.kernel();
+        let step = |a: usize| v.stride()[a] / gcd(v.stride()[a], v.dilation()[a]);
+        let per_cell = (kh.div_ceil(step(0)) * kw.div_ceil(step(1))) as u64;
+        let cells = (g.n * g.oh * g.ow * g.k * (g.c / v.groups())) as u64;
+        prop_assert!(sp.macs() <= cells * per_cell);
+        Ok(())
+    }
+
+    #[test]
+    fn matches_reference_on_decoder_layers() {
+        // DCGAN 4×4 s2 p1, U-Net 2×2 s2, 3×3 s2 p1 op1.
+        check(
+            ConvSpec::conv_transpose2d(6, 4, 4).stride(2).padding(1),
+            [1, 6, 5, 7],
+        )
+        .unwrap();
+        check(ConvSpec::conv_transpose2d(6, 4, 2).stride(2), [2, 6, 4, 3]).unwrap();
+        check(
+            ConvSpec::conv_transpose2d(4, 2, 3)
+                .stride(2)
+                .padding(1)
+                .output_padding(1),
+            [1, 4, 5, 5],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn phases_without_taps_get_only_bias() {
+        // k = 1, s = 3: two of three phases see no tap.
+        check(
+            ConvSpec::conv_transpose2d(2, 3, 1)
+                .stride(3)
+                .output_padding(2),
+            [1, 2, 3, 4],
+        )
+        .unwrap();
+        // s = 2, d = 2: only even phases have taps.
+        check(
+            ConvSpec::conv_transpose2d(2, 2, 3)
+                .stride(2)
+                .dilation(2)
+                .output_padding(1),
+            [1, 2, 4, 4],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn rejects_direct_layers() {
+        let v = ConvSpec::conv2d(2, 2, 3).build().unwrap();
+        let g = v.geometry([1, 2, 5, 5]).unwrap();
+        let w = Array4::<f32>::zeros(v.weight_shape());
+        assert!(Subpixel::new(&g, w.view(), None).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn matches_reference_on_random_transposed_layers(
+            (cg, kg, groups) in (1usize..4, 1usize..4, 1usize..3),
+            (kh, kw) in (1usize..5, 1usize..5),
+            (sh, sw) in (1usize..4, 1usize..4),
+            (dh, dw) in (1usize..4, 1usize..4),
+            pads in (0usize..4, 0usize..4, 0usize..4, 0usize..4),
+            (oph, opw) in (0usize..3, 0usize..3),
+            (n, h, w) in (1usize..3, 1usize..7, 1usize..7),
+            bias in any::<bool>(),
+        ) {
+            let spec = ConvSpec::conv_transpose2d(cg * groups, kg * groups, [kh, kw])
+                .stride([sh, sw])
+                .dilation([dh, dw])
+                .padding_rule(Padding::Explicit([pads.0, pads.1, pads.2, pads.3]))
+                // Always a valid output padding: below max(stride, dilation).
+                .output_padding([oph % sh.max(dh), opw % sw.max(dw)])
+                .groups(groups)
+                .bias(bias);
+            check(spec, [n, cg * groups, h, w])?;
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Plans: a layer + an input shape + its weights → the algorithm that runs it, with the
+//! weights packed once and the workspace sized. The only place that chooses an algorithm.
+//!
+//! ```
+//! use convkit::{ConvSpec, plan::{Algo, Plan}};
+//! use ndarray::{Array1, Array4};
+//! let spec = ConvSpec::conv2d(8, 16, 3).padding(1).build().unwrap();
+//! let w = Array4::<f32>::ones((16, 8, 3, 3));
+//! let b = Array1::<f32>::zeros(16);
+//! let plan = Plan::new(&spec, [1, 8, 10, 10], w.view(), Some(b.view()), Algo::Auto).unwrap();
+//! let x = Array4::<f32>::ones((1, 8, 10, 10));
+//! let mut y = Array4::<f32>::zeros((1, 16, 10, 10));
+//! plan.run(x.view(), y.view_mut()).unwrap();
+//! assert_eq!(y[[0, 0, 5, 5]], 72.0); // 8 channels × 9 taps
+//! assert_eq!(y[[0, 0, 0, 0]], 32.0); // corner: 8 × 4 in-bounds taps
+//! ```
+
+use crate::error::{ConvError, Result};
+use crate::geometry::Geometry;
+use crate::kernels::depthwise::Depthwise;
+use crate::kernels::gemm::Microkernel;
+use crate::kernels::igemm::ConvGemm;
+use crate::kernels::Isa;
+use crate::reference;
+use crate::spec::ValidSpec;
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut4};
+use std::fmt;
+
+/// A convolution algorithm (`--algo` on the command line, kebab-case names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algo {
+    /// Let the plan choose (always works: falls back to the reference where no fast path
+    /// exists, e.g. transposed layers for now).
+    Auto,
+    /// The f64-accumulating oracle ([`crate::reference`]); slow, exact.
+    Reference,
+    /// Tiled implicit GEMM (segmented im2col, packed weights): any direct convolution.
+    ImplicitGemm,
+    /// 1×1, stride 1, unpadded: a GEMM straight on the NCHW input, no copy.
+    Gemm1x1,
+    /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
+    Depthwise,
+}
+
+impl Algo {
+    /// Every algorithm, in `--algo` order.
+    pub const ALL: [Algo; 4] = [
+        Algo::Auto,
+        Algo::Reference,
+        Algo::ImplicitGemm,
+        Algo::Gemm1x1,
+    ];
+
+    /// The kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Auto => "auto",
+            Algo::Reference => "reference",
+            Algo::ImplicitGemm => "implicit-gemm",
+            Algo::Gemm1x1 => "gemm1x1",
+            Algo::Depthwise => "depthwise",
+        }
+    }
+}
+
+impl fmt::Display for Algo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Algo {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Algo::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Algo::ALL.iter().map(|a| a.name()).collect();
+                format!(
+                    "unknown algorithm '{s}' (expected one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+#[derive(Debug)]
+enum Imp {
+    Reference {
+        w: Array4<f32>,
+        bias: Option<Array1<f32>>,
+    },
+    Gemm(Box<ConvGemm>),
+    Depthwise {
+        dw: Box<Depthwise>,
+        w: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+}
+
+/// A planned convolution: algorithm chosen, weights packed, workspace sized.
+///
+/// `Send + Sync`: one plan may run on several threads at once (each thread uses its own
+/// reusable workspace). `run` allocates nothing per call once a thread's workspace has grown,
+/// unless the caller's arrays are not in standard (C-contiguous) layout.
+#[derive(Debug)]
+pub struct Plan {
+    geom: Geometry,
+    algo: Algo,
+    imp: Imp,
+}
+
+fn unavailable(algo: Algo, why: impl Into<String>) -> ConvError {
+    ConvError::AlgorithmUnavailable {
+        algo: algo.name(),
+        why: why.into(),
+    }
+}
+
+/// Whether a layer is a plain GEMM on the NCHW input (1×1, stride 1, no padding).
+fn is_pointwise(g: &Geometry) -> bool {
+    let s = &g.spec;
+    s.kernel() == [1, 1] && s.stride() == [1, 1] && g.pad == [0; 4]
+}
+
+impl Plan {
+    /// Plans `spec` on an input of shape `input = [n, c, h, w]` with the best ISA level.
+    pub fn new(
+        spec: &ValidSpec,
+        input: [usize; 4],
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+        algo: Algo,
+    ) -> Result<Plan> {
+        Self::with_isa(spec, input, weight, bias, algo, Isa::best())
+    }
+
+    /// [`Plan::new`] with the microkernels of a given ISA level (for tests and benchmarks).
+    pub fn with_isa(
+        spec: &ValidSpec,
+        input: [usize; 4],
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+        algo: Algo,
+        isa: Isa,
+    ) -> Result<Plan> {
+        let geom = reference::check_operands(spec, &input, weight.shape(), bias.map(|b| b.len()))?;
+        let ukr = Microkernel::for_isa(isa)
+            .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
+        let chosen = match algo {
+            Algo::Auto if spec.is_transposed() => Algo::Reference,
+            Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
+            Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
+            Algo::Auto => Algo::ImplicitGemm,
+            a => a,
+        };
+        if spec.is_transposed() && chosen != Algo::Reference {
+            return Err(unavailable(
+                chosen,
+                "transposed convolutions run on the reference engine for now",
+            ));
+        }
+        let imp = match chosen {
+            Algo::Reference => Imp::Reference {
+                w: weight.to_owned(),
+                bias: bias.map(|b| b.to_owned()),
+            },
+            Algo::ImplicitGemm => {
+                Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, false)))
+            }
+            Algo::Gemm1x1 => {
+                if !is_pointwise(&geom) {
+                    return Err(unavailable(
+                        chosen,
+                        "it needs a 1x1 kernel, stride 1 and no padding",
+                    ));
+                }
+                Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
+            }
+            Algo::Depthwise => {
+                Imp::Depthwise {
+                    dw: Box::new(Depthwise::new(&geom, isa)?),
+                    w: weight.iter().copied().collect(),
+                    bias: bias.map(|b| b.to_vec()),
+                }
+            }
+            Algo::Auto => unreachable!("Auto is resolved above"),
+        };
+        Ok(Plan {
+            geom,
+            algo: chosen,
+            imp,
+        })
+    }
+
+    /// The algorithm actually chosen (never `Auto`).
+    pub fn algo(&self) -> Algo {
+        self.algo
+    }
+
+    /// The resolved shapes and padding.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+
+    /// The microkernel ISA level in use (`None` for the reference engine).
+    pub fn isa(&self) -> Option<Isa> {
+        match &self.imp {
+            Imp::Gemm(g) => Some(g.microkernel().isa),
+            Imp::Depthwise { dw, .. } => Some(dw.isa()),
+            Imp::Reference { .. } => None,
+        }
+    }
+
+    /// Bytes of workspace each worker thread uses (bounded by the tile sizes, not the layer).
+    pub fn workspace_bytes(&self) -> usize {
+        match &self.imp {
+            Imp::Gemm(g) => g.workspace_bytes(),
+            Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
+        }
+    }
+
+    /// Bytes of packed weights held by the plan.
+    pub fn packed_weight_bytes(&self) -> usize {
+        match &self.imp {
+            Imp::Gemm(g) => g.packed_weight_bytes(),
+            Imp::Depthwise { w, .. } => 4 * w.len(),
+            Imp::Reference { w, .. } => 4 * w.len(),
+        }
+    }
+
+    /// Runs the layer: `y = conv(x)`. `x` must have the planned input shape and `y` the
+    /// output shape. Uses rayon's global pool (or the pool it is called in).
+    pub fn run(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
+        let g = &self.geom;
+        for (what, got, want) in [
+            ("input", x.shape(), g.input_shape()),
+            ("output", y.shape(), g.output_shape()),
+        ] {
+            if got != want {
+                return Err(ConvError::ShapeMismatch {
+                    what,
+                    got: got.to_vec(),
+                    expected: want.to_vec(),
+                });
+            }
+        }
+        match &self.imp {
+            Imp::Reference { w, bias } => {
+                let out =
+                    reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
+                y.assign(&out);
+            }
+            Imp::Gemm(_) | Imp::Depthwise { .. } => {
+                let xs = x.as_standard_layout();
+                let xs = xs.as_slice().expect("standard layout is contiguous");
+                match y.as_slice_mut() {
+                    Some(ys) => self.run_slices(xs, ys)?,
+                    None => {
+                        let mut tmp = Array4::<f32>::zeros(g.output_shape());
+                        self.run_slices(xs, tmp.as_slice_mut().expect("fresh array"))?;
+                        y.assign(&tmp);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    fn run_slices(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        match &self.imp {
+            Imp::Gemm(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Depthwise { dw, w, bias } => dw.run(x, w, bias.as_deref(), y),
+            Imp::Reference { .. } => unreachable!("the reference runs on arrays"),
+        }
+    }
+}
+
+/// One-shot forward pass through a [`Plan`]: plans, runs, returns the output.
+pub fn forward(
+    spec: &ValidSpec,
+    x: ArrayView4<f32>,
+    w: ArrayView4<f32>,
+    bias: Option<ArrayView1<f32>>,
+    algo: Algo,
+) -> Result<Array4<f32>> {
+    let sh = x.shape();
+    if sh.len() != 4 {
+        return Err(ConvError::RankMismatch {
+            what: "input",
+            got: sh.len(),
+            expected: 4,
+        });
+    }
+    let plan = Plan::new(spec, [sh[0], sh[1], sh[2], sh[3]], w, bias, algo)?;
+    let mut y = Array4::<f32>::zeros(plan.geometry().output_shape());
+    plan.run(x, y.view_mut())?;
+    Ok(y)
+}

@@ -1,0 +1,365 @@
+//! Every fast algorithm × every ISA level on this CPU against the reference oracle, on fixed
+//! cases and on random specs (odd sizes, tails of every blocking dimension, groups, dilation,
+//! asymmetric padding, every padding mode, conv1d, batch > 1), plus thread-count determinism.
+
+use convkit::kernels::Isa;
+use convkit::plan::{forward, Algo, Plan};
+use convkit::{reference, ConvError, ConvSpec, Padding, PaddingMode, ValidSpec};
+use ndarray::{Array1, Array4};
+use proptest::prelude::*;
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn operands(
+    spec: &ValidSpec,
+    input: [usize; 4],
+    seed: u64,
+) -> (Array4<f32>, Array4<f32>, Option<Array1<f32>>) {
+    let x = Array4::from_shape_vec(input, rand_vec(input.iter().product(), seed)).unwrap();
+    let ws = spec.weight_shape();
+    let w = Array4::from_shape_vec(ws, rand_vec(ws.iter().product(), seed + 1)).unwrap();
+    let b = spec
+        .has_bias()
+        .then(|| Array1::from(rand_vec(spec.out_channels(), seed + 2)));
+    (x, w, b)
+}
+
+/// Checks `algo` at `isa` against the reference; returns Ok(false) if the algo does not apply.
+fn check(
+    spec: &ValidSpec,
+    input: [usize; 4],
+    algo: Algo,
+    isa: Isa,
+    seed: u64,
+) -> Result<bool, String> {
+    let (x, w, b) = operands(spec, input, seed);
+    let want = reference::forward(spec, x.view(), w.view(), b.as_ref().map(|b| b.view())).unwrap();
+    let plan = match Plan::with_isa(
+        spec,
+        input,
+        w.view(),
+        b.as_ref().map(|b| b.view()),
+        algo,
+        isa,
+    ) {
+        Ok(p) => p,
+        Err(ConvError::AlgorithmUnavailable { .. }) => return Ok(false),
+        Err(e) => return Err(format!("plan failed: {e}")),
+    };
+    let mut got = Array4::<f32>::from_elem(plan.geometry().output_shape(), f32::NAN);
+    plan.run(x.view(), got.view_mut())
+        .map_err(|e| e.to_string())?;
+    let depth = (spec.in_channels() / spec.groups()) * spec.kernel()[0] * spec.kernel()[1];
+    let tol = 1e-5 * (depth as f32 + 1.0);
+    for (i, (g, r)) in got.iter().zip(want.iter()).enumerate() {
+        if !((g - r).abs() <= tol) {
+            return Err(format!(
+                "{spec} input {input:?} algo {algo} isa {isa}: element {i}: got {g}, want {r}"
+            ));
+        }
+    }
+    Ok(true)
+}
+
+fn check_all(spec: &ValidSpec, input: [usize; 4], seed: u64) -> Result<(), String> {
+    for isa in Isa::available_levels() {
+        for algo in [
+            Algo::Auto,
+            Algo::ImplicitGemm,
+            Algo::Gemm1x1,
+            Algo::Depthwise,
+        ] {
+            check(spec, input, algo, isa, seed)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fixed_cases() {
+    let cases: Vec<(ConvSpec, [usize; 4])> = vec![
+        (ConvSpec::conv2d(3, 8, 3).padding(1), [1, 3, 9, 11]),
+        (
+            ConvSpec::conv2d(3, 64, 7).stride(2).padding(3),
+            [1, 3, 31, 29],
+        ),
+        (ConvSpec::conv2d(20, 13, 1), [2, 20, 7, 9]),
+        (ConvSpec::conv2d(20, 13, 1).stride(2), [1, 20, 9, 9]),
+        (
+            ConvSpec::conv2d(16, 16, 3).padding(6).dilation(6),
+            [1, 16, 14, 13],
+        ),
+        (
+            ConvSpec::conv2d(16, 16, 3).padding(12).dilation(12),
+            [1, 16, 16, 16],
+        ),
+        (
+            ConvSpec::conv2d(32, 32, 3).padding(1).groups(8),
+            [1, 32, 10, 10],
+        ),
+        (ConvSpec::conv2d(8, 8, 3).padding(1).groups(8), [1, 8, 6, 7]),
+        (ConvSpec::conv1d(24, 17, 3).padding(1), [2, 24, 1, 101]),
+        (
+            ConvSpec::conv2d(5, 7, [2, 4])
+                .padding_sides([0, 2, 3, 1])
+                .stride([2, 1]),
+            [1, 5, 8, 9],
+        ),
+        (
+            ConvSpec::conv2d(4, 9, 3)
+                .padding(2)
+                .padding_mode(PaddingMode::Reflect),
+            [1, 4, 6, 7],
+        ),
+        (
+            ConvSpec::conv2d(4, 9, 3)
+                .padding(3)
+                .padding_mode(PaddingMode::Replicate)
+                .dilation(2),
+            [1, 4, 6, 7],
+        ),
+        (
+            ConvSpec::conv2d(4, 9, 3)
+                .padding(2)
+                .padding_mode(PaddingMode::Circular)
+                .stride(2),
+            [1, 4, 6, 7],
+        ),
+        (
+            ConvSpec::conv2d(6, 10, 3)
+                .padding_rule(Padding::SameTf)
+                .stride(2)
+                .bias(false),
+            [3, 6, 11, 8],
+        ),
+        (
+            ConvSpec::conv2d(6, 10, 5)
+                .padding_rule(Padding::Same)
+                .dilation(2),
+            [1, 6, 12, 12],
+        ),
+        // Deep enough for several depth chunks and channel blocks.
+        (ConvSpec::conv2d(64, 40, 3).padding(1), [1, 64, 9, 9]),
+        (ConvSpec::conv2d(300, 20, 1), [1, 300, 5, 10]),
+    ];
+    for (i, (s, input)) in cases.into_iter().enumerate() {
+        let spec = s.build().unwrap();
+        check_all(&spec, input, i as u64).unwrap();
+    }
+}
+
+#[test]
+fn auto_always_works_including_transposed() {
+    let spec = ConvSpec::conv_transpose2d(4, 6, 3)
+        .stride(2)
+        .padding(1)
+        .build()
+        .unwrap();
+    let (x, w, b) = operands(&spec, [1, 4, 5, 5], 9);
+    let y = forward(
+        &spec,
+        x.view(),
+        w.view(),
+        b.as_ref().map(|b| b.view()),
+        Algo::Auto,
+    )
+    .unwrap();
+    let r = reference::forward(&spec, x.view(), w.view(), b.as_ref().map(|b| b.view())).unwrap();
+    assert_eq!(y, r);
+    let e = Plan::new(&spec, [1, 4, 5, 5], w.view(), None, Algo::ImplicitGemm).unwrap_err();
+    assert!(matches!(e, ConvError::AlgorithmUnavailable { .. }));
+}
+
+#[test]
+fn gemm1x1_refuses_other_layers_and_bad_shapes_are_errors() {
+    let spec = ConvSpec::conv2d(4, 6, 3).build().unwrap();
+    let w = Array4::<f32>::zeros((6, 4, 3, 3));
+    let e = Plan::new(&spec, [1, 4, 8, 8], w.view(), None, Algo::Gemm1x1).unwrap_err();
+    assert!(matches!(e, ConvError::AlgorithmUnavailable { .. }));
+    let plan = Plan::new(&spec, [1, 4, 8, 8], w.view(), None, Algo::Auto).unwrap();
+    assert_eq!(plan.algo(), Algo::ImplicitGemm);
+    let x = Array4::<f32>::zeros((1, 4, 9, 8));
+    let mut y = Array4::<f32>::zeros((1, 6, 6, 6));
+    assert!(matches!(
+        plan.run(x.view(), y.view_mut()),
+        Err(ConvError::ShapeMismatch { .. })
+    ));
+    let bad_w = Array4::<f32>::zeros((6, 4, 3, 2));
+    assert!(Plan::new(&spec, [1, 4, 8, 8], bad_w.view(), None, Algo::Auto).is_err());
+    assert_eq!("gemm1x1".parse::<Algo>().unwrap(), Algo::Gemm1x1);
+    assert!("fast".parse::<Algo>().is_err());
+}
+
+#[test]
+fn non_contiguous_views_work() {
+    let spec = ConvSpec::conv2d(3, 5, 3).padding(1).build().unwrap();
+    let (x, w, b) = operands(&spec, [1, 3, 8, 8], 3);
+    let xt = x
+        .clone()
+        .reversed_axes()
+        .as_standard_layout()
+        .to_owned()
+        .reversed_axes();
+    assert!(xt.as_slice().is_none());
+    let plan = Plan::new(
+        &spec,
+        [1, 3, 8, 8],
+        w.view(),
+        b.as_ref().map(|b| b.view()),
+        Algo::Auto,
+    )
+    .unwrap();
+    let mut y1 = Array4::<f32>::zeros((1, 5, 8, 8));
+    plan.run(x.view(), y1.view_mut()).unwrap();
+    let mut y2 = Array4::<f32>::zeros((1, 5, 8, 8))
+        .reversed_axes()
+        .as_standard_layout()
+        .to_owned()
+        .reversed_axes();
+    plan.run(xt.view(), y2.view_mut()).unwrap();
+    assert_eq!(y1, y2);
+}
+
+#[test]
+fn bit_identical_across_thread_counts() {
+    let specs = [
+        (
+            ConvSpec::conv2d(64, 48, 3).padding(1).build().unwrap(),
+            [1, 64, 20, 20],
+        ),
+        (
+            ConvSpec::conv2d(96, 32, 1).build().unwrap(),
+            [2, 96, 15, 15],
+        ),
+        (
+            ConvSpec::conv2d(32, 32, 3)
+                .padding(4)
+                .dilation(4)
+                .groups(2)
+                .build()
+                .unwrap(),
+            [1, 32, 17, 17],
+        ),
+    ];
+    for (spec, input) in specs {
+        let (x, w, b) = operands(&spec, input, 5);
+        let plan = Plan::new(
+            &spec,
+            input,
+            w.view(),
+            b.as_ref().map(|b| b.view()),
+            Algo::Auto,
+        )
+        .unwrap();
+        let run_with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut y = Array4::<f32>::zeros(plan.geometry().output_shape());
+            pool.install(|| plan.run(x.view(), y.view_mut())).unwrap();
+            y
+        };
+        let one = run_with(1);
+        for t in [2, 3, 5] {
+            let other = run_with(t);
+            assert!(one
+                .iter()
+                .zip(other.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+}
+
+#[test]
+fn plan_is_send_sync_and_shared() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Plan>();
+    let spec = ConvSpec::conv2d(8, 8, 3).padding(1).build().unwrap();
+    let (x, w, b) = operands(&spec, [1, 8, 12, 12], 7);
+    let plan = Plan::new(
+        &spec,
+        [1, 8, 12, 12],
+        w.view(),
+        b.as_ref().map(|b| b.view()),
+        Algo::Auto,
+    )
+    .unwrap();
+    let mut base = Array4::<f32>::zeros((1, 8, 12, 12));
+    plan.run(x.view(), base.view_mut()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                let mut y = Array4::<f32>::zeros((1, 8, 12, 12));
+                plan.run(x.view(), y.view_mut()).unwrap();
+                assert_eq!(y, base);
+            });
+        }
+    });
+}
+
+fn arb_case() -> impl Strategy<Value = (ValidSpec, [usize; 4])> {
+    (
+        (1usize..4, 1usize..5, 1usize..4), // groups, c per group, k per group
+        (1usize..4, 1usize..4, 1usize..3, 1usize..3), // kh, kw, sh, sw
+        (1usize..3, 1usize..4),            // dh, dw
+        (0usize..4, 0usize..4, 0usize..4, 0usize..4),
+        0usize..4, // padding mode
+        (1usize..3, 1usize..12, 1usize..14, any::<bool>()),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "invalid layer",
+            |((g, cg, kg), (kh, kw, sh, sw), (dh, dw), pads, mode, (n, h, w, bias), one_d)| {
+                let mode = [
+                    PaddingMode::Zeros,
+                    PaddingMode::Reflect,
+                    PaddingMode::Replicate,
+                    PaddingMode::Circular,
+                ][mode];
+                let (c, k) = (
+                    g * cg * if cg == 4 { 5 } else { 1 },
+                    g * kg * if kg == 3 { 7 } else { 1 },
+                );
+                let spec = if one_d {
+                    ConvSpec::conv1d(c, k, kw)
+                        .stride(sw)
+                        .dilation(dw)
+                        .padding_sides([0, 0, pads.2, pads.3])
+                } else {
+                    ConvSpec::conv2d(c, k, [kh, kw])
+                        .stride([sh, sw])
+                        .dilation([dh, dw])
+                        .padding_sides([pads.0, pads.1, pads.2, pads.3])
+                }
+                .groups(g)
+                .padding_mode(mode)
+                .bias(bias)
+                .build()
+                .ok()?;
+                let input = [n, c, if one_d { 1 } else { h }, w];
+                spec.geometry(input).ok()?;
+                Some((spec, input))
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn random_layers_match_reference((spec, input) in arb_case(), seed in any::<u64>()) {
+        check_all(&spec, input, seed).map_err(TestCaseError::fail)?;
+    }
+}
