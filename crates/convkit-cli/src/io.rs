@@ -53,9 +53,23 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Reads an `.npy` file of float32 (or float64, converted) little-endian C-order data.
+/// Reads an `.npy` file of float32 (or float64, converted) little-endian data.
+///
+/// Any other dtype (integers, big-endian floats, float16, ...) is an error naming the dtype.
+/// Fortran-order files are read correctly (NumPy writes them for transposed arrays).
 pub fn read_npy(path: &Path) -> CliResult<ArrayD<f32>> {
     let bytes = std::fs::read(path).map_err(|e| CliError::file(path, e))?;
+    if let Some(d) = npy_descr(&bytes) {
+        if d != "<f4" && d != "<f8" {
+            return Err(CliError::file(
+                path,
+                format!(
+                    "unsupported dtype '{d}' (need little-endian float32 '<f4' or float64 '<f8'; \
+                     convert with arr.astype('<f4'))"
+                ),
+            ));
+        }
+    }
     match ArrayD::<f32>::read_npy(&bytes[..]) {
         Ok(a) => return Ok(a),
         Err(ReadNpyError::WrongDescriptor(_)) => {}
@@ -71,8 +85,35 @@ pub fn read_npy(path: &Path) -> CliResult<ArrayD<f32>> {
     }
 }
 
+/// The `descr` string of an `.npy` header (e.g. `<f4`), if the header can be read.
+fn npy_descr(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return None,
+    };
+    let header = std::str::from_utf8(bytes.get(start..start.checked_add(len)?)?).ok()?;
+    let rest = &header[header.find("'descr'")? + "'descr'".len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let quote = rest.chars().next()?;
+    if quote != '\'' && quote != '"' {
+        return None;
+    }
+    let body = &rest[1..];
+    Some(body[..body.find(quote)?].to_string())
+}
+
 fn npy_error(path: &Path, e: ReadNpyError) -> CliError {
-    CliError::file(path, format!("not a readable .npy file: {e}"))
+    match e {
+        ReadNpyError::Io(e) => CliError::file(path, e),
+        e => CliError::file(path, format!("not a readable .npy file: {e}")),
+    }
 }
 
 /// Writes a float32 `.npy` file atomically.
