@@ -16,7 +16,7 @@
 //! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
 //! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
 
-use super::simd::{dot_block, running_sum, store_fence, Isa, MAX_ROWS};
+use super::simd::{dot_block, running_sum, store_fence, Isa, Taps, MAX_ROWS};
 use super::{FilterBorder, Image, Sample};
 use rayon::prelude::*;
 
@@ -182,7 +182,12 @@ impl<T: Sample> Ctx<'_, T> {
                         self.fill_padded(next, &mut pad);
                         for (k, (_, row)) in t.iter().enumerate() {
                             let o = &mut dst[k * wc..(k + 1) * wc];
-                            dot_block(self.isa, &pad, &[0], &shifts, row, o, wc, false);
+                            let t = Taps {
+                                rows: &[0],
+                                cols: &shifts,
+                                weights: row,
+                            };
+                            dot_block(self.isa, &pad, &t, o, wc, false);
                         }
                     }
                     _ => self.fill_padded(next, dst),
@@ -194,7 +199,12 @@ impl<T: Sample> Ctx<'_, T> {
                 (0..self.shape.kh + nr - 1).map(|s| slot(base + (s * d) as isize) * ring_row),
             );
             let o = &mut out[r * wc..(r + nr) * wc];
-            dot_block(self.isa, &ring, &rows, &ccols, &cw, o, wc, self.stream);
+            let t = Taps {
+                rows: &rows,
+                cols: &ccols,
+                weights: &cw,
+            };
+            dot_block(self.isa, &ring, &t, o, wc, self.stream);
             r += nr;
         }
         if self.stream {
@@ -221,16 +231,12 @@ impl<T: Sample> Ctx<'_, T> {
         let mut row_sums = |v: isize, ring: &mut [f32]| {
             self.fill_padded(v, &mut pad);
             let s = slot(v) * wc;
-            dot_block(
-                self.isa,
-                &pad,
-                &[0],
-                &shifts,
-                &ones,
-                &mut ring[s..s + wc],
-                wc,
-                false,
-            );
+            let t = Taps {
+                rows: &[0],
+                cols: &shifts,
+                weights: &ones,
+            };
+            dot_block(self.isa, &pad, &t, &mut ring[s..s + wc], wc, false);
         };
         for v in first..first + kh as isize - 1 {
             row_sums(v, &mut ring);

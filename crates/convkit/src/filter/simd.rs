@@ -61,6 +61,17 @@ impl Isa {
     }
 }
 
+/// The taps of [`dot_block`]: source row offsets, column shifts and `kh × kw` weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Taps<'a> {
+    /// Offsets into the buffer of the `kh + R − 1` source rows.
+    pub rows: &'a [usize],
+    /// Column shifts, one per kernel column.
+    pub cols: &'a [usize],
+    /// Row-major `kh × kw` weights.
+    pub weights: &'a [f32],
+}
+
 /// The largest number of output rows [`dot_block`] computes at once.
 pub const MAX_ROWS: usize = 4;
 
@@ -75,16 +86,8 @@ pub const MAX_ROWS: usize = 4;
 /// # Panics
 /// On inconsistent lengths, a read past the end of `buf`, or an `isa` this CPU lacks (a
 /// programming error: use [`Isa::detect`]).
-pub fn dot_block(
-    isa: Isa,
-    buf: &[f32],
-    rows: &[usize],
-    cols: &[usize],
-    w: &[f32],
-    out: &mut [f32],
-    n: usize,
-    stream: bool,
-) {
+pub fn dot_block(isa: Isa, buf: &[f32], taps: &Taps, out: &mut [f32], n: usize, stream: bool) {
+    let (rows, cols, w) = (taps.rows, taps.cols, taps.weights);
     assert!(n > 0 && out.len().is_multiple_of(n), "out holds whole rows");
     let r = out.len() / n;
     assert!((1..=MAX_ROWS).contains(&r), "1..=4 output rows");
@@ -109,13 +112,13 @@ pub fn dot_block(
             // SAFETY: the CPU supports AVX2 and FMA (checked above); every read
             // buf[rows[s] + cols[j] + x], x < n, is in bounds (checked above), and every
             // write out[r·n + x] is inside `out`.
-            unsafe { x86::block_avx2(buf.as_ptr(), rows, cols, w, kh, out, n, stream) }
+            unsafe { x86::block_avx2(buf.as_ptr(), taps, kh, out, n, stream) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             assert!(Isa::available().contains(&Isa::Avx512));
             // SAFETY: as above, with AVX-512F (checked above).
-            unsafe { x86::block_avx512(buf.as_ptr(), rows, cols, w, kh, out, n, stream) }
+            unsafe { x86::block_avx512(buf.as_ptr(), taps, kh, out, n, stream) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar(buf, rows, cols, w, kh, out, n),
@@ -265,9 +268,7 @@ mod x86 {
             #[target_feature(enable = $feat)]
             pub unsafe fn $disp(
                 buf: *const f32,
-                rows: &[usize],
-                cols: &[usize],
-                w: &[f32],
+                taps: &super::Taps,
                 kh: usize,
                 out: &mut [f32],
                 n: usize,
@@ -286,10 +287,10 @@ mod x86 {
                     0
                 };
                 let run = |x0: usize, len: usize, nt: bool| match r {
-                    1 => $body::<1, $v1>(buf.add(x0), rows, cols, w, kh, o.add(x0), n, len, nt),
-                    2 => $body::<2, $v4>(buf.add(x0), rows, cols, w, kh, o.add(x0), n, len, nt),
-                    3 => $body::<3, $v4>(buf.add(x0), rows, cols, w, kh, o.add(x0), n, len, nt),
-                    _ => $body::<4, $v4>(buf.add(x0), rows, cols, w, kh, o.add(x0), n, len, nt),
+                    1 => $body::<1, $v1>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                    2 => $body::<2, $v4>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                    3 => $body::<3, $v4>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                    _ => $body::<4, $v4>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
                 };
                 if peel > 0 {
                     run(0, peel, false);
@@ -305,15 +306,14 @@ mod x86 {
             #[inline]
             unsafe fn $body<const R: usize, const V: usize>(
                 buf: *const f32,
-                rows: &[usize],
-                cols: &[usize],
-                w: &[f32],
+                taps: &super::Taps,
                 kh: usize,
                 o: *mut f32,
                 n: usize,
                 len: usize,
                 nt: bool,
             ) {
+                let (rows, cols, w) = (taps.rows, taps.cols, taps.weights);
                 let kw = cols.len();
                 let nsrc = kh + R - 1;
                 let mut x = 0;
@@ -453,12 +453,17 @@ mod tests {
                     let cols: Vec<usize> = (0..kw).map(|j| j * 2 + j % 2).collect();
                     let w: Vec<f32> = (0..kh * kw).map(|_| rnd()).collect();
                     let mut want = vec![0.0; r * n];
-                    dot_block(Isa::Scalar, &buf, &rows, &cols, &w, &mut want, n, false);
+                    let taps = Taps {
+                        rows: &rows,
+                        cols: &cols,
+                        weights: &w,
+                    };
+                    dot_block(Isa::Scalar, &buf, &taps, &mut want, n, false);
                     for isa in Isa::available() {
                         for (stream, skew) in [(false, 0), (true, 0), (true, 3)] {
                             // `skew` misaligns the output to exercise the peeled columns.
                             let mut got = vec![f32::NAN; r * n + skew];
-                            dot_block(isa, &buf, &rows, &cols, &w, &mut got[skew..], n, stream);
+                            dot_block(isa, &buf, &taps, &mut got[skew..], n, stream);
                             store_fence();
                             let bits =
                                 |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
