@@ -15,11 +15,13 @@ the forward output ``y``, a random output gradient ``dy`` and the three gradient
 runs on them in float64 (so the golden values are exact up to f64 rounding), and every tensor is
 stored as float32 under the key ``<case key>.<tensor>`` (e.g. ``c0042.dw``).
 
-The JSON file holds ``{"seed", "torch_version", "cases": [...]}``; each case has
+The JSON file holds ``{"seed", "torch_version", "cases": [...], "rejects": [...]}``; each case has
 ``key, name, rank (1|2), transposed, in_channels, out_channels, kernel [kh,kw], stride,
 dilation, padding ({"explicit": [t,b,l,r]} | "valid" | "same" | "same_tf"), padding_mode
 (zeros|reflect|replicate|circular), groups, bias, output_padding [h,w], output_size ([h,w] or
-null), input_shape`` (N,C,L for 1D, N,C,H,W for 2D). 1D cases store pairs with height 1 for
+null), input_shape`` (N,C,L for 1D, N,C,H,W for 2D). ``rejects`` lists layers (same fields,
+no tensors, plus PyTorch's ``error`` message) that PyTorch refuses: one or more per error kind,
+then the random draws PyTorch refused; convkit must refuse every one of them too. 1D cases store pairs with height 1 for
 kernel/stride/dilation/output_size and 0 for top/bottom padding and output_padding height.
 
 How each padding is made in PyTorch (so the golden data does not depend on convkit's own
@@ -51,6 +53,8 @@ DEFAULT_OUT = os.path.normpath(os.path.join(
 MODES = ["zeros", "reflect", "replicate", "circular"]
 # Keep the committed data small: skip random combinations above this many stored floats.
 MAX_FLOATS_PER_CASE = 6000
+# What PyTorch raises for an impossible layer.
+TORCH_ERRORS = (RuntimeError, ValueError, TypeError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,8 +344,44 @@ def structured_cases():
     return cs
 
 
-def random_cases(rng, count):
-    """Random combinations of every option; invalid draws (PyTorch raises) are redrawn."""
+def rejected_cases():
+    """Layers PyTorch refuses (one or more per error kind); convkit must refuse them too."""
+    r = []
+    r.append(case("rej_groups_in", cin=3, cout=4, groups=2))
+    r.append(case("rej_groups_out", cin=4, cout=3, groups=2))
+    r.append(case("rej_groups_1d", rank=1, cin=3, cout=3, groups=2, size=7))
+    r.append(case("rej_same_stride", k=3, s=2, pad="same"))
+    r.append(case("rej_same_stride", k=3, s=(1, 2), pad="same"))
+    r.append(case("rej_same_stride_1d", rank=1, k=3, s=2, pad="same", size=7))
+    r.append(case("rej_op", transposed=True, k=3, s=2, op=2, size=(3, 3)))
+    r.append(case("rej_op", transposed=True, k=3, s=1, d=2, op=2, size=(3, 3)))
+    r.append(case("rej_op", transposed=True, k=3, s=(2, 1), op=(1, 1), size=(3, 3)))
+    r.append(case("rej_op_1d", rank=1, transposed=True, k=3, s=3, d=2, op=3, size=4))
+    r.append(case("rej_outsize", transposed=True, k=3, s=2, pad=1, output_size=(9, 7), size=(4, 4)))
+    r.append(case("rej_outsize", transposed=True, k=3, s=2, pad=1, output_size=(7, 6), size=(4, 4)))
+    r.append(case("rej_outsize_1d", rank=1, transposed=True, k=3, s=3, output_size=18, size=5))
+    for mode in ["reflect", "replicate", "circular"]:
+        r.append(case("rej_trmode", transposed=True, k=3, s=2, pad=1, mode=mode, size=(3, 3)))
+    r.append(case("rej_trsame", transposed=True, k=3, pad="same", size=(3, 3)))
+    r.append(case("rej_kernel", k=5, size=(3, 6)))
+    r.append(case("rej_kernel", k=3, d=3, pad=(1, 0), size=(4, 9)))
+    r.append(case("rej_kernel_1d", rank=1, k=4, d=2, pad=1, size=4))
+    r.append(case("rej_reflect", k=3, pad=(3, 1), mode="reflect", size=(3, 5)))
+    r.append(case("rej_reflect", k=1, pad=[0, 0, 0, 4], mode="reflect", size=(3, 4)))
+    r.append(case("rej_reflect", k=4, pad="same", mode="reflect", size=(1, 6)))
+    r.append(case("rej_reflect_1d", rank=1, k=3, pad=2, mode="reflect", size=2))
+    r.append(case("rej_circular", k=3, pad=(4, 0), mode="circular", size=(3, 3)))
+    r.append(case("rej_circular", k=1, pad=[0, 0, 5, 0], mode="circular", size=(3, 4)))
+    r.append(case("rej_circular_1d", rank=1, k=2, pad=[0, 2], mode="circular", size=1))
+    r.append(case("rej_empty", transposed=True, k=1, pad=1, size=(1, 1)))
+    r.append(case("rej_empty", transposed=True, k=3, s=2, pad=(0, 3), size=(2, 1)))
+    r.append(case("rej_empty_1d", rank=1, transposed=True, k=2, pad=1, size=1))
+    return r
+
+
+def random_cases(rng, count, rejects=None, max_rejects=0):
+    """Random combinations of every option; invalid draws (PyTorch raises) are redrawn, and the
+    first `max_rejects` of them are appended to `rejects` as (case, PyTorch's message)."""
     cs = []
     attempts = 0
     while len(cs) < count:
@@ -407,7 +447,9 @@ def random_cases(rng, count):
                 c["output_size"] = [1, osz[1]] if rank == 1 else osz
         try:
             tensors = run_case(c, np.random.default_rng(0))
-        except (RuntimeError, ValueError):
+        except TORCH_ERRORS as e:
+            if rejects is not None and len(rejects) < max_rejects:
+                rejects.append((c, e))
             continue
         if sum(v.size for v in tensors.values()) > MAX_FLOATS_PER_CASE:
             continue
@@ -478,6 +520,11 @@ def torch_forward(c, x, w, b):
             return functional_call(make_module(p, padding_mode=mode), params, (x,))
         return conv(fpad(x, [t, bo, l, r]), w, b, s, 0, d, g)
     # Transposed.
+    if mode != "zeros" or isinstance(pad, str):
+        # Let PyTorch itself reject what ConvTranspose does not have (border modes fail in the
+        # constructor, padding rules in the forward call).
+        m = make_module(pad if isinstance(pad, str) else 0, padding_mode=mode)
+        return functional_call(m, params, (x,))
     t, bo, l, r = pad["explicit"]
     op = ax(c["output_padding"])
     if c["output_size"] is not None:
@@ -540,7 +587,23 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*padding='same'.*")
     torch.set_num_threads(1)  # deterministic float64 reductions
     rng = random.Random(args.seed)
-    cases = structured_cases() + random_cases(rng, args.random_cases)
+    random_rejects = []
+    cases = structured_cases() + random_cases(rng, args.random_cases, random_rejects, 60)
+    rejects = []
+    for c in rejected_cases():
+        try:
+            run_case(c, np.random.default_rng(0))
+        except TORCH_ERRORS as e:
+            rejects.append((c, e))
+            continue
+        raise SystemExit(f"PyTorch accepts the layer {describe(c)} listed as rejected")
+    rejects += random_rejects
+    reject_meta = []
+    for i, (c, e) in enumerate(rejects):
+        entry = {"key": f"r{i:04d}", "name": f"r{i:04d}_{describe(c)}",
+                 "error": str(e).strip().splitlines()[0][:200]}
+        entry.update({k: v for k, v in c.items() if k != "tag"})
+        reject_meta.append(entry)
     tensors = {}
     meta = []
     for i, c in enumerate(cases):
@@ -548,7 +611,7 @@ def main(argv=None):
         # Each case gets its own value stream so that editing one case leaves the others alone.
         try:
             vals = run_case(c, np.random.default_rng([args.seed, i]))
-        except (RuntimeError, ValueError) as e:
+        except TORCH_ERRORS as e:
             raise SystemExit(f"case {i} ({describe(c)}) is invalid in PyTorch: {e}")
         for name, arr in vals.items():
             tensors[f"{key}.{name}"] = np.ascontiguousarray(arr)
@@ -564,10 +627,11 @@ def main(argv=None):
               metadata={"generator": f"scripts/gen_golden.py --seed {args.seed}"})
     with open(js_path, "w") as f:
         json.dump({"seed": args.seed, "torch_version": torch.__version__.split("+")[0],
-                   "cases": meta}, f, indent=1)
+                   "cases": meta, "rejects": reject_meta}, f, indent=1)
         f.write("\n")
     total = os.path.getsize(st_path) + os.path.getsize(js_path)
-    print(f"{len(meta)} cases, {len(tensors)} tensors, {total / 2**20:.2f} MiB -> {args.out_dir}")
+    print(f"{len(meta)} cases, {len(tensors)} tensors, {len(reject_meta)} rejected layers, "
+          f"{total / 2**20:.2f} MiB -> {args.out_dir}")
     if total >= 5 * 2**20:
         print("error: golden data exceeds 5 MiB", file=sys.stderr)
         return 1

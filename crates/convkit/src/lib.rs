@@ -29,6 +29,7 @@
 //! ```
 
 pub mod arith;
+pub mod backward;
 pub mod border;
 pub mod dwsep;
 pub mod error;

@@ -573,7 +573,9 @@ impl ValidSpec {
         Ok([g.oh, g.ow])
     }
 
-    /// The PyTorch expression that builds the same layer (for explanations).
+    /// The PyTorch expression that builds the same layer (for explanations). What a module
+    /// argument cannot say follows as a comment: per-side padding (`F.pad` before a direct
+    /// layer, a crop after a transposed one), TensorFlow SAME, and `output_size`.
     pub fn pytorch(&self) -> String {
         let s = &self.spec;
         let (cls, one) = match (s.transposed, s.rank) {
@@ -600,24 +602,48 @@ impl ValidSpec {
         if s.stride != [1, 1] {
             out += &format!(", stride={}", pair(s.stride));
         }
+        // Per-side padding and TensorFlow SAME have no constructor argument: the layer gets
+        // padding 0 and a trailing comment says what happens around it.
+        let mode = s.padding_mode;
+        let fpad_mode = match mode {
+            PaddingMode::Zeros => String::new(),
+            m => format!(", mode='{m}'"),
+        };
+        let sides = |[t, b, l, r]: [usize; 4]| {
+            if one {
+                format!("({l}, {r})")
+            } else {
+                format!("({l}, {r}, {t}, {b})")
+            }
+        };
+        let mut note = String::new();
+        let mut module_mode = mode;
         match s.padding {
             Padding::Explicit([t, b, l, r]) if t == b && l == r => {
                 if t != 0 || l != 0 {
                     out += &format!(", padding={}", pair([t, l]));
                 }
             }
-            Padding::Explicit(p) => {
-                out += &format!(
-                    ", padding=0)  # preceded by F.pad(x, ({}, {}, {}, {}))",
-                    p[2], p[3], p[0], p[1]
+            Padding::Explicit(p) if s.transposed => {
+                out += ", padding=0";
+                note = format!(
+                    "  # then crop {} (left, right{}) from the output",
+                    sides(p),
+                    if one { "" } else { ", top, bottom" }
                 );
-                return out;
+            }
+            Padding::Explicit(p) => {
+                out += ", padding=0";
+                note = format!("  # preceded by F.pad(x, {}{fpad_mode})", sides(p));
+                module_mode = PaddingMode::Zeros;
             }
             Padding::Valid => out += ", padding='valid'",
             Padding::Same => out += ", padding='same'",
             Padding::SameTf => {
-                out += ")  # TensorFlow SAME: pad with F.pad first (depends on input size)";
-                return out;
+                note = format!(
+                    "  # TensorFlow SAME: pad with F.pad(x, ...{fpad_mode}) first (depends on input size)"
+                );
+                module_mode = PaddingMode::Zeros;
             }
         }
         if s.transposed && s.output_padding != [0, 0] {
@@ -632,10 +658,19 @@ impl ValidSpec {
         if s.dilation != [1, 1] {
             out += &format!(", dilation={}", pair(s.dilation));
         }
-        if s.padding_mode != PaddingMode::Zeros {
-            out += &format!(", padding_mode='{}'", s.padding_mode);
+        if module_mode != PaddingMode::Zeros {
+            out += &format!(", padding_mode='{module_mode}'");
         }
         out.push(')');
+        if let Some(size) = s.output_size {
+            let size = if one {
+                format!("[{}]", size[1])
+            } else {
+                format!("[{}, {}]", size[0], size[1])
+            };
+            out += &format!("  # called with output_size={size}");
+        }
+        out += &note;
         out
     }
 }

@@ -1375,3 +1375,59 @@ fn regression_receptive_field_start_saturates() {
     assert!(rf.start[0] <= -i64::MAX, "{:?}", rf.start);
     assert_eq!(rf.start[1], -3);
 }
+
+/// `ValidSpec::pytorch()` returned early for per-side padding and TensorFlow SAME, dropping
+/// dilation, groups, bias, output_padding and the border mode; 1D layers got a 4-tuple
+/// `F.pad`, and a transposed layer's per-side crop was described as an input pad. (All 460
+/// golden layers' strings were checked to build the matching module in PyTorch.)
+#[test]
+fn regression_pytorch_expression_keeps_every_argument() {
+    let p = |s: ConvSpec| s.build().unwrap().pytorch();
+    assert_eq!(
+        p(ConvSpec::conv2d(3, 64, 7).stride(2).padding(3)),
+        "nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3)"
+    );
+    assert_eq!(
+        p(ConvSpec::conv2d(4, 6, 3)
+            .padding_sides([1, 2, 3, 4])
+            .dilation(2)
+            .groups(2)
+            .bias(false)
+            .padding_mode(PaddingMode::Reflect)),
+        "nn.Conv2d(4, 6, kernel_size=3, padding=0, groups=2, bias=False, dilation=2)  \
+         # preceded by F.pad(x, (3, 4, 1, 2), mode='reflect')"
+    );
+    assert_eq!(
+        p(ConvSpec::conv1d(2, 3, 2)
+            .padding_sides([0, 0, 0, 1])
+            .padding_mode(PaddingMode::Circular)),
+        "nn.Conv1d(2, 3, kernel_size=2, padding=0)  # preceded by F.pad(x, (0, 1), mode='circular')"
+    );
+    assert_eq!(
+        p(ConvSpec::conv2d(2, 2, 3)
+            .stride(2)
+            .groups(2)
+            .padding_rule(Padding::SameTf)
+            .padding_mode(PaddingMode::Replicate)),
+        "nn.Conv2d(2, 2, kernel_size=3, stride=2, groups=2)  \
+         # TensorFlow SAME: pad with F.pad(x, ..., mode='replicate') first (depends on input size)"
+    );
+    assert_eq!(
+        p(ConvSpec::conv_transpose2d(2, 3, 3)
+            .stride(2)
+            .padding_sides([2, 0, 1, 0])
+            .output_padding(1)),
+        "nn.ConvTranspose2d(2, 3, kernel_size=3, stride=2, padding=0, output_padding=1)  \
+         # then crop (1, 0, 2, 0) (left, right, top, bottom) from the output"
+    );
+    assert_eq!(
+        p(ConvSpec::conv_transpose1d(2, 3, 4).stride(3).padding(1).output_size(11)),
+        "nn.ConvTranspose1d(2, 3, kernel_size=4, stride=3, padding=1)  # called with output_size=[11]"
+    );
+    assert_eq!(
+        p(ConvSpec::conv2d(2, 2, 3)
+            .padding(1)
+            .padding_mode(PaddingMode::Circular)),
+        "nn.Conv2d(2, 2, kernel_size=3, padding=1, padding_mode='circular')"
+    );
+}

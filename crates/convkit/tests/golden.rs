@@ -11,6 +11,8 @@
 //! (the same data can check fast paths that accumulate in f32), tight enough that any indexing,
 //! padding or flipping mistake (an O(0.1) error) fails.
 
+use convkit::backward;
+use convkit::plan::{self, Algo};
 use convkit::reference::{self, GradRequest};
 use convkit::{ConvSpec, Padding, PaddingMode, ValidSpec};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, Dimension, Ix1, Ix3, Ix4, IxDyn};
@@ -29,6 +31,8 @@ struct GoldenFile {
     seed: u64,
     torch_version: String,
     cases: Vec<Case>,
+    /// Layers PyTorch refuses (no tensors); convkit must refuse them too.
+    rejects: Vec<Case>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -58,6 +62,9 @@ struct Case {
     output_padding: [usize; 2],
     output_size: Option<[usize; 2]>,
     input_shape: Vec<usize>,
+    /// Rejected layers only: PyTorch's error message.
+    #[serde(default)]
+    error: Option<String>,
 }
 
 impl Case {
@@ -327,6 +334,77 @@ fn golden_backward_matches_pytorch() {
     });
 }
 
+/// The planned (fast, f32) forward path with `Algo::Auto` against the same PyTorch outputs, at
+/// the same f32 tolerance: whatever algorithm the plan picks for each layer (implicit GEMM,
+/// 1×1 GEMM, depthwise kernel, or the reference for transposed layers) must agree.
+#[test]
+fn golden_planned_forward_matches_pytorch() {
+    for_every_case("planned forward", |g, case| {
+        let spec = case.spec().map_err(|e| format!("spec rejected: {e}"))?;
+        let (x, w, b, y) = (
+            g.req(case, "x"),
+            g.req(case, "w"),
+            g.get(case, "b"),
+            g.req(case, "y"),
+        );
+        let (x4, w4) = if case.one_d() {
+            (reference::as_4d(d3(&x)), reference::as_4d(d3(&w)))
+        } else {
+            (d4(&x), d4(&w))
+        };
+        let got = plan::forward(&spec, x4, w4, b.as_ref().map(d1), Algo::Auto)
+            .map_err(|e| format!("plan::forward failed: {e}"))?;
+        let got = if case.one_d() {
+            got.index_axis_move(ndarray::Axis(2), 0).into_dyn()
+        } else {
+            got.into_dyn()
+        };
+        compare("y", got.view(), y.view())
+    });
+}
+
+/// The fast backward (`convkit::backward::backward` with `Algo::Auto`: sub-pixel / direct plans
+/// for dx, implicit-GEMM weight gradients, the depthwise kernel's own backward) against the same
+/// PyTorch gradients, at the same f32 tolerance.
+#[test]
+fn golden_fast_backward_matches_pytorch() {
+    for_every_case("fast backward", |g, case| {
+        let spec = case.spec().map_err(|e| format!("spec rejected: {e}"))?;
+        let (x, w, dy) = (g.req(case, "x"), g.req(case, "w"), g.req(case, "dy"));
+        let (x4, w4, dy4) = if case.one_d() {
+            (
+                reference::as_4d(d3(&x)),
+                reference::as_4d(d3(&w)),
+                reference::as_4d(d3(&dy)),
+            )
+        } else {
+            (d4(&x), d4(&w), d4(&dy))
+        };
+        let want = GradRequest {
+            input: true,
+            weight: true,
+            bias: case.bias,
+        };
+        let gr = backward::backward(&spec, x4, w4, dy4, want, Algo::Auto)
+            .map_err(|e| format!("backward::backward failed: {e}"))?;
+        let squeeze = |a: ndarray::Array4<f32>| {
+            if case.one_d() {
+                a.index_axis_move(ndarray::Axis(2), 0).into_dyn()
+            } else {
+                a.into_dyn()
+            }
+        };
+        let dx = squeeze(gr.input.ok_or("dx requested but not returned")?);
+        let dw = squeeze(gr.weight.ok_or("dw requested but not returned")?);
+        let mut err = compare("dx", dx.view(), g.req(case, "dx").view())?;
+        err = err.max(compare("dw", dw.view(), g.req(case, "dw").view())?);
+        if let (Some(got), Some(want)) = (gr.bias, g.get(case, "db")) {
+            err = err.max(compare("db", got.into_dyn().view(), want.view())?);
+        }
+        Ok(err)
+    });
+}
+
 /// The data set cannot silently shrink or lose an option: count the cases and require every
 /// option (and the combinations the issue names) at least once.
 #[test]
@@ -549,13 +627,51 @@ fn golden_covers_every_option() {
     ];
     let missing: Vec<&str> = checks
         .iter()
-        .filter(|(_, f)| !cases.iter().any(|c| f(c)))
+        .filter(|(_, f)| !cases.iter().any(f))
         .map(|(n, _)| *n)
         .collect();
     assert!(missing.is_empty(), "golden data lacks: {missing:?}");
     for (what, f) in &checks {
         println!("{what}: {} cases", cases.iter().filter(|c| f(c)).count());
     }
+}
+
+/// Every layer PyTorch refuses (bad groups, `same` with stride, bad output_padding or
+/// output_size, border modes or `same` on transposed layers, kernel larger than the padded
+/// input, reflect/circular pads beyond the input, transposed outputs cropped away, and the
+/// random draws PyTorch refused) is an error in convkit too, from `build` or `geometry`.
+#[test]
+fn golden_pytorch_rejections_are_errors() {
+    let g = load();
+    assert!(
+        g.file.rejects.len() >= 30,
+        "only {} rejected layers",
+        g.file.rejects.len()
+    );
+    let mut accepted = Vec::new();
+    for c in &g.file.rejects {
+        let torch = c.error.as_deref().unwrap_or("?");
+        let shape = &c.input_shape;
+        let input = if c.one_d() {
+            [shape[0], shape[1], 1, shape[2]]
+        } else {
+            [shape[0], shape[1], shape[2], shape[3]]
+        };
+        match c.spec().and_then(|s| s.geometry(input)) {
+            Ok(geom) => accepted.push(format!(
+                "{}: convkit gives output {:?}, PyTorch says: {torch}",
+                c.name,
+                geom.output_shape()
+            )),
+            Err(e) => println!("{}: {e}  (PyTorch: {torch})", c.name),
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "convkit accepts {} layers PyTorch rejects:\n{}",
+        accepted.len(),
+        accepted.join("\n")
+    );
 }
 
 /// Every tensor in the safetensors file belongs to a case in the JSON file and vice versa.

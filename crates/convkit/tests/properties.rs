@@ -9,17 +9,23 @@
 //!   d(k−1)−p, flipped kernel);
 //! * linearity in x and in w;
 //! * the shape formula (`Geometry::output_shape`) is the shape of the computed output;
-//! * random (zero, huge) parameters validate or give an error, never panic or wrap;
-//! * finite-difference check of all three gradients in f64.
+//! * random (zero, huge) parameters validate or give an error, never panic or wrap; layers
+//!   small enough to run are run through the reference and the planned GEMM paths;
+//! * finite-difference check of all three gradients in f64;
+//! * spatially separable two-pass = 2D depthwise convolution;
+//! * receptive fields of random stacks against a brute-force walk.
 //!
 //! Case counts are kept small (the reference is plain loops) so the file runs in a few seconds
 //! in release mode.
 
 use convkit::arith::{self, ReceptiveField};
+use convkit::backward;
 use convkit::border::{self, Border};
+use convkit::plan::{self, Algo};
 use convkit::reference::{self, GradRequest};
-use convkit::{ConvSpec, Equivalent, Geometry, Padding, PaddingMode, Rank, ValidSpec};
-use ndarray::{s, Array1, Array4, ArrayView4, Axis};
+use convkit::separable;
+use convkit::{ConvError, ConvSpec, Equivalent, Geometry, Padding, PaddingMode, Rank, ValidSpec};
+use ndarray::{s, Array1, Array2, Array4, ArrayView4, Axis};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +283,7 @@ fn config(cases: u32) -> ProptestConfig {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config(160))]
+    #![proptest_config(config(256))]
 
     /// ⟨conv(x), y⟩ = ⟨x, convᵀ(y)⟩ for a direct layer (zeros padding, where the adjoint is a
     /// plain transposed convolution) and the transposed layer `Geometry::equivalent` names.
@@ -451,6 +457,54 @@ proptest! {
     }
 }
 
+/// Depthwise 2D layers (groups = in = out channels) with every padding rule and border mode,
+/// for the spatially separable two-pass path.
+fn depthwise_layer() -> impl Strategy<Value = (ValidSpec, [usize; 4], u64)> {
+    (raw_layer(), 1usize..=3, any::<u64>()).prop_filter_map("invalid layer", |(r, c, seed)| {
+        let r = Raw {
+            two_d: true,
+            transposed: false,
+            groups: c,
+            cin_per_group: 1,
+            cout_per_group: 1,
+            ..r
+        };
+        make(&r).map(|(s, i)| (s, i, seed))
+    })
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    /// Separable two-pass = 2D: a random rank-1 kernel col ⊗ row, factorised by
+    /// `separable::factorize` and run as two 1D passes, gives the reference's 2D depthwise
+    /// convolution (every padding rule and border mode). The two-pass path accumulates in f32,
+    /// so the tolerance is f32's: 1e-5 + 1e-5·|y| on values of magnitude ≤ 10.
+    #[test]
+    fn separable_two_pass_equals_2d((spec, input, seed) in depthwise_layer()) {
+        let mut rng = Rng(seed);
+        let [kh, kw] = spec.kernel();
+        let col: Vec<f64> = (0..kh).map(|_| rng.next()).collect();
+        let row: Vec<f64> = (0..kw).map(|_| rng.next()).collect();
+        let k2 = Array2::from_shape_fn((kh, kw), |(i, j)| col[i] * row[j]);
+        let f = separable::factorize(k2.view()).unwrap();
+        prop_assert!(f.rank <= 1, "rank {} for an outer product", f.rank);
+        let x = rng.array(input).mapv(|v| v as f32);
+        let w = Array4::from_shape_fn(spec.weight_shape(), |(_, _, i, j)| k2[[i, j]] as f32);
+        let b = rng.vec(spec.out_channels()).mapv(|v| v as f32);
+        let bias = spec.has_bias().then(|| b.view());
+        let want = reference::forward(&spec, x.view(), w.view(), bias).unwrap();
+        let got = separable::conv2d_two_pass_spec(&spec, x.view(), &f, bias).unwrap();
+        prop_assert_eq!(got.shape(), want.shape());
+        for ((i, g), w) in got.indexed_iter().zip(want.iter()) {
+            prop_assert!(
+                (g - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+                "{} at {:?}: two-pass {}, 2D {}", spec, i, g, w
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Finite differences
 // ---------------------------------------------------------------------------------------------
@@ -465,7 +519,7 @@ fn tiny_layer() -> impl Strategy<Value = (ValidSpec, [usize; 4], u64)> {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(128))]
 
     /// All three gradients of L = ⟨f(x; w, b), dy⟩ from `reference::backward` against central
     /// differences in f64. L is linear in each operand, so the difference quotient is exact up
@@ -522,7 +576,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 /// Sizes from 0 to usize::MAX, weighted towards the edges.
-fn wild() -> impl Strategy<Value = usize> {
+fn wild() -> impl Strategy<Value = usize> + Clone {
     prop_oneof![
         3 => 0usize..4,
         2 => 4usize..64,
@@ -537,16 +591,38 @@ fn wild() -> impl Strategy<Value = usize> {
 }
 
 fn wild_spec() -> impl Strategy<Value = ConvSpec> {
+    spec_of(wild())
+}
+
+/// Mostly small sizes with an occasional wild one: layers that often validate and are small
+/// enough to run, with extreme values in single places (a huge dilation, stride or padding).
+fn mostly_small() -> impl Strategy<Value = usize> + Clone {
+    prop_oneof![
+        12 => 0usize..4,
+        2 => 4usize..8,
+        1 => wild(),
+    ]
+}
+
+/// A `ConvSpec` with every field drawn (channels, groups and spatial sizes from `v`).
+fn spec_of<S: Strategy<Value = usize> + Clone>(v: S) -> impl Strategy<Value = ConvSpec> {
+    let pair = [v.clone(), v.clone()];
     (
-        (any::<bool>(), any::<bool>(), wild(), wild(), wild()),
-        ([wild(), wild()], [wild(), wild()], [wild(), wild()]),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            v.clone(),
+            v.clone(),
+            v.clone(),
+        ),
+        (pair.clone(), pair.clone(), pair.clone()),
         (
             0u8..4,
-            [wild(), wild(), wild(), wild()],
+            [v.clone(), v.clone(), v.clone(), v],
             0u8..4,
             any::<bool>(),
         ),
-        ([wild(), wild()], proptest::option::of([wild(), wild()])),
+        (pair.clone(), proptest::option::of(pair)),
     )
         .prop_map(|(a, b, c, d)| ConvSpec {
             rank: if a.0 { Rank::Two } else { Rank::One },
@@ -636,8 +712,8 @@ fn check_exact(spec: &ValidSpec, g: Option<&Geometry>) {
             }
         }
         Equivalent::Transposed { output_padding, .. } => {
-            for ax in 0..2 {
-                assert!(output_padding[ax] < spec.stride()[ax]);
+            for (op, s) in output_padding.into_iter().zip(spec.stride()) {
+                assert!(op < s, "{spec:?}");
             }
         }
     }
@@ -674,12 +750,104 @@ fn exercise(spec: ConvSpec, input: [usize; 4], seed: u64) -> Result<(), TestCase
         let y = fwd(&v, &x, &w, None);
         prop_assert_eq!(y.shape(), &g.output_shape()[..]);
         reference::backward(&v, x.view(), w.view(), y.view(), GradRequest::all()).unwrap();
+        plans_match_reference(&v, &x, &w, &y)?;
+    }
+    Ok(())
+}
+
+/// Every planned algorithm (but the depthwise kernel, see below) either declines the layer
+/// (`AlgorithmUnavailable`) or matches the reference `y` within f32 rounding:
+/// 1e-5·(1 + Σ|x||w|) per output cell, the bound on an f32 accumulation of those terms.
+/// `Auto` must always run. The fast backward likewise matches the reference gradients.
+fn plans_match_reference(
+    v: &ValidSpec,
+    x: &Array4<f64>,
+    w: &Array4<f64>,
+    y: &Array4<f64>,
+) -> Result<(), TestCaseError> {
+    let scale = fwd(v, &x.mapv(f64::abs), &w.mapv(f64::abs), None);
+    let (x32, w32) = (x.mapv(|a| a as f32), w.mapv(|a| a as f32));
+    // Known bugs, not ours to fix here (kernels/depthwise.rs): the depthwise kernel panics on
+    // some valid layers (a stride beyond the padded width; TF SAME + replicate with stride 3
+    // and dilation 2 on a 1-wide input), reproduced by the ignored `regression_depthwise_*`
+    // tests below. Until they are fixed this cross-check leaves the depthwise kernel out.
+    for algo in [Algo::Auto, Algo::ImplicitGemm, Algo::Gemm1x1] {
+        if algo == Algo::Auto && v.is_depthwise() {
+            continue;
+        }
+        match plan::forward(v, x32.view(), w32.view(), None, algo) {
+            Ok(got) => {
+                prop_assert_eq!(got.shape(), y.shape());
+                for (((i, g), want), sc) in got.indexed_iter().zip(y.iter()).zip(scale.iter()) {
+                    prop_assert!(
+                        (*g as f64 - want).abs() <= 1e-5 * (1.0 + sc),
+                        "{:?} on {} at {:?}: {} vs reference {}",
+                        algo,
+                        v,
+                        i,
+                        g,
+                        want
+                    );
+                }
+            }
+            Err(ConvError::AlgorithmUnavailable { .. }) if algo != Algo::Auto => {}
+            Err(e) => prop_assert!(false, "{:?} on {}: {}", algo, v, e),
+        }
+    }
+    // Known bug (kernels/subpixel.rs, reported): the fast grad-input path loops over all s
+    // stride phases per axis, so a huge stride on a tiny layer takes time linear in s (hours
+    // for the wild strides); see the ignored `regression_fast_backward_huge_stride_*` test.
+    if v.is_depthwise() || v.stride()[0].max(v.stride()[1]) > 1 << 12 {
+        return Ok(());
+    }
+    // Backward with dy = y: each gradient against the reference, scaled by the reference
+    // gradient of the absolute values (Σ|dy||w| for dx, Σ|x||dy| for dw, Σ|dy| for db).
+    let all = GradRequest::all();
+    let want = reference::backward(v, x.view(), w.view(), y.view(), all).unwrap();
+    let (xa, wa, ya) = (x.mapv(f64::abs), w.mapv(f64::abs), y.mapv(f64::abs));
+    let scale = reference::backward(v, xa.view(), wa.view(), ya.view(), all).unwrap();
+    let y32 = y.mapv(|a| a as f32);
+    let got = backward::backward(v, x32.view(), w32.view(), y32.view(), all, Algo::Auto)
+        .map_err(|e| TestCaseError::fail(format!("fast backward on {v}: {e}")))?;
+    let pairs = [
+        (
+            "dx",
+            got.input.unwrap().into_dyn(),
+            want.input.unwrap().into_dyn(),
+            scale.input.unwrap().into_dyn(),
+        ),
+        (
+            "dw",
+            got.weight.unwrap().into_dyn(),
+            want.weight.unwrap().into_dyn(),
+            scale.weight.unwrap().into_dyn(),
+        ),
+        (
+            "db",
+            got.bias.unwrap().into_dyn(),
+            want.bias.unwrap().into_dyn(),
+            scale.bias.unwrap().into_dyn(),
+        ),
+    ];
+    for (what, g, r, sc) in pairs {
+        prop_assert_eq!(g.shape(), r.shape());
+        for (((i, a), b), s) in g.indexed_iter().zip(r.iter()).zip(sc.iter()) {
+            prop_assert!(
+                (*a as f64 - b).abs() <= 1e-5 * (1.0 + s),
+                "fast backward {} on {} at {:?}: {} vs reference {}",
+                what,
+                v,
+                i,
+                a,
+                b
+            );
+        }
     }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
 
     /// Any spec and any input shape: `build` and `geometry` return Ok or Err (a panic fails the
     /// test), and every number they report is exact. Layers small enough to run are run.
@@ -688,14 +856,15 @@ proptest! {
         exercise(spec, input, seed)?;
     }
 
-    /// The same with one or two channels and well-formed 1D layers, so that validation gets
-    /// past the channel checks and the extreme kernel/stride/dilation/padding values reach the
-    /// shape, padding and MAC arithmetic.
+    /// The same with mostly small sizes, one or two channels and well-formed 1D layers, so that
+    /// validation gets past the channel checks, extreme kernel/stride/dilation/padding values
+    /// reach the shape, padding and MAC arithmetic, and many layers are small enough to run
+    /// (through the reference and every planned algorithm).
     #[test]
     fn wild_spatial_specs_validate_or_error(
-        spec in wild_spec(),
+        spec in spec_of(mostly_small()),
         ch in [1usize..=2, 1..=2],
-        input in [1usize..=2, 1..=2, 0usize..=3, 0..=3],
+        input in [1usize..=2, 1..=2, 0usize..=6, 0..=6],
         big_input in [wild(), wild()],
         seed in any::<u64>(),
     ) {
@@ -779,4 +948,78 @@ fn receptive_field_matches_brute_force() {
         let jump: usize = layers.iter().map(|l| l.stride()[1]).product();
         assert_eq!(rf.jump[1] as usize, jump);
     }
+}
+
+/// Known bug in `kernels/depthwise.rs` (reported, owned by the depthwise engine): a depthwise
+/// layer whose stride exceeds its padded input width (here 3×3, stride 30, padding 1 on 1×1,
+/// a valid 1×1 output) panics with "capacity overflow" in `Depthwise::new` instead of running
+/// or returning an error. Remove `#[ignore]` (and the skip in `plans_match_reference`) once fixed.
+#[test]
+#[ignore = "known bug in kernels/depthwise.rs: stride beyond the padded width panics"]
+fn regression_depthwise_plan_stride_beyond_input() {
+    let v = ConvSpec::conv2d(2, 2, 3)
+        .groups(2)
+        .stride(30)
+        .padding(1)
+        .bias(false)
+        .build()
+        .unwrap();
+    let x = Array4::<f32>::ones((1, 2, 1, 1));
+    let w = Array4::<f32>::ones((2, 1, 3, 3));
+    let want = reference::forward(&v, x.view(), w.view(), None).unwrap();
+    let got = plan::forward(&v, x.view(), w.view(), None, Algo::Auto).unwrap();
+    assert_eq!(got, want);
+}
+
+/// Known bug in `kernels/depthwise.rs` (reported): TF SAME with replicate padding, stride 3 and
+/// dilation 2 on a 1-wide input (a valid 1-wide output) indexes out of bounds in `fill_body`.
+#[test]
+#[ignore = "known bug in kernels/depthwise.rs: out-of-bounds index in fill_body"]
+fn regression_depthwise_plan_same_tf_replicate_stride3() {
+    let v = ConvSpec::conv2d(2, 2, [1, 2])
+        .groups(2)
+        .stride([1, 3])
+        .dilation([1, 2])
+        .padding_rule(Padding::SameTf)
+        .padding_mode(PaddingMode::Replicate)
+        .bias(false)
+        .build()
+        .unwrap();
+    let x = Array4::<f32>::ones((1, 2, 1, 1));
+    let w = Array4::<f32>::ones((2, 1, 1, 2));
+    let want = reference::forward(&v, x.view(), w.view(), None).unwrap();
+    let got = plan::forward(&v, x.view(), w.view(), None, Algo::Auto).unwrap();
+    assert_eq!(got, want);
+}
+
+/// Known bug in `kernels/subpixel.rs` (reported): the fast backward's grad input decomposes
+/// the adjoint transposed convolution into its s stride phases by looping `for r in 0..s` per
+/// axis, even when only one phase has an output. A 1×1 layer with stride 2^40 on a 1×1 input
+/// (a valid 1×1 output) never finishes (2^24 already takes ~0.5 s). Fails after 5 s.
+#[test]
+#[ignore = "known bug in kernels/subpixel.rs: time linear in the stride"]
+fn regression_fast_backward_huge_stride_terminates() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let v = ConvSpec::conv2d(1, 1, 1)
+            .stride(1usize << 40)
+            .bias(false)
+            .build()
+            .unwrap();
+        let one = Array4::<f32>::ones((1, 1, 1, 1));
+        let r = backward::backward(
+            &v,
+            one.view(),
+            one.view(),
+            one.view(),
+            GradRequest::all(),
+            Algo::Auto,
+        )
+        .map(|g| g.input.unwrap()[[0, 0, 0, 0]]);
+        let _ = tx.send(r);
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the fast backward did not finish within 5 s");
+    assert_eq!(got, Ok(1.0));
 }

@@ -5,6 +5,7 @@
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
 //! * [`subpixel`]: transposed convolution as stride-phase direct convolutions.
+//! * [`wgrad`]: weight gradients as in-place GEMMs (no im2col).
 //! * [`store`]: the scatter of finished output tiles into the caller's array.
 //! * [`peak`]: an FMA-throughput loop that measures the machine's peak (for `convkit bench`).
 //!
@@ -16,6 +17,7 @@ pub mod igemm;
 pub mod peak;
 pub mod store;
 pub mod subpixel;
+pub mod wgrad;
 
 use std::fmt;
 

@@ -11,8 +11,9 @@
 
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
+use crate::kernels::Isa;
+use crate::plan::{Algo, Plan};
 use crate::spec::{ConvSpec, Padding};
-use crate::ValidSpec;
 use ndarray::{s, Array4, ArrayView1, ArrayView4, ArrayViewMut4, Axis};
 
 /// One phase along one axis.
@@ -102,18 +103,20 @@ fn axis_phases(
 }
 
 /// One 2D phase: a direct convolution and where its output goes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Phase {
     ys: AxisPhase,
     xs: AxisPhase,
-    /// The direct sub-convolution (`None` when no tap reaches this phase: bias only).
-    conv: Option<(ValidSpec, Array4<f32>)>,
+    /// The direct sub-convolution, planned on the fast engine (`None` when no tap reaches
+    /// this phase: bias only).
+    conv: Option<Plan>,
 }
 
 /// A transposed convolution prepared as stride-phase direct convolutions.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Subpixel {
     geom: Geometry,
+    isa: Isa,
     phases: Vec<Phase>,
     bias: Option<Vec<f32>>,
 }
@@ -124,6 +127,7 @@ impl Subpixel {
         geom: &Geometry,
         weight: ArrayView4<f32>,
         bias: Option<ArrayView1<f32>>,
+        isa: Isa,
     ) -> Result<Self> {
         let spec = &geom.spec;
         if !spec.is_transposed() {
@@ -162,7 +166,13 @@ impl Subpixel {
                         let (gi, ko) = (k / kg, k % kg);
                         weight[[gi * cg + ci, ko, py.taps[ty], px.taps[tx]]]
                     });
-                    Some((v, w))
+                    let input = [
+                        geom.n,
+                        geom.c,
+                        py.input.1 - py.input.0,
+                        px.input.1 - px.input.0,
+                    ];
+                    Some(Plan::with_isa(&v, input, w.view(), bias, Algo::Auto, isa)?)
                 };
                 phases.push(Phase {
                     ys: py.clone(),
@@ -173,9 +183,32 @@ impl Subpixel {
         }
         Ok(Subpixel {
             geom: *geom,
+            isa,
             phases,
             bias: bias.map(|b| b.to_vec()),
         })
+    }
+
+    /// The instruction set of the phase plans.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Largest per-thread workspace of the phase plans.
+    pub fn workspace_bytes(&self) -> usize {
+        self.phases
+            .iter()
+            .filter_map(|p| p.conv.as_ref().map(Plan::workspace_bytes))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes of packed weights over all phases (together, the layer's weights once).
+    pub fn packed_weight_bytes(&self) -> usize {
+        self.phases
+            .iter()
+            .filter_map(|p| p.conv.as_ref().map(Plan::packed_weight_bytes))
+            .sum()
     }
 
     /// Number of phases with at least one output cell.
@@ -188,7 +221,7 @@ impl Subpixel {
         self.phases
             .iter()
             .filter_map(|p| {
-                let (v, _) = p.conv.as_ref()?;
+                let v = p.conv.as_ref()?.geometry().spec;
                 let taps = (p.ys.taps.len() * p.xs.taps.len()) as u64;
                 Some(
                     (self.geom.n * p.ys.out_count * p.xs.out_count) as u64
@@ -229,16 +262,14 @@ impl Subpixel {
                         plane.fill(self.bias.as_ref().map_or(0.0, |b| b[k]));
                     }
                 }
-                Some((v, w)) => {
+                Some(plan) => {
                     let xi = x.slice(s![
                         ..,
                         ..,
                         p.ys.input.0..p.ys.input.1,
                         p.xs.input.0..p.xs.input.1
                     ]);
-                    let b = self.bias.as_ref().map(|b| ArrayView1::from(&b[..]));
-                    let out = crate::reference::forward(v, xi, w.view(), b)?;
-                    dst.assign(&out);
+                    plan.run(xi, dst)?;
                 }
             }
         }
@@ -276,15 +307,21 @@ mod tests {
         let b = Array1::from(pseudo(g.k, 3));
         let bias = v.has_bias().then(|| b.view());
         let want = reference::forward(&v, x.view(), w.view(), bias).unwrap();
-        let sp = Subpixel::new(&g, w.view(), bias).unwrap();
-        let mut y = Array4::from_elem(g.output_shape(), f32::NAN);
-        sp.run(x.view(), y.view_mut()).unwrap();
-        for (a, e) in y.iter().zip(want.iter()) {
-            prop_assert!(
-                (a - e).abs() <= 1e-5 + 1e-5 * e.abs(),
-                "{spec:?} {input:?}: {a} vs {e}"
-            );
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let mut sp = None;
+        for isa in Isa::available_levels() {
+            let plan = Subpixel::new(&g, w.view(), bias, isa).unwrap();
+            let mut y = Array4::from_elem(g.output_shape(), f32::NAN);
+            plan.run(x.view(), y.view_mut()).unwrap();
+            for (a, e) in y.iter().zip(want.iter()) {
+                prop_assert!(
+                    (a - e).abs() <= 1e-5 * scale,
+                    "{isa:?} {spec:?} {input:?}: {a} vs {e}"
+                );
+            }
+            sp = Some(plan);
         }
+        let sp = sp.unwrap();
         // Never multiplies an inserted zero: each output cell costs at most
         // ⌈kh/step_h⌉·⌈kw/step_w⌉ taps (step = s/gcd(s,d)), against kh·kw for the zero-stuffed
         // direct equivalent.
@@ -341,7 +378,7 @@ mod tests {
         let v = ConvSpec::conv2d(2, 2, 3).build().unwrap();
         let g = v.geometry([1, 2, 5, 5]).unwrap();
         let w = Array4::<f32>::zeros(v.weight_shape());
-        assert!(Subpixel::new(&g, w.view(), None).is_err());
+        assert!(Subpixel::new(&g, w.view(), None, Isa::Scalar).is_err());
     }
 
     proptest! {
