@@ -98,7 +98,7 @@ fn engine_matches_oracle() {
                     border,
                 );
                 for isa in Isa::available() {
-                    let p = plan.clone().with_isa(isa);
+                    let p = plan.clone().with_isa(isa).unwrap();
                     let got = p.run_alloc(&Image::new(&px, w, h, c).unwrap()).unwrap();
                     check_close(&got, &want_u8, 255.0 * kh as f64 * kw as f64, &what);
                     let got = p.run_alloc(&Image::new(&pf, w, h, c).unwrap()).unwrap();
@@ -432,7 +432,7 @@ fn box_sums_match_the_oracle() {
                             .num_threads(threads)
                             .build()
                             .unwrap();
-                        let p = plan.clone().with_isa(isa);
+                        let p = plan.clone().with_isa(isa).unwrap();
                         let got = pool
                             .install(|| p.run_alloc(&Image::new(&px, w, h, c).unwrap()))
                             .unwrap();
@@ -469,7 +469,7 @@ fn large_outputs_with_streaming_stores_match_the_oracle() {
         let plan = FilterPlan::new(&FilterOp::Linear(k.clone()), &opts).unwrap();
         let want = filter_naive(&pf, (h, w, 1), &k, 1, FilterBorder::Reflect101);
         for isa in Isa::available() {
-            let got = plan.clone().with_isa(isa).run_alloc(&img).unwrap();
+            let got = plan.clone().with_isa(isa).unwrap().run_alloc(&img).unwrap();
             check_close(&got, &want, 10.0, &format!("{path:?} {isa:?}"));
         }
     }
