@@ -11,7 +11,11 @@ machine shared with other jobs, CPU time excludes the waits for a core, so at on
 the fairest estimate of undisturbed speed (at two threads idle-spinning workers inflate it).
 Usage:
 
-    scripts/compare.py --threads 1 2 [--suite dense|all | --shapes FILE.json] [--runs 15]
+    scripts/compare.py --threads 1 2 [--suite dense|depthwise|transposed|backward|all
+                       | --shapes FILE.json] [--runs 15]
+
+Backward rows time PyTorch autograd's grad input + grad weight (ONNX Runtime has no backward:
+its column reads nan and the ratio is against PyTorch).
                        [--convkit target/release/convkit] [--png compare.png] [--json out.json]
 """
 import argparse
@@ -61,9 +65,10 @@ def flops(row):
     one_d, sp, k, s, p, d = dims(row)
     out = [(i + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for i, kk, ss, pp, dd in zip(sp, k, s, p, d)]
     taps = int(np.prod(k))
+    mult = 2 if row.get("pass") == "backward" else 1  # grad input + grad weight
     if row.get("transposed"):
-        return 2 * row["n"] * int(np.prod(sp)) * row["c"] * (row["k"] // row["groups"]) * taps
-    return 2 * row["n"] * int(np.prod(out)) * row["k"] * (row["c"] // row["groups"]) * taps
+        return mult * 2 * row["n"] * int(np.prod(sp)) * row["c"] * (row["k"] // row["groups"]) * taps
+    return mult * 2 * row["n"] * int(np.prod(out)) * row["k"] * (row["c"] // row["groups"]) * taps
 
 
 def data(row):
@@ -94,11 +99,21 @@ def torch_time(row, threads, runs):
     else:
         f = F.conv1d if one_d else F.conv2d
         fn = lambda: f(x, w, b, stride=s, padding=p, dilation=d, groups=g)
+    if row.get("pass") == "backward":
+        # Autograd's grad input + grad weight (as convkit's backward rows), one graph reused.
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        y = fn()
+        dy = torch.randn_like(y)
+        return timed(lambda: torch.autograd.grad(y, [x, w], dy, retain_graph=True), runs)
     with torch.inference_mode():
         return timed(fn, runs)
 
 
 def ort_time(row, threads, runs):
+    """ONNX Runtime's inference session (forward only: `None` for backward rows)."""
+    if row.get("pass") == "backward":
+        return None
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -153,7 +168,8 @@ def convkit_time(exe, row, threads, runs, peak=False):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--suite", choices=["dense", "all"], default="dense")
+    ap.add_argument("--suite", choices=["dense", "depthwise", "transposed", "backward", "all"],
+                    default="dense")
     ap.add_argument("--shapes", help="JSON array of layers (convkit bench schema)")
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--convkit", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "convkit"))
@@ -178,25 +194,28 @@ def main():
             ck, pk = convkit_time(a.convkit, row, t, a.runs, peak=(i == 0))
             peak = peak or pk
             tm, tmin, tcpu = torch_time(row, t, a.runs)
-            om, omin, ocpu = ort_time(row, t, a.runs)
-            best = min(tm, om)
-            best_min = min(tmin, omin)
-            table.append(dict(name=row["name"], algo=ck["algo"], convkit_ms=ck["median_ms"],
+            o = ort_time(row, t, a.runs)
+            om, omin, ocpu = o if o else (float("nan"),) * 3
+            best = min(tm, om) if o else tm
+            best_min = min(tmin, omin) if o else tmin
+            best_cpu = min(tcpu, ocpu) if o else tcpu
+            name = row["name"] + (" (bwd)" if row.get("pass") == "backward" else "")
+            table.append(dict(name=name, algo=ck["algo"], convkit_ms=ck["median_ms"],
                               convkit_min_ms=ck["min_ms"], torch_ms=tm, torch_min_ms=tmin,
                               ort_ms=om, ort_min_ms=omin, convkit_cpu_ms=ck.get("cpu_ms"),
                               torch_cpu_ms=tcpu, ort_cpu_ms=ocpu, ratio=ck["median_ms"] / best,
-                              ratio_cpu=(ck["cpu_ms"] / min(tcpu, ocpu)) if ck.get("cpu_ms") else None,
+                              ratio_cpu=(ck["cpu_ms"] / best_cpu) if ck.get("cpu_ms") else None,
                               ratio_min=ck["min_ms"] / best_min, gflops=ck["gflops"],
                               peak_pct=(100 * flops(row) / (ck["min_ms"] * 1e6) / peak) if peak else None))
         results[t] = dict(peak_gflops=peak, rows=table)
         print(f"\n== {t} thread(s); FMA peak {peak or float('nan'):.1f} GFLOP/s; medians of {a.runs} runs (min in brackets) ==")
-        print(f"{'layer':<26} {'algo':>13} {'convkit ms':>17} {'torch ms':>17} {'ORT ms':>17} {'ratio':>6} {'r(min)':>6} {'%peak':>6}"
+        print(f"{'layer':<32} {'algo':>13} {'convkit ms':>17} {'torch ms':>17} {'ORT ms':>17} {'ratio':>6} {'r(min)':>6} {'%peak':>6}"
               f"  | cpu ms/run: {'convkit':>8} {'torch':>8} {'ORT':>8} {'ratio':>6}")
         for r in table:
             pk = f"{r['peak_pct']:.0f}%" if r["peak_pct"] is not None else "-"
             cpu = "-" if r["ratio_cpu"] is None else (
                 f"{r['convkit_cpu_ms']:8.3f} {r['torch_cpu_ms']:8.3f} {r['ort_cpu_ms']:8.3f} {r['ratio_cpu']:6.2f}")
-            print(f"{r['name']:<26} {r['algo']:>13} {r['convkit_ms']:8.3f} [{r['convkit_min_ms']:6.3f}] "
+            print(f"{r['name']:<32} {r['algo']:>13} {r['convkit_ms']:8.3f} [{r['convkit_min_ms']:6.3f}] "
                   f"{r['torch_ms']:8.3f} [{r['torch_min_ms']:6.3f}] {r['ort_ms']:8.3f} [{r['ort_min_ms']:6.3f}] "
                   f"{r['ratio']:6.2f} {r['ratio_min']:6.2f} {pk:>6}  |             {cpu}")
         worst = max(r["ratio"] for r in table)

@@ -6,7 +6,7 @@ use crate::error::{CliError, CliResult};
 use clap::ValueEnum;
 use convkit::kernels::{peak, Isa};
 use convkit::plan::{Algo, Plan};
-use convkit::{ConvSpec, ValidSpec};
+use convkit::{ConvSpec, GradRequest, ValidSpec};
 use ndarray::{Array1, Array4};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -17,7 +17,13 @@ use std::time::Instant;
 pub enum Suite {
     /// The 11 dense layers of issue 3 (ResNet, MobileNetV2 pointwise, ASPP, ResNeXt, conv1d).
     Dense,
-    /// The dense suite plus depthwise layers.
+    /// Depthwise layers (MobileNetV2 3×3, stride 2, a 5×5 with multiplier 2), with bytes/s.
+    Depthwise,
+    /// Transposed layers (DCGAN 4×4 s2, U-Net 2×2 s2, 3×3 s2 with output padding).
+    Transposed,
+    /// Backward passes (grad input + grad weight) of dense, depthwise and transposed layers.
+    Backward,
+    /// Every suite above.
     All,
 }
 
@@ -36,7 +42,8 @@ pub struct Args {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Algorithm (auto, reference, implicit-gemm, gemm1x1, depthwise).
+    /// Algorithm (auto, reference, implicit-gemm, gemm1x1, depthwise, subpixel, ...; backward
+    /// rows run the fast backward unless this is `reference`).
     #[arg(long, default_value = "auto")]
     algo: String,
     /// Timed runs per layer (the median is reported).
@@ -94,7 +101,7 @@ pub struct Shape {
     /// Output padding per axis (transposed only).
     #[serde(default)]
     pub output_padding: Vec<usize>,
-    /// `forward` (or `backward`, not benchmarked yet).
+    /// `forward`, or `backward` (grad input + grad weight from a given grad output).
     #[serde(default = "default_pass")]
     pub pass: String,
 }
@@ -116,6 +123,15 @@ pub struct Row {
     pub cpu_ms: Option<f64>,
     /// Percentage of the measured FMA peak for the thread count (if measured).
     pub peak_pct: Option<f64>,
+    /// `forward` or `backward`.
+    pub pass: String,
+    /// Depthwise rows: bytes of input + output + weights moved once, per second (GB/s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbytes_per_s: Option<f64>,
+    /// Depthwise rows: median time over the time to stream those bytes once at the measured
+    /// memory bandwidth for that working-set size (the issue's target is ≤ 1.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_ratio: Option<f64>,
     /// Algorithm the plan chose.
     pub algo: String,
     /// Microkernel ISA level.
@@ -189,36 +205,66 @@ pub fn dense_suite() -> Vec<Shape> {
     ]
 }
 
+/// The depthwise suite of issue 4.
+pub fn depthwise_suite() -> Vec<Shape> {
+    vec![
+        row2d("mbv2_dw_3x3_c144_56", 1, 144, 56, 144, 3, 1, 1, 1, 144),
+        row2d("mbv2_dw_3x3_s2_c96_112", 1, 96, 112, 96, 3, 2, 1, 1, 96),
+        row2d("mbv2_dw_3x3_c576_14", 1, 576, 14, 576, 3, 1, 1, 1, 576),
+        row2d("dw_5x5_m2_c32_112", 1, 32, 112, 64, 5, 1, 2, 1, 32),
+    ]
+}
+
+/// The transposed suite of issue 4.
+pub fn transposed_suite() -> Vec<Shape> {
+    let t = |name: &str, c: usize, hw: usize, k: usize, kern: usize, p: usize, op: usize| Shape {
+        transposed: true,
+        output_padding: vec![op, op],
+        ..row2d(name, 1, c, hw, k, kern, 2, p, 1, 1)
+    };
+    vec![
+        t("dcgan_tconv_4x4_s2_c128_32", 128, 32, 64, 4, 1, 0),
+        t("unet_tconv_2x2_s2_c128_64", 128, 64, 64, 2, 0, 0),
+        t("tconv_3x3_s2_op1_c64_56", 64, 56, 32, 3, 1, 1),
+    ]
+}
+
+/// The backward suite of issue 4: the dense anchors, then every depthwise and transposed row.
+pub fn backward_suite() -> Vec<Shape> {
+    let dense = dense_suite();
+    let pick = |name: &str| dense.iter().find(|s| s.name == name).cloned();
+    [
+        "resnet_3x3_c64_56",
+        "resnet_3x3_c64_56_b8",
+        "resnet_1x1_c256_56",
+        "aspp_dil6_c256_32",
+        "resnext_g32_c128_56",
+    ]
+    .into_iter()
+    .filter_map(pick)
+    .chain(depthwise_suite())
+    .chain(transposed_suite())
+    .map(|s| Shape {
+        pass: "backward".into(),
+        ..s
+    })
+    .collect()
+}
+
 fn suite(s: Suite) -> Vec<Shape> {
-    let mut v = dense_suite();
-    if s == Suite::All {
-        v.push(row2d(
-            "mbv2_dw_3x3_c144_56",
-            1,
-            144,
-            56,
-            144,
-            3,
-            1,
-            1,
-            1,
-            144,
-        ));
-        v.push(row2d(
-            "mbv2_dw_3x3_s2_c96_112",
-            1,
-            96,
-            112,
-            96,
-            3,
-            2,
-            1,
-            1,
-            96,
-        ));
-        v.push(row2d("mbv2_dw_3x3_c960_7", 1, 960, 7, 960, 3, 1, 1, 1, 960));
+    match s {
+        Suite::Dense => dense_suite(),
+        Suite::Depthwise => depthwise_suite(),
+        Suite::Transposed => transposed_suite(),
+        Suite::Backward => backward_suite(),
+        Suite::All => [
+            dense_suite(),
+            depthwise_suite(),
+            transposed_suite(),
+            backward_suite(),
+        ]
+        .concat(),
     }
-    v
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
@@ -228,9 +274,9 @@ fn usage(msg: impl Into<String>) -> CliError {
 /// The spec and input shape of a suite row.
 pub fn layer(s: &Shape) -> CliResult<(ValidSpec, [usize; 4])> {
     let bad = |what: &str| usage(format!("shape '{}': {what}", s.name));
-    if s.pass != "forward" {
+    if s.pass != "forward" && s.pass != "backward" {
         return Err(bad(&format!(
-            "pass '{}' is not benchmarked yet (only forward)",
+            "pass '{}' is neither 'forward' nor 'backward'",
             s.pass
         )));
     }
@@ -313,27 +359,20 @@ fn process_cpu_ns() -> Option<u64> {
     Some(total)
 }
 
-/// Times one layer: warm-up, then `runs` timed forward passes.
-fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> CliResult<Row> {
-    let (spec, input) = layer(s)?;
-    let ws = spec.weight_shape();
-    let w = Array4::from_shape_vec(ws, fill(ws.iter().product(), 2)).expect("sized");
-    let b = Array1::from(fill(spec.out_channels(), 3));
-    let x = Array4::from_shape_vec(input, fill(input.iter().product(), 1)).expect("sized");
-    let plan = Plan::with_isa(&spec, input, w.view(), Some(b.view()), algo, isa)?;
-    let mut y = Array4::<f32>::zeros(plan.geometry().output_shape());
-    // Warm up: at least 2 runs and ~0.2 s, so caches, the workspace and the clock settle.
+/// Times `f`: warm-up (at least 2 runs and ~0.2 s), then `runs` timed calls; returns
+/// (median ms, min ms, process CPU ms per run).
+fn time_runs(runs: usize, mut f: impl FnMut() -> CliResult) -> CliResult<(f64, f64, Option<f64>)> {
     let start = Instant::now();
     let mut warm = 0;
     while warm < 2 || (start.elapsed().as_secs_f64() < 0.2 && warm < 50) {
-        plan.run(x.view(), y.view_mut())?;
+        f()?;
         warm += 1;
     }
     let mut times = Vec::with_capacity(runs);
     let cpu0 = process_cpu_ns();
     for _ in 0..runs.max(1) {
         let t = Instant::now();
-        plan.run(x.view(), y.view_mut())?;
+        f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let cpu_ms = match (cpu0, process_cpu_ns()) {
@@ -341,17 +380,92 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
         _ => None,
     };
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
-    let median_ms = median(&mut times);
-    let gflops = plan.geometry().flops() as f64 / (median_ms * 1e-3) / 1e9;
+    Ok((median(&mut times), min_ms, cpu_ms))
+}
+
+/// Memory bandwidth (GB/s, bytes read + written) of a parallel copy over a working set of
+/// `bytes`, best of several runs: the speed limit of a memory-bound layer of that size.
+fn copy_bandwidth(bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = (bytes / 8).max(1024);
+    let src = vec![1f32; n];
+    let mut dst = vec![0f32; n];
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let t = Instant::now();
+        dst.par_chunks_mut(16 * 1024)
+            .zip(src.par_chunks(16 * 1024))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    (2 * 4 * n) as f64 / best / 1e9
+}
+
+/// Times one layer: a forward pass through a plan, or a backward pass (grad input + grad
+/// weight) through `convkit::backward`.
+fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> CliResult<Row> {
+    let (spec, input) = layer(s)?;
+    let ws = spec.weight_shape();
+    let w = Array4::from_shape_vec(ws, fill(ws.iter().product(), 2)).expect("sized");
+    let b = Array1::from(fill(spec.out_channels(), 3));
+    let x = Array4::from_shape_vec(input, fill(input.iter().product(), 1)).expect("sized");
+    let geom = spec.geometry(input)?;
+    let out = geom.output_shape();
+    let (timing, flops, algo_name, isa_name) = if s.pass == "backward" {
+        let dy = Array4::from_shape_vec(out, fill(out.iter().product(), 4)).expect("sized");
+        let want = GradRequest {
+            input: true,
+            weight: true,
+            bias: false,
+        };
+        let t = time_runs(runs, || {
+            convkit::backward::backward(&spec, x.view(), w.view(), dy.view(), want, algo)?;
+            Ok(())
+        })?;
+        let name = if algo == Algo::Reference {
+            "reference"
+        } else {
+            "backward"
+        };
+        (t, 2 * geom.flops(), name.to_string(), Some(isa.to_string()))
+    } else {
+        let plan = Plan::with_isa(&spec, input, w.view(), Some(b.view()), algo, isa)?;
+        let mut y = Array4::<f32>::zeros(out);
+        let t = time_runs(runs, || Ok(plan.run(x.view(), y.view_mut())?))?;
+        (
+            t,
+            geom.flops(),
+            plan.algo().to_string(),
+            plan.isa().map(|i| i.to_string()),
+        )
+    };
+    let (median_ms, min_ms, cpu_ms) = timing;
+    let (gbytes_per_s, stream_ratio) = if spec.is_depthwise() && s.pass == "forward" {
+        let bytes = 4
+            * (input.iter().product::<usize>()
+                + out.iter().product::<usize>()
+                + ws.iter().product::<usize>());
+        let stream_ms = bytes as f64 / (copy_bandwidth(bytes) * 1e9) * 1e3;
+        (
+            Some(bytes as f64 / (median_ms * 1e-3) / 1e9),
+            Some(median_ms / stream_ms),
+        )
+    } else {
+        (None, None)
+    };
     Ok(Row {
         name: s.name.clone(),
         median_ms,
         min_ms,
-        gflops,
+        gflops: flops as f64 / (median_ms * 1e-3) / 1e9,
         cpu_ms,
         peak_pct: None,
-        algo: plan.algo().to_string(),
-        isa: plan.isa().map(|i| i.to_string()),
+        pass: s.pass.clone(),
+        gbytes_per_s,
+        stream_ratio,
+        algo: algo_name,
+        isa: isa_name,
         threads,
     })
 }
@@ -426,8 +540,8 @@ pub fn run(args: Args) -> CliResult {
         best.map_or(0.0, |b| b.total_gflops)
     });
     println!(
-        "{:<26} {:>14} {:>7} {:>10} {:>10} {:>10} {:>9} {:>7}",
-        "layer", "algo", "isa", "median ms", "min ms", "cpu ms", "GFLOP/s", "% peak"
+        "{:<30} {:>8} {:>14} {:>7} {:>10} {:>10} {:>10} {:>9} {:>7}  memory-bound",
+        "layer", "pass", "algo", "isa", "median ms", "min ms", "cpu ms", "GFLOP/s", "% peak"
     );
     let mut rows = Vec::new();
     for s in &shapes {
@@ -437,15 +551,20 @@ pub fn run(args: Args) -> CliResult {
         };
         row.peak_pct = peak.filter(|&p| p > 0.0).map(|p| 100.0 * row.gflops / p);
         println!(
-            "{:<26} {:>14} {:>7} {:>10.3} {:>10.3} {:>10} {:>9.1} {:>7}",
+            "{:<30} {:>8} {:>14} {:>7} {:>10.3} {:>10.3} {:>10} {:>9.1} {:>7}  {}",
             row.name,
+            row.pass,
             row.algo,
             row.isa.as_deref().unwrap_or("-"),
             row.median_ms,
             row.min_ms,
             row.cpu_ms.map_or("-".into(), |c| format!("{c:.3}")),
             row.gflops,
-            row.peak_pct.map_or("-".into(), |p| format!("{p:.0}%"))
+            row.peak_pct.map_or("-".into(), |p| format!("{p:.0}%")),
+            match (row.gbytes_per_s, row.stream_ratio) {
+                (Some(g), Some(r)) => format!("{g:.1} GB/s, {r:.2}x the streaming time"),
+                _ => String::new(),
+            }
         );
         rows.push(row);
     }
@@ -464,6 +583,10 @@ mod tests {
     fn suites_are_valid_and_round_trip() {
         let all = suite(Suite::All);
         assert_eq!(dense_suite().len(), 11);
+        assert_eq!(depthwise_suite().len(), 4);
+        assert_eq!(transposed_suite().len(), 3);
+        assert_eq!(backward_suite().len(), 12);
+        assert!(backward_suite().iter().all(|s| s.pass == "backward"));
         for s in &all {
             layer(s).unwrap();
         }
@@ -482,8 +605,11 @@ mod tests {
             "transposed": false, "output_padding": [0, 0], "pass": "forward"}]"#;
         let v: Vec<Shape> = serde_json::from_str(text).unwrap();
         assert!(layer(&v[0]).is_ok());
+        let mut bwd = v[0].clone();
+        bwd.pass = "backward".into();
+        assert!(layer(&bwd).is_ok());
         let mut bad = v[0].clone();
-        bad.pass = "backward".into();
+        bad.pass = "sideways".into();
         assert!(layer(&bad).is_err());
         let mut bad = v[0].clone();
         bad.l = Some(5);
