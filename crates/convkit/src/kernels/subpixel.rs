@@ -14,7 +14,8 @@ use crate::geometry::Geometry;
 use crate::kernels::Isa;
 use crate::plan::{Algo, Plan};
 use crate::spec::{ConvSpec, Padding};
-use ndarray::{s, Array4, ArrayView1, ArrayView4, ArrayViewMut4, Axis};
+use ndarray::{s, Array4, ArrayView1, ArrayView4, ArrayViewMut4};
+use rayon::prelude::*;
 
 /// One phase along one axis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +117,10 @@ struct Phase {
 pub struct Subpixel {
     geom: Geometry,
     isa: Isa,
+    /// Number of phases along the width (phases are stored height-major).
+    nx: usize,
+    /// For each output row: its height-phase index and its row within that phase.
+    row_phase: Vec<(usize, usize)>,
     phases: Vec<Phase>,
     bias: Option<Vec<f32>>,
 }
@@ -180,9 +185,18 @@ impl Subpixel {
                 });
             }
         }
+        let mut row_phase = vec![(0, 0); geom.oh];
+        for (iy, py) in ys.iter().enumerate() {
+            for q in 0..py.out_count {
+                // out_start + q·s < oh, so the product cannot overflow.
+                row_phase[py.out_start + q * sh] = (iy, q);
+            }
+        }
         Ok(Subpixel {
             geom: *geom,
             isa,
+            nx: xs.len(),
+            row_phase,
             phases,
             bias: bias.map(|b| b.to_vec()),
         })
@@ -248,33 +262,64 @@ impl Subpixel {
                 expected: g.output_shape().to_vec(),
             });
         }
-        for p in &self.phases {
-            // A phase's cells are `count` cells `stride` apart; a stride wider than the output
-            // (even beyond isize, ndarray's step type) means one cell, stepped by 1.
-            let step = |ax: usize, ph: &AxisPhase| {
-                let st = if ph.out_count > 1 {
-                    g.spec.stride()[ax]
-                } else {
-                    1
+        // Every phase on its own (in parallel; each plan is parallel inside too), then the
+        // outputs interleaved row by row into `y`.
+        let outs: Vec<Option<Array4<f32>>> = self
+            .phases
+            .par_iter()
+            .map(|p| -> Result<Option<Array4<f32>>> {
+                let Some(plan) = &p.conv else {
+                    return Ok(None);
                 };
-                let end = ph.out_start + (ph.out_count - 1) * st + 1;
-                ndarray::Slice::new(ph.out_start as isize, Some(end as isize), st as isize)
-            };
-            let mut dst = y.slice_mut(s![.., .., step(0, &p.ys), step(1, &p.xs)]);
-            match &p.conv {
-                None => {
-                    for (k, mut plane) in dst.axis_iter_mut(Axis(1)).enumerate() {
-                        plane.fill(self.bias.as_ref().map_or(0.0, |b| b[k]));
+                let xi = x.slice(s![
+                    ..,
+                    ..,
+                    p.ys.input.0..p.ys.input.1,
+                    p.xs.input.0..p.xs.input.1
+                ]);
+                let mut o = Array4::<f32>::zeros(plan.geometry().output_shape());
+                plan.run(xi, o.view_mut())?;
+                Ok(Some(o))
+            })
+            .collect::<Result<_>>()?;
+        let (k, oh, ow, sw) = (g.k, g.oh, g.ow, g.spec.stride()[1]);
+        let interleave = |row: usize, yrow: &mut [f32]| {
+            let (nk, oy) = (row / oh, row % oh);
+            let (n, kk) = (nk / k, nk % k);
+            let (iy, qy) = self.row_phase[oy];
+            for ix in 0..self.nx {
+                let p = iy * self.nx + ix;
+                let (start, count) = (self.phases[p].xs.out_start, self.phases[p].xs.out_count);
+                match &outs[p] {
+                    None => {
+                        let b = self.bias.as_ref().map_or(0.0, |b| b[kk]);
+                        for q in 0..count {
+                            yrow[start + q * sw] = b;
+                        }
+                    }
+                    Some(o) => {
+                        for (q, v) in o.slice(s![n, kk, qy, ..]).iter().enumerate() {
+                            yrow[start + q * sw] = *v;
+                        }
                     }
                 }
-                Some(plan) => {
-                    let xi = x.slice(s![
-                        ..,
-                        ..,
-                        p.ys.input.0..p.ys.input.1,
-                        p.xs.input.0..p.xs.input.1
-                    ]);
-                    plan.run(xi, dst)?;
+            }
+        };
+        match y.as_slice_mut() {
+            Some(ys) => ys
+                .par_chunks_mut(ow)
+                .enumerate()
+                .for_each(|(row, yrow)| interleave(row, yrow)),
+            None => {
+                let mut tmp = vec![0f32; ow];
+                for n in 0..g.n {
+                    for kk in 0..k {
+                        for oy in 0..oh {
+                            interleave((n * k + kk) * oh + oy, &mut tmp);
+                            y.slice_mut(s![n, kk, oy, ..])
+                                .assign(&ndarray::ArrayView1::from(&tmp[..]));
+                        }
+                    }
                 }
             }
         }
