@@ -12,13 +12,20 @@ fn main() {
         if json {
             let row = serde_json::json!({
                 "image": r.image, "case": r.case, "path": r.path, "threads": r.threads,
-                "median_ms": r.median_ms, "min_ms": r.min_ms, "runs": r.runs,
+                "median_ms": r.median_ms, "min_ms": r.min_ms, "runs": r.runs, "cpu_ms": r.cpu_ms,
             });
             println!("{row}");
         } else {
             println!(
-                "{:<20} {:<32} {:<13} t={} median {:>8.3} ms  min {:>8.3} ms  ({} runs)",
-                r.image, r.case, r.path, r.threads, r.median_ms, r.min_ms, r.runs
+                "{:<20} {:<32} {:<13} t={} median {:>8.3} ms  min {:>8.3} ms  cpu {:>8.3} ms  ({} runs)",
+                r.image,
+                r.case,
+                r.path,
+                r.threads,
+                r.median_ms,
+                r.min_ms,
+                r.cpu_ms.unwrap_or(f64::NAN),
+                r.runs
             );
         }
     }

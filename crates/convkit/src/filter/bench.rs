@@ -29,6 +29,20 @@ pub struct BenchRow {
     pub runs: usize,
     /// Output megapixels per second at the median (pixels, not samples).
     pub mpix_per_s: f64,
+    /// Process CPU time per run in ms (all threads; Linux `/proc/self/task/*/schedstat`),
+    /// which a loaded machine inflates far less than wall time; `None` where unavailable.
+    pub cpu_ms: Option<f64>,
+}
+
+/// CPU nanoseconds used so far by every thread of this process, or `None` off Linux.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 /// The cases: name, filter, forced path.
@@ -92,19 +106,27 @@ fn pixels<T>(n: usize, f: impl Fn(u32) -> T) -> Vec<T> {
         .collect()
 }
 
-fn time_cell<T: Sample>(plan: &FilterPlan, img: &Image<T>, dst: &mut [f32]) -> (f64, f64, usize) {
+/// `(median ms, min ms, runs, CPU ms per run)`.
+type Timing = (f64, f64, usize, Option<f64>);
+
+fn time_cell<T: Sample>(plan: &FilterPlan, img: &Image<T>, dst: &mut [f32]) -> Timing {
     for _ in 0..2 {
         plan.run(img, dst).expect("bench shapes are valid");
     }
     let mut times = Vec::new();
+    let cpu0 = process_cpu_ns();
     let start = Instant::now();
     while times.len() < 10 || (times.len() < 200 && start.elapsed().as_secs_f64() < 0.3) {
         let t = Instant::now();
         plan.run(img, dst).expect("bench shapes are valid");
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let cpu = match (cpu0, process_cpu_ns()) {
+        (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1e6 / times.len() as f64),
+        _ => None,
+    };
     times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], times[0], times.len())
+    (times[times.len() / 2], times[0], times.len(), cpu)
 }
 
 /// Runs the whole suite on a pool of `threads` threads (`filter` picks cases whose image or
@@ -130,7 +152,7 @@ pub fn bench_suite(threads: usize, filter: &str) -> Vec<BenchRow> {
                 Path::Direct2D => "2D".to_string(),
                 Path::BoxSums => "box sums".to_string(),
             };
-            let mut cell = |image: &str, r: (f64, f64, usize), px: usize| {
+            let mut cell = |image: &str, r: Timing, px: usize| {
                 if !(image.contains(filter) || case.contains(filter)) {
                     return;
                 }
@@ -143,6 +165,7 @@ pub fn bench_suite(threads: usize, filter: &str) -> Vec<BenchRow> {
                     min_ms: r.1,
                     runs: r.2,
                     mpix_per_s: px as f64 / r.0 / 1e3,
+                    cpu_ms: r.3,
                 });
             };
             let wanted = |image: &str| image.contains(filter) || case.contains(filter);
