@@ -23,8 +23,11 @@ pub enum Suite {
     Transposed,
     /// Backward passes (grad input + grad weight) of dense, depthwise and transposed layers.
     Backward,
-    /// Every suite above.
+    /// Every convolution suite above (dense, depthwise, transposed, backward).
     All,
+    /// Image filtering (issue 6's table: Sobel, Gaussian, box, random 7×7 on 1080p gray/RGB u8
+    /// and 4096² f32); compare with OpenCV through scripts/compare_filters.py.
+    Filters,
 }
 
 /// Arguments of `convkit bench`.
@@ -264,6 +267,7 @@ fn suite(s: Suite) -> Vec<Shape> {
             backward_suite(),
         ]
         .concat(),
+        Suite::Filters => Vec::new(),
     }
 }
 
@@ -470,8 +474,51 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
     })
 }
 
+/// `convkit bench --suite filters`: the image-filter table (wall medians and CPU time).
+fn run_filters(args: &Args) -> CliResult {
+    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
+    if threads == 0 {
+        return Err(usage("--threads must be at least 1"));
+    }
+    println!(
+        "{:<20} {:<22} {:<14} {:>10} {:>10} {:>10} {:>9}",
+        "image", "case", "path", "median ms", "min ms", "cpu ms", "Mpix/s"
+    );
+    let rows = convkit::filter::bench::bench_suite(threads, "");
+    let mut json = Vec::new();
+    for r in &rows {
+        println!(
+            "{:<20} {:<22} {:<14} {:>10.3} {:>10.3} {:>10} {:>9.1}",
+            r.image,
+            r.case,
+            r.path,
+            r.median_ms,
+            r.min_ms,
+            r.cpu_ms.map_or("-".into(), |c| format!("{c:.3}")),
+            r.mpix_per_s
+        );
+        json.push(serde_json::json!({
+            "name": format!("{} / {}", r.image, r.case),
+            "median_ms": r.median_ms,
+            "min_ms": r.min_ms,
+            "cpu_ms": r.cpu_ms,
+            "mpix_per_s": r.mpix_per_s,
+            "algo": r.path,
+            "threads": r.threads,
+        }));
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&json).map_err(|e| usage(e.to_string()))?;
+        crate::io::write_atomic(path, &[], |w| writeln!(w, "{text}"))?;
+    }
+    Ok(())
+}
+
 /// Runs `convkit bench`.
 pub fn run(args: Args) -> CliResult {
+    if args.suite == Suite::Filters && args.shapes.is_none() {
+        return run_filters(&args);
+    }
     let shapes = match &args.shapes {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| CliError::file(p, e))?;
