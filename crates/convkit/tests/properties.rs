@@ -893,7 +893,7 @@ proptest! {
     fn wild_comparisons_never_panic(c in wild(), k in wild(), kh in wild(), kw in wild(), m in wild()) {
         if let Ok(p) = arith::depthwise_separable_params(c, k, [kh, kw], m) {
             prop_assert_eq!(p.standard as u128, c as u128 * k as u128 * kh as u128 * kw as u128);
-            let _ = p.separable();
+            prop_assert_eq!(p.separable() as u128, p.depthwise as u128 + p.pointwise as u128);
         }
         let (full, sep) = arith::spatially_separable_params([kh, kw]);
         // Saturating: a kernel with more than usize::MAX taps cannot be built anyway.
