@@ -2,62 +2,46 @@
 //! whole gallery.
 
 use crate::error::{CliError, CliResult};
-use convkit::{ConvSpec, Padding};
+use crate::layer::{Ints, Kind, Layer, PadArg};
+use convkit::{PaddingMode, Rank};
 use convkit_viz::html::{html, HtmlOptions};
 use convkit_viz::raster::{gif, png, RasterOptions};
 use convkit_viz::svg::{svg, SvgOptions};
 use convkit_viz::{views, Request, View, VizError};
 use std::path::{Path, PathBuf};
 
-/// A size given as `N` or `H,W`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pair(pub [usize; 2]);
-
-fn parse_pair(s: &str) -> Result<Pair, String> {
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    let num = |p: &str| {
-        p.parse::<usize>()
-            .map_err(|_| format!("'{s}' is not N or H,W with non-negative integers"))
-    };
-    match parts.as_slice() {
-        [a] => {
-            let a = num(a)?;
-            Ok(Pair([a, a]))
-        }
-        [a, b] => Ok(Pair([num(a)?, num(b)?])),
-        _ => Err(format!("'{s}' is not N or H,W")),
-    }
-}
-
-fn parse_padding(s: &str) -> Result<Padding, String> {
-    match s {
-        "same" => Ok(Padding::Same),
-        "valid" => Ok(Padding::Valid),
-        _ => parse_pair(s).map(|Pair([h, w])| Padding::symmetric(h, w)),
-    }
-}
-
 /// Draw a convolution the way conv_arithmetic does, for any layer.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Input size H[,W].
-    #[arg(long, value_name = "H[,W]", value_parser = parse_pair, required_unless_present = "gallery")]
-    pub input_size: Option<Pair>,
-    /// Kernel size K[,KW].
-    #[arg(long, value_name = "K[,KW]", value_parser = parse_pair, default_value = "3")]
-    pub kernel: Pair,
-    /// Stride S[,SW].
-    #[arg(long, value_name = "S[,SW]", value_parser = parse_pair, default_value = "1")]
-    pub stride: Pair,
-    /// Padding P[,PW], 'same' or 'valid'.
-    #[arg(long, value_name = "P[,PW]|same|valid", value_parser = parse_padding, default_value = "0")]
-    pub padding: Padding,
-    /// Dilation D[,DW].
-    #[arg(long, value_name = "D[,DW]", value_parser = parse_pair, default_value = "1")]
-    pub dilation: Pair,
-    /// Output padding of a transposed convolution A[,AW].
-    #[arg(long, value_name = "A[,AW]", value_parser = parse_pair, default_value = "0")]
-    pub output_padding: Pair,
+    #[arg(long, value_name = "H[,W]", required_unless_present = "gallery")]
+    pub input_size: Option<Ints>,
+    /// Kernel size K or KH,KW.
+    #[arg(long, value_name = "K|KH,KW", default_value = "3")]
+    pub kernel: Ints,
+    /// Stride S or SH,SW.
+    #[arg(long, value_name = "S|SH,SW", default_value = "1")]
+    pub stride: Ints,
+    /// Padding: P, PH,PW or T,B,L,R, or same (PyTorch, stride 1), same-tf (TensorFlow SAME),
+    /// valid.
+    #[arg(
+        long,
+        value_name = "P|PH,PW|T,B,L,R|same|same-tf|valid",
+        default_value = "0"
+    )]
+    pub padding: PadArg,
+    /// Dilation D or DH,DW.
+    #[arg(long, value_name = "D|DH,DW", default_value = "1")]
+    pub dilation: Ints,
+    /// Border mode for the padding (direct only): zeros, reflect, replicate, circular.
+    #[arg(long, value_name = "MODE")]
+    pub padding_mode: Option<PaddingMode>,
+    /// Transposed only: extra rows/columns on the bottom/right of the output, A or AH,AW.
+    #[arg(long, value_name = "A|AH,AW")]
+    pub output_padding: Option<Ints>,
+    /// Transposed only: wanted output size H,W; derives the output padding.
+    #[arg(long, value_name = "H,W")]
+    pub output_size: Option<Ints>,
     /// Draw a transposed convolution.
     #[arg(long)]
     pub transposed: bool,
@@ -126,10 +110,20 @@ pub fn run(args: Args) -> CliResult {
         );
         return Ok(());
     }
-    let (Some(Pair(input)), Some(out)) = (args.input_size, args.output.as_ref()) else {
+    let (Some(input), Some(out)) = (args.input_size.as_ref(), args.output.as_ref()) else {
         return Err(CliError::Usage(
             "--input-size and -o are required (or use --gallery DIR)".into(),
         ));
+    };
+    let input = match input.0[..] {
+        [n] => [n, n],
+        [h, w] => [h, w],
+        _ => {
+            return Err(CliError::Usage(format!(
+                "--input-size takes H or H,W, got {} values",
+                input.0.len()
+            )))
+        }
     };
     let ext = out
         .extension()
@@ -142,22 +136,25 @@ pub fn run(args: Args) -> CliResult {
             out.display()
         )));
     }
-    let mut b = if args.transposed {
-        ConvSpec::conv_transpose2d(args.in_channels, args.out_channels, args.kernel.0)
-            .output_padding(args.output_padding.0)
-    } else {
-        if args.output_padding.0 != [0, 0] {
-            return Err(CliError::Conv(convkit::ConvError::OutputPaddingOnDirect));
-        }
-        ConvSpec::conv2d(args.in_channels, args.out_channels, args.kernel.0)
+    let kind = Kind {
+        rank: Rank::Two,
+        transposed: args.transposed,
     };
-    b = b
-        .stride(args.stride.0)
-        .dilation(args.dilation.0)
-        .padding_rule(args.padding)
-        .groups(args.groups)
-        .bias(false);
-    let spec = b.build()?;
+    let mut layer = Layer::new(
+        kind,
+        args.in_channels,
+        args.out_channels,
+        args.kernel.0.clone(),
+    );
+    layer.stride = args.stride.0.clone();
+    layer.padding = args.padding.clone();
+    layer.dilation = args.dilation.0.clone();
+    layer.groups = args.groups;
+    layer.padding_mode = args.padding_mode.unwrap_or_default();
+    layer.output_padding = args.output_padding.as_ref().map(|v| v.0.clone());
+    layer.output_size = args.output_size.as_ref().map(|v| v.0.clone());
+    layer.bias = false;
+    let spec = layer.build()?;
     let req = Request::new(spec, input)
         .view(args.view)
         .numeric(args.numeric);

@@ -1,20 +1,57 @@
 //! The one place the CLI chooses how a convolution runs.
 //!
-//! Every command goes through [`forward`] / [`backward`], so routing `--algo auto` to a faster
-//! engine is a change here only. Today every algorithm is the reference oracle.
+//! Every command goes through [`forward`] / [`backward`]: `--algo auto` plans the layer on
+//! the fast engine (`convkit::plan`, `convkit::backward`), `--algo reference` runs the oracle,
+//! and the other names force one algorithm of the plan (an error if it cannot run the layer).
 
 use crate::error::CliResult;
-use convkit::{reference, GradRequest, Gradients, ValidSpec};
+use convkit::plan::{self, Algo as PlanAlgo};
+use convkit::{GradRequest, Gradients, ValidSpec};
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
 /// Which engine runs the convolution (`--algo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Algo {
-    /// The fastest correct engine for the layer (currently the reference).
+    /// The fastest correct engine for the layer, chosen by the plan.
     #[default]
     Auto,
     /// The reference oracle: plain loops, f64 accumulation.
     Reference,
+    /// Tiled implicit GEMM (any direct convolution).
+    ImplicitGemm,
+    /// 1×1 stride-1 unpadded layers as a GEMM on the NCHW input.
+    Gemm1x1,
+    /// Depthwise layers (groups = in_channels): the channel-vectorised kernel.
+    Depthwise,
+    /// Transposed layers as stride-phase (sub-pixel) direct convolutions.
+    Subpixel,
+}
+
+impl Algo {
+    fn plan_algo(self) -> PlanAlgo {
+        match self {
+            Algo::Auto => PlanAlgo::Auto,
+            Algo::Reference => PlanAlgo::Reference,
+            Algo::ImplicitGemm => PlanAlgo::ImplicitGemm,
+            Algo::Gemm1x1 => PlanAlgo::Gemm1x1,
+            Algo::Depthwise => PlanAlgo::Depthwise,
+            Algo::Subpixel => PlanAlgo::Subpixel,
+        }
+    }
+}
+
+impl Algo {
+    /// What runs a layer under this choice, for reports (`convkit tour`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, depthwise or sub-pixel)",
+            Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
+            Algo::ImplicitGemm => "the implicit-GEMM engine",
+            Algo::Gemm1x1 => "the 1x1 GEMM engine",
+            Algo::Depthwise => "the depthwise kernel",
+            Algo::Subpixel => "the sub-pixel (stride-phase) transposed engine",
+        }
+    }
 }
 
 /// Forward pass of any layer on NCHW arrays (1D layers as (N, C, 1, L)).
@@ -25,12 +62,11 @@ pub fn forward(
     bias: Option<ArrayView1<f32>>,
     algo: Algo,
 ) -> CliResult<Array4<f32>> {
-    match algo {
-        Algo::Auto | Algo::Reference => Ok(reference::forward(spec, x, w, bias)?),
-    }
+    Ok(plan::forward(spec, x, w, bias, algo.plan_algo())?)
 }
 
-/// Backward pass: the gradients in `want` given `dy = dL/dy`.
+/// Backward pass: the gradients in `want` given `dy = dL/dy`. Any `--algo` but `reference`
+/// runs the fast backward engine (which picks its own algorithm per gradient).
 pub fn backward(
     spec: &ValidSpec,
     x: ArrayView4<f32>,
@@ -39,7 +75,9 @@ pub fn backward(
     want: GradRequest,
     algo: Algo,
 ) -> CliResult<Gradients<f32>> {
-    match algo {
-        Algo::Auto | Algo::Reference => Ok(reference::backward(spec, x, w, dy, want)?),
-    }
+    let a = match algo {
+        Algo::Reference => PlanAlgo::Reference,
+        _ => PlanAlgo::Auto,
+    };
+    Ok(convkit::backward::backward(spec, x, w, dy, want, a)?)
 }

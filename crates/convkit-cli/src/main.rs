@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 /// convkit: every convolution of deep learning, exact PyTorch semantics, fast on CPU.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +45,13 @@ enum Command {
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        // --help, --version, and the help shown when no subcommand is given.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
         Err(e) => fail(&clap_message(&e), 2),
     };
     let result: error::CliResult = match cli.command {

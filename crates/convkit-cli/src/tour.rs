@@ -6,6 +6,7 @@ use crate::engine::{self, Algo};
 use crate::error::CliResult;
 use crate::layer::{shape_str, thousands, user_shape};
 use convkit::arith::{analyze_stack, depthwise_separable_params, spatially_separable_params};
+use convkit::dwsep::{DepthwiseSeparable, MacCounts};
 use convkit::separable;
 use convkit::{ConvSpec, Equivalent, PaddingMode, Rank, ValidSpec};
 use ndarray::{array, s, Array1, Array2, Array4, ArrayView4, Zip};
@@ -318,39 +319,45 @@ pub fn run(args: Args) -> CliResult {
     rows.push(dw_run.row);
     rows.push(run_layer("depthwise (m=2)", dw2, x16.view(), wdw2.view(), None)?.row);
 
-    // Depthwise separable: depthwise 3x3 then pointwise 1x1, versus a standard 3x3.
-    let pw = ConvSpec::conv2d(16, 32, 1).bias(false).build()?;
-    let wpw = rand_w(&mut rng, &pw);
+    // Depthwise separable (convkit::dwsep): depthwise 3x3 then pointwise 1x1, versus the
+    // standard 3x3 it replaces, which it equals once its weights are folded together.
+    let block = DepthwiseSeparable::builder(16, 32, 3).padding(1).build()?;
+    let (dws, pws) = (*block.depthwise(), *block.pointwise());
+    let wdws = rand_w(&mut rng, &dws);
+    let wpw = rand_w(&mut rng, &pws);
     let block_in = [1, 16, half, half];
-    let block = analyze_stack(&[dw, pw], block_in)?;
+    let stack = analyze_stack(&[dws, pws], block_in)?;
     let (yb, block_ms) = best_of(|| {
-        let mid = engine::forward(&dw, x16.view(), wdw.view(), None, Algo::Auto)?;
-        engine::forward(&pw, mid.view(), wpw.view(), None, Algo::Auto)
+        let mid = engine::forward(&dws, x16.view(), wdws.view(), None, Algo::Auto)?;
+        engine::forward(&pws, mid.view(), wpw.view(), None, Algo::Auto)
     })?;
-    let sep_rf = block[1].receptive_field.map(|r| r.size).unwrap_or([0, 0]);
+    let sep_rf = stack[1].receptive_field.map(|r| r.size).unwrap_or([0, 0]);
+    let macs = block.macs(block_in)?;
     rows.push(Row {
         kind: "depthwise separable".into(),
-        pytorch: format!("{}  ->  {}", dw.pytorch(), pw.pytorch()),
+        pytorch: format!("{}  ->  {}", dws.pytorch(), pws.pytorch()),
         input: shape_str(&block_in),
         output: shape_str(yb.shape()),
-        params: block.iter().map(|r| r.params as u64).sum(),
-        macs: block.iter().map(|r| r.macs).sum(),
+        params: block.param_count() as u64,
+        macs: macs.total,
         rf: format!("{}x{}", sep_rf[0], sep_rf[1]),
         time_ms: block_ms,
         notes: Vec::new(),
     });
-    let standard = ConvSpec::conv2d(16, 32, 3).padding(1).bias(false).build()?;
-    let ws = rand_w(&mut rng, &standard);
-    rows.push(
-        run_layer(
-            "standard (for comparison)",
-            standard,
-            x16.view(),
-            ws.view(),
-            None,
-        )?
-        .row,
-    );
+    let standard = *block.standard_equivalent();
+    let (w_folded, _) = block.fold_into_standard(wdws.view(), None, wpw.view(), None)?;
+    let mut r = run_layer(
+        "standard it replaces",
+        standard,
+        x16.view(),
+        w_folded.view(),
+        None,
+    )?;
+    r.row.notes.push(format!(
+        "with the block's weights folded in (rank <= m per input channel): max diff {:.1e}",
+        max_abs_diff(r.y.view(), yb.view())
+    ));
+    rows.push(r.row);
 
     // Spatially separable: Sobel as one 3x3 pass, and factorised (convkit::separable) into
     // [1,2,1]ᵀ·[1,0,-1] run as a vertical then a horizontal 1D pass.
@@ -407,7 +414,7 @@ pub fn run(args: Args) -> CliResult {
     rows.push(run_layer("1D transposed", t1, x1t.view(), w1t.view(), None)?.row);
 
     print_table(&rows, size, args.seed);
-    print_comparisons(sobel_diff)?;
+    print_comparisons(sobel_diff, macs, block_in)?;
     Ok(())
 }
 
@@ -416,7 +423,7 @@ fn print_table(rows: &[Row], size: usize, seed: u64) {
         "convkit tour: every convolution of the seed on built-in data \
          ({size}x{size} test image, random tensors with seed {seed})"
     );
-    println!("engine: auto (today the reference: plain loops, f64 accumulation)\n");
+    println!("engine: --algo auto, today {}\n", Algo::Auto.describe());
     let wk = rows.iter().map(|r| r.kind.len()).max().unwrap_or(4).max(4);
     let shapes: Vec<String> = rows
         .iter()
@@ -444,7 +451,7 @@ fn print_table(rows: &[Row], size: usize, seed: u64) {
     }
 }
 
-fn print_comparisons(sobel_diff: f32) -> CliResult {
+fn print_comparisons(sobel_diff: f32, macs: MacCounts, block_in: [usize; 4]) -> CliResult {
     let p = depthwise_separable_params(16, 32, [3, 3], 1)?;
     let (full, sep) = spatially_separable_params([3, 3]);
     println!("\nthe seed's comparisons");
@@ -456,6 +463,13 @@ fn print_comparisons(sobel_diff: f32) -> CliResult {
         p.pointwise,
         p.separable(),
         p.standard as f64 / p.separable() as f64
+    );
+    println!(
+        "    and per forward pass on {}: {} MACs instead of {} ({:.1}x fewer)",
+        shape_str(&block_in),
+        thousands(macs.total),
+        thousands(macs.standard),
+        macs.standard as f64 / macs.total.max(1) as f64
     );
     println!(
         "  spatially separable Sobel [1,2,1]^T [1,0,-1]: {full} weights as one 3x3 pass, \

@@ -8,7 +8,11 @@
   const margin = Math.max(cs / 2, 8);
   const canvas = document.getElementById('stage');
   const ctx = canvas.getContext('2d');
-  const W = Math.ceil(S.width * cs + 2 * margin);
+  ctx.font = '12px monospace';
+  // Wide enough for the panels and the labels above them.
+  let right = S.width * cs;
+  for (const P of S.panels) right = Math.max(right, P.x * cs + ctx.measureText(P.label).width + 4);
+  const W = Math.ceil(right + 2 * margin);
   const H = Math.ceil(S.height * cs + 2 * margin);
   const dpr = window.devicePixelRatio || 1;
   canvas.width = Math.round(W * dpr);

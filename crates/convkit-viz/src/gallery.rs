@@ -75,15 +75,21 @@ impl Config {
     }
 
     /// The transposed layer that maps the direct layer's `o × o` output back to `i × i`
-    /// (output_padding derived from the requested size, as PyTorch's `output_size`).
+    /// (output_padding derived from the requested size, as with PyTorch's `output_size`).
     pub fn transposed(&self) -> ConvResult<Request> {
-        let spec = ConvSpec::conv_transpose2d(1, 1, self.k)
+        let base = ConvSpec::conv_transpose2d(1, 1, self.k)
             .stride(self.s)
             .padding(self.p)
             .dilation(self.d)
+            .bias(false);
+        // The library derives the output padding from the wanted size; the layer is then built
+        // with it explicitly so that its PyTorch line (`output_padding=…`) gives i×i by itself.
+        let a = base
             .output_size(self.i)
-            .bias(false)
-            .build()?;
+            .build()?
+            .geometry([1, 1, self.o, self.o])?
+            .output_padding;
+        let spec = base.output_padding(a).build()?;
         Ok(Request::new(spec, [self.o, self.o]).name(format!("{}_transposed", self.name)))
     }
 }

@@ -26,6 +26,8 @@
 //! assert_eq!(scene.frames.len(), 9); // one frame per output cell of the 3×3 output
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod gallery;
 pub mod html;
 pub mod layout;

@@ -1,7 +1,7 @@
 //! The frames model: what every renderer draws, independent of pixels.
 //!
-//! A [`Scene`] is a set of static [`Panel`]s (grids of cells placed in *cell units*), static
-//! [`Label`]s and [`Line`]s, a caption, and one [`Frame`] per animation step. A frame only says
+//! A [`Scene`] is a set of static [`Panel`]s (grids of cells placed in *cell units*, each with
+//! its label), static [`Line`]s, a caption, and one [`Frame`] per animation step. A frame only says
 //! which cells are shaded (the kernel footprint, the current output cell) and which cells it
 //! computes (its *focus*); the GIF, SVG and HTML renderers all read the same scene, so the
 //! pictures agree with each other and with the numbers in the caption.
@@ -22,7 +22,7 @@ pub const SHADE_ALPHA: f32 = 0.4;
 /// Intermediate maps (depthwise output, first separable pass).
 pub const MID: Rgb = [108, 113, 196];
 /// Kernel cells.
-pub const KERNEL: Rgb = [253, 246, 227];
+pub const KERNEL: Rgb = [255, 236, 179];
 /// Zeros inserted between inputs (transposed convolution as a direct one).
 pub const ZERO: Rgb = [238, 232, 213];
 /// The extra `output_padding` border of a transposed convolution.
@@ -213,9 +213,12 @@ pub struct Line {
 /// One animation step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Frame {
-    /// Cells shaded dark at 40%: the kernel footprint (only real taps under dilation), the
-    /// weights used and the cell(s) computed.
+    /// Cells shaded dark at 40%: the kernel footprint (only real taps under dilation) and the
+    /// cell(s) computed.
     pub highlights: Vec<CellRef>,
+    /// The weights used. Every frame of most views uses the whole kernel, so they are not
+    /// shaded in the animation; hovering the computed cell lights them.
+    pub weights: Vec<CellRef>,
     /// The cell(s) this frame computes (output cells; the input cell for the scatter view).
     pub focus: Vec<CellRef>,
     /// One line saying what happens (in numerical mode, the sum with its numbers).
@@ -301,12 +304,12 @@ impl Scene {
         for (i, f) in self.frames.iter().enumerate() {
             for c in &f.focus {
                 let e = computed.entry(*c).or_insert_with(|| (Vec::new(), i));
-                e.0.extend(f.highlights.iter().copied());
+                e.0.extend(f.highlights.iter().chain(&f.weights).copied());
             }
         }
         let mut used: BTreeMap<CellRef, Vec<CellRef>> = BTreeMap::new();
         for f in &self.frames {
-            for h in &f.highlights {
+            for h in f.highlights.iter().chain(&f.weights) {
                 if !computed.contains_key(h) {
                     used.entry(*h).or_default().extend(f.focus.iter().copied());
                 }

@@ -322,7 +322,11 @@ fn direct_caption(spec: &ValidSpec, g: &convkit::Geometry) -> Vec<String> {
         dims([g.h, g.w]),
         dims([kh, kw]),
         pair([sh, sw]),
-        sides(p),
+        if spec.padding_mode() == convkit::PaddingMode::Zeros {
+            sides(p)
+        } else {
+            format!("{} ({})", sides(p), spec.padding_mode())
+        },
         pair([dh, dw]),
         dims([g.oh, g.ow])
     )];
@@ -556,7 +560,7 @@ fn direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Scen
                     }
                 }
             }
-            hl.extend(kernel_cells.iter().copied());
+            let weights = kernel_cells.clone();
             hl.push([out, oy, ox]);
             let note = match &values {
                 Some((_, _, y)) => sum_note(format!("y[{oy},{ox}]"), &terms, y[[0, 0, oy, ox]]),
@@ -571,6 +575,7 @@ fn direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Scen
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[out, oy, ox]],
                 note,
             });
@@ -659,7 +664,7 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
                 },
                 None,
             )
-        } else if y as usize % sh != 0 || x as usize % sw != 0 {
+        } else if !(y as usize).is_multiple_of(sh) || !(x as usize).is_multiple_of(sw) {
             (CellKind::Zero, None)
         } else {
             (CellKind::Input, Some((y as usize / sh, x as usize / sw)))
@@ -718,12 +723,13 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let mut hl = Vec::new();
+            let mut weights = Vec::new();
             let mut terms = Vec::new();
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (r, c) = (oy + ky * dh, ox + kx * dw);
                     hl.push([inp, r, c]);
-                    hl.push([ker, ky, kx]);
+                    weights.push([ker, ky, kx]);
                     if let (Some((x, wt, _)), (_, Some((iy, ix)))) = (&values, cell_of(r, c)) {
                         terms.push((x[[0, 0, iy, ix]], wt[[0, 0, kh - 1 - ky, kw - 1 - kx]]));
                     }
@@ -739,6 +745,7 @@ fn transposed_as_direct(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) 
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[out, oy, ox]],
                 note,
             });
@@ -895,7 +902,7 @@ fn scatter(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
     for iy in 0..g.h {
         for ix in 0..g.w {
             let mut hl = vec![[inp, iy, ix]];
-            hl.extend(kernel_cells.iter().copied());
+            let weights = kernel_cells.clone();
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (r, c) = (iy * sh + ky * dh, ix * sw + kx * dw);
@@ -920,13 +927,14 @@ fn scatter(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[inp, iy, ix]],
                 note,
             });
         }
     }
     let mut caption = transposed_caption(spec, g);
-    let uneven = kh % sh != 0 || kw % sw != 0;
+    let uneven = !kh.is_multiple_of(sh) || !kw.is_multiple_of(sw);
     caption.push(format!(
         "overlap: each output cell receives 1…{heat_max} products; k {} divisible by s{}",
         if uneven { "not" } else { "is" },
@@ -1017,8 +1025,9 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
     let [pt, pb, pl, pr] = gd.pad;
     let (ph, pw) = (g.h + pt + pb, g.w + pl + pr);
     let mut b = Builder::new();
-    let step = pw.max(kw) as f32 + 1.0;
-    let out_step = (gd.ow as f32 + 1.0).max(2.0);
+    let step = (pw.max(kw) as f32 + 1.0).max(4.0);
+    // Wide enough for the labels above small maps.
+    let out_step = (gd.ow as f32 + 1.0).max(4.0);
     // Rows, top to bottom: outputs, pointwise weights beside the depthwise outputs, inputs,
     // depthwise kernels.
     let outs: Vec<usize> = (0..k_out)
@@ -1107,16 +1116,17 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
     for oy in 0..gd.oh {
         for ox in 0..gd.ow {
             let mut hl = Vec::new();
+            let mut weights = Vec::new();
             for c in 0..c_in {
                 for ky in 0..kh {
                     for kx in 0..kw {
                         hl.push([ins[c], oy * sh + ky * dh, ox * sw + kx * dw]);
-                        hl.push([kers[c], ky, kx]);
+                        weights.push([kers[c], ky, kx]);
                     }
                 }
                 hl.push([mids[c], oy, ox]);
             }
-            hl.extend(pw_cells.iter().copied());
+            weights.extend(pw_cells.iter().copied());
             let focus: Vec<CellRef> = outs.iter().map(|&o| [o, oy, ox]).collect();
             hl.extend(focus.iter().copied());
             let note = match &values {
@@ -1132,6 +1142,7 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus,
                 note,
             });
@@ -1157,12 +1168,12 @@ fn depthwise_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
         "Depthwise separable convolution: {c_in} → {k_out} channels, {} kernel",
         dims([kh, kw])
     );
-    let mut scene = b.finish("depthwise_separable", title, caption, 0);
-    scene.caption.insert(
-        scene.caption.len(),
-        format!("two layers: {}; {}", dw_spec.pytorch(), pw_spec.pytorch()),
-    );
-    Ok(scene)
+    caption.push(format!(
+        "two layers: {}; {}",
+        dw_spec.pytorch(),
+        pw_spec.pytorch()
+    ));
+    Ok(b.finish("depthwise_separable", title, caption, 0))
 }
 
 fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Scene> {
@@ -1319,7 +1330,7 @@ fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
                     terms.push((v.4[[0, 0, oy, c]], v.2[[0, 0, 0, kx]]));
                 }
             }
-            hl.extend(all2d.iter().chain(&allc).chain(&allr).copied());
+            let weights: Vec<CellRef> = all2d.iter().chain(&allc).chain(&allr).copied().collect();
             hl.push([out, oy, ox]);
             let note = match &values {
                 Some(v) => sum_note(format!("y[{oy},{ox}]"), &terms, v.5[[0, 0, oy, ox]]),
@@ -1329,6 +1340,7 @@ fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
             };
             b.frames.push(Frame {
                 highlights: hl,
+                weights,
                 focus: vec![[out, oy, ox]],
                 note,
             });
@@ -1342,10 +1354,21 @@ fn spatially_separable(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -
     caption.push(format!(
         "weights: 2D kh·kw = {kh}·{kw} = {two_d}; two 1D passes kh + kw = {kh} + {kw} = {sep}"
     ));
+    // Exact multiply counts: pass 1 fills the whole intermediate map, pass 2 the output.
+    let (n2d, n1, n2) = (
+        g.oh * g.ow * kh * kw,
+        g1.oh * g1.ow * kh,
+        g2.oh * g2.ow * kw,
+    );
     caption.push(format!(
-        "multiplies per output: {} (2D) vs {} (two passes, pass 1 shared across columns)",
-        kh * kw,
-        kh + kw
+        "multiplies: 2D {}·{}·{kh}·{kw} = {n2d}; two passes {}·{}·{kh} + {}·{}·{kw} = {}",
+        g.oh,
+        g.ow,
+        g1.oh,
+        g1.ow,
+        g2.oh,
+        g2.ow,
+        n1 + n2
     ));
     let title = format!(
         "Spatially separable convolution: {} kernel as {kh}×1 then 1×{kw}",
@@ -1384,9 +1407,10 @@ fn grouped(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
     };
     let [pt, pb, pl, pr] = g.pad;
     let (ph, pw) = (g.h + pt + pb, g.w + pl + pr);
-    let step = pw as f32 + 1.0;
+    let step = (pw as f32 + 1.0).max(5.0);
     let total_in = c_in as f32 * step - 1.0;
-    let out_step = g.ow as f32 + 1.0;
+    // Wide enough for the labels ("out 0 (g0)") above small maps.
+    let out_step = (g.ow as f32 + 1.0).max(5.0);
     let total_out = k_out as f32 * out_step - 1.0;
     let (in_x0, out_x0) = if total_in >= total_out {
         (0.0, ((total_in - total_out) / 2.0).floor())
@@ -1474,6 +1498,7 @@ fn grouped(spec: &ValidSpec, g: &convkit::Geometry, numeric: bool) -> Result<Sce
                 };
                 b.frames.push(Frame {
                     highlights: hl,
+                    weights: Vec::new(),
                     focus: vec![[outs[k], oy, ox]],
                     note,
                 });

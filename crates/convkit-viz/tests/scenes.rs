@@ -339,6 +339,14 @@ fn hover_lights_taps_and_fed_outputs() {
     assert_eq!(out11.frame, Some(4));
     let taps: Vec<_> = out11.lights.iter().filter(|l| l[0] == ii).collect();
     assert_eq!(taps.len(), 9);
+    // The weights used light up on hover but are not shaded in the animation.
+    let ki = s.panel_index("kernel").unwrap();
+    assert_eq!(out11.lights.iter().filter(|l| l[0] == ki).count(), 9);
+    assert!(s
+        .frames
+        .iter()
+        .all(|f| f.highlights.iter().all(|h| h[0] != ki)));
+    assert_eq!(s.frames[4].weights.len(), 9);
     assert!(taps
         .iter()
         .all(|t| (2..5).contains(&t[1]) && (2..5).contains(&t[2])));
@@ -389,4 +397,81 @@ fn bad_parameters_give_the_specs_error() {
         build(&Request::new(direct, [500, 5])).unwrap_err(),
         ConvError::Unsupported(_)
     ));
+}
+
+mod random_layers {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any small layer: the scene builds exactly when the spec accepts the input, has one
+        /// frame per output cell (per input cell for the scatter view), and in numerical mode
+        /// the drawn equivalent direct convolution reproduces the reference transposed output.
+        #[test]
+        fn scenes_follow_the_spec(
+            i in (1usize..6, 1usize..6),
+            k in (1usize..4, 1usize..4),
+            s in (1usize..4, 1usize..4),
+            p in (0usize..3, 0usize..3),
+            d in (1usize..3, 1usize..3),
+            transposed in any::<bool>(),
+            a in (0usize..2, 0usize..2),
+        ) {
+            let base = if transposed {
+                ConvSpec::conv_transpose2d(1, 1, [k.0, k.1])
+                    .output_padding([a.0.min(s.0.max(d.0) - 1), a.1.min(s.1.max(d.1) - 1)])
+            } else {
+                ConvSpec::conv2d(1, 1, [k.0, k.1])
+            };
+            let spec = base
+                .stride([s.0, s.1])
+                .padding([p.0, p.1])
+                .dilation([d.0, d.1])
+                .bias(false)
+                .build()
+                .unwrap();
+            let geom = spec.geometry([1, 1, i.0, i.1]);
+            let req = Request::new(spec, [i.0, i.1]).numeric(true);
+            let scene = build(&req);
+            match geom {
+                Err(e) => prop_assert_eq!(scene.unwrap_err(), e),
+                Ok(g) => {
+                    let scene = scene.unwrap();
+                    prop_assert_eq!(scene.frames.len(), g.oh * g.ow);
+                    let out = panel(&scene, "output");
+                    prop_assert_eq!((out.rows, out.cols), (g.oh, g.ow));
+                    let x = views_input(i);
+                    let w = convkit_viz::views::demo_weight(spec.weight_shape());
+                    let y = reference::forward(&spec, x.view(), w.view(), None).unwrap();
+                    for r in 0..g.oh {
+                        for c in 0..g.ow {
+                            prop_assert_eq!(value(&scene, "output", r, c), y[[0, 0, r, c]] as f64);
+                        }
+                    }
+                    if transposed {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let mut acc = 0.0;
+                                for ky in 0..k.0 {
+                                    for kx in 0..k.1 {
+                                        acc += value(&scene, "input", oy + ky * d.0, ox + kx * d.1)
+                                            * value(&scene, "kernel", ky, kx);
+                                    }
+                                }
+                                prop_assert_eq!(acc, value(&scene, "output", oy, ox));
+                            }
+                        }
+                        let sc = build(&req.clone().view(View::Scatter)).unwrap();
+                        prop_assert_eq!(sc.frames.len(), i.0 * i.1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn views_input(i: (usize, usize)) -> Array4<f32> {
+        convkit_viz::views::demo_input(1, i.0, i.1)
+    }
 }

@@ -213,6 +213,10 @@ fn correlate(
     wgrad::correlate(a, b, pad, kernel, stride, dilation, groups, ukr)
 }
 
+/// Input channels per group below which the weight gradient runs as per-plane dot products
+/// (the GEMM's NR-wide panels would be mostly padding).
+const NARROW_GROUP: usize = 16;
+
 /// dL/dw of a direct conv: correlate the (padded) input with `dy`.
 fn grad_weight_direct(
     geom: &Geometry,
@@ -220,6 +224,27 @@ fn grad_weight_direct(
     dy: ArrayView4<f32>,
 ) -> Result<Array4<f32>> {
     let s = &geom.spec;
+    if s.groups() > 1 && geom.c / s.groups() < NARROW_GROUP {
+        // The same spatial layer as a depthwise one over the input channels.
+        let dws = ConvSpec::conv2d(geom.c, geom.c, s.kernel())
+            .stride(s.stride())
+            .dilation(s.dilation())
+            .padding_sides(geom.pad)
+            .padding_mode(s.padding_mode())
+            .groups(geom.c)
+            .bias(false)
+            .build()?;
+        let dg = dws.geometry(geom.input_shape())?;
+        let mut out = Array4::<f32>::zeros(geom.weight_shape());
+        Depthwise::new(&dg, Isa::best())?.grouped_weight_grad(
+            &contiguous(x),
+            &contiguous(dy),
+            geom.k,
+            s.groups(),
+            out.as_slice_mut().expect("fresh array"),
+        )?;
+        return Ok(out);
+    }
     let mode = s.padding_mode();
     if mode != PaddingMode::Zeros && geom.pad != [0; 4] {
         let xp = border::pad(x, geom.pad, Border::from(mode));

@@ -20,6 +20,7 @@ use crate::geometry::Geometry;
 use crate::kernels::depthwise::Depthwise;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
+use crate::kernels::subpixel::Subpixel;
 use crate::kernels::Isa;
 use crate::reference;
 use crate::spec::ValidSpec;
@@ -40,15 +41,20 @@ pub enum Algo {
     Gemm1x1,
     /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
     Depthwise,
+    /// Transposed layers: stride-phase (sub-pixel) decomposition into direct convolutions
+    /// that never multiply an inserted zero ([`crate::kernels::subpixel`]).
+    Subpixel,
 }
 
 impl Algo {
     /// Every algorithm, in `--algo` order.
-    pub const ALL: [Algo; 4] = [
+    pub const ALL: [Algo; 6] = [
         Algo::Auto,
         Algo::Reference,
         Algo::ImplicitGemm,
         Algo::Gemm1x1,
+        Algo::Depthwise,
+        Algo::Subpixel,
     ];
 
     /// The kebab-case name.
@@ -59,6 +65,7 @@ impl Algo {
             Algo::ImplicitGemm => "implicit-gemm",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Depthwise => "depthwise",
+            Algo::Subpixel => "subpixel",
         }
     }
 }
@@ -97,6 +104,7 @@ enum Imp {
         w: Vec<f32>,
         bias: Option<Vec<f32>>,
     },
+    Subpixel(Box<Subpixel>),
 }
 
 /// A planned convolution: algorithm chosen, weights packed, workspace sized.
@@ -149,17 +157,20 @@ impl Plan {
         let ukr = Microkernel::for_isa(isa)
             .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
         let chosen = match algo {
-            Algo::Auto if spec.is_transposed() => Algo::Reference,
+            Algo::Auto if spec.is_transposed() => Algo::Subpixel,
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
         };
-        if spec.is_transposed() && chosen != Algo::Reference {
+        if spec.is_transposed() && !matches!(chosen, Algo::Reference | Algo::Subpixel) {
             return Err(unavailable(
                 chosen,
-                "transposed convolutions run on the reference engine for now",
+                "transposed convolutions run as sub-pixel phases (or the reference)",
             ));
+        }
+        if chosen == Algo::Subpixel && !spec.is_transposed() {
+            return Err(unavailable(chosen, "it runs transposed convolutions only"));
         }
         let imp = match chosen {
             Algo::Reference => Imp::Reference {
@@ -183,6 +194,7 @@ impl Plan {
                 w: weight.iter().copied().collect(),
                 bias: bias.map(|b| b.to_vec()),
             },
+            Algo::Subpixel => Imp::Subpixel(Box::new(Subpixel::new(&geom, weight, bias, isa)?)),
             Algo::Auto => unreachable!("Auto is resolved above"),
         };
         Ok(Plan {
@@ -207,6 +219,7 @@ impl Plan {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
             Imp::Depthwise { dw, .. } => Some(dw.isa()),
+            Imp::Subpixel(sp) => Some(sp.isa()),
             Imp::Reference { .. } => None,
         }
     }
@@ -215,6 +228,7 @@ impl Plan {
     pub fn workspace_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.workspace_bytes(),
+            Imp::Subpixel(sp) => sp.workspace_bytes(),
             Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
     }
@@ -225,6 +239,7 @@ impl Plan {
             Imp::Gemm(g) => g.packed_weight_bytes(),
             Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
+            Imp::Subpixel(sp) => sp.packed_weight_bytes(),
         }
     }
 
@@ -245,6 +260,7 @@ impl Plan {
             }
         }
         match &self.imp {
+            Imp::Subpixel(sp) => sp.run(x, y)?,
             Imp::Reference { w, bias } => {
                 let out =
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
@@ -275,7 +291,9 @@ impl Plan {
                 Ok(())
             }
             Imp::Depthwise { dw, w, bias } => dw.run(x, w, bias.as_deref(), y),
-            Imp::Reference { .. } => unreachable!("the reference runs on arrays"),
+            Imp::Reference { .. } | Imp::Subpixel(_) => {
+                unreachable!("the reference and sub-pixel plans run on arrays")
+            }
         }
     }
 }

@@ -128,6 +128,7 @@ pub fn bench_suite(threads: usize, filter: &str) -> Vec<BenchRow> {
             let path_name = match plan.parts()[0].path {
                 Path::Separable { pairs } => format!("separable x{pairs}"),
                 Path::Direct2D => "2D".to_string(),
+                Path::BoxSums => "box sums".to_string(),
             };
             let mut cell = |image: &str, r: (f64, f64, usize), px: usize| {
                 if !(image.contains(filter) || case.contains(filter)) {

@@ -16,7 +16,7 @@
 //! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
 //! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
 
-use super::simd::{dot_block, Isa, MAX_ROWS};
+use super::simd::{dot_block, running_sum, Isa, MAX_ROWS};
 use super::{FilterBorder, Image, Sample};
 use rayon::prelude::*;
 
@@ -27,6 +27,12 @@ pub(crate) enum Stage {
     Separable(Vec<(Vec<f32>, Vec<f32>)>),
     /// A dense `kh × kw` row-major kernel.
     Direct(Vec<f32>),
+    /// A `kh × kw` box with every weight `scale`: rows summed with unit taps (exact for
+    /// integer samples), columns by running sums in f64, then one multiply.
+    Box {
+        /// The common weight.
+        scale: f64,
+    },
 }
 
 /// Geometry of one filter run.
@@ -115,6 +121,9 @@ struct Ctx<'a, T> {
 impl<T: Sample> Ctx<'_, T> {
     /// Produces output rows `y0 .. y0 + out.len() / (W·C)`.
     fn band(&self, y0: usize, out: &mut [f32]) {
+        if let Stage::Box { scale } = self.stage {
+            return self.box_band(y0, out, *scale);
+        }
         let (w, c) = (self.src.width, self.src.channels);
         let wc = w * c;
         let rows_out = out.len() / wc;
@@ -126,12 +135,12 @@ impl<T: Sample> Ctx<'_, T> {
         let ring_len = self.ext_h + rmax - 1;
         let ring_row = match self.stage {
             Stage::Separable(t) => t.len() * wc,
-            Stage::Direct(_) => padded_len,
+            _ => padded_len,
         };
         let mut ring = vec![0.0f32; ring_len * ring_row];
         let mut pad = match self.stage {
             Stage::Separable(_) => vec![0.0f32; padded_len],
-            Stage::Direct(_) => Vec::new(),
+            _ => Vec::new(),
         };
         let step = d * c;
         let shifts: Vec<usize> = (0..self.shape.kw).map(|j| j * step).collect();
@@ -145,6 +154,7 @@ impl<T: Sample> Ctx<'_, T> {
                     .collect(),
             ),
             Stage::Direct(k) => (shifts.clone(), k.clone()),
+            Stage::Box { .. } => unreachable!("boxes run in box_band"),
         };
         // Virtual input rows start at y0 − top; slot of virtual row v = (v − first) mod len.
         let first = y0 as isize - self.top as isize;
@@ -168,7 +178,7 @@ impl<T: Sample> Ctx<'_, T> {
                             dot_block(self.isa, &pad, &[0], &shifts, row, o, wc);
                         }
                     }
-                    Stage::Direct(_) => self.fill_padded(next, dst),
+                    _ => self.fill_padded(next, dst),
                 }
                 next += 1;
             }
@@ -179,6 +189,53 @@ impl<T: Sample> Ctx<'_, T> {
             let o = &mut out[r * wc..(r + nr) * wc];
             dot_block(self.isa, &ring, &rows, &ccols, &cw, o, wc);
             r += nr;
+        }
+    }
+
+    /// [`Stage::Box`]: unit-tap row sums into a ring of `kh + 1` rows; the column sum
+    /// `S` (f64) starts from the first `kh − 1` rows and then, per output row, gains the
+    /// newest row and loses the one that left the window (dilation is 1 here).
+    fn box_band(&self, y0: usize, out: &mut [f32], scale: f64) {
+        let (w, c) = (self.src.width, self.src.channels);
+        let wc = w * c;
+        let kh = self.shape.kh;
+        let padded_len = (w + self.lsrc.len() + self.rsrc.len()) * c;
+        let ring_len = kh + 1;
+        let mut ring = vec![0.0f32; ring_len * wc];
+        let mut pad = vec![0.0f32; padded_len];
+        let shifts: Vec<usize> = (0..self.shape.kw).map(|j| j * c).collect();
+        let ones = vec![1.0f32; self.shape.kw];
+        let mut sum = vec![0.0f64; wc];
+        let first = y0 as isize - self.top as isize;
+        let slot = |v: isize| (v - first) as usize % ring_len;
+        let mut row_sums = |v: isize, ring: &mut [f32]| {
+            self.fill_padded(v, &mut pad);
+            let s = slot(v) * wc;
+            dot_block(
+                self.isa,
+                &pad,
+                &[0],
+                &shifts,
+                &ones,
+                &mut ring[s..s + wc],
+                wc,
+            );
+        };
+        for v in first..first + kh as isize - 1 {
+            row_sums(v, &mut ring);
+            let s = slot(v) * wc;
+            running_sum(self.isa, &mut sum, &ring[s..s + wc], None, scale, None);
+        }
+        for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+            let newest = first + (r + kh - 1) as isize;
+            row_sums(newest, &mut ring);
+            let s = slot(newest) * wc;
+            let add = &ring[s..s + wc];
+            let old = (r > 0).then(|| {
+                let s = slot(newest - kh as isize) * wc;
+                &ring[s..s + wc]
+            });
+            running_sum(self.isa, &mut sum, add, old, scale, Some(o));
         }
     }
 

@@ -375,17 +375,30 @@ impl KernelSpec {
             KernelSpec::Fixed(k) => FilterOp::Linear(k.clone()),
             KernelSpec::SobelMagnitude => FilterOp::Magnitude(sobel_x(), sobel_x_t(sobel_x())),
             KernelSpec::Gaussian { sigma, size } => {
-                let n = size.unwrap_or_else(|| gaussian_size(*sigma, depth));
+                let n = checked_size(size.unwrap_or_else(|| gaussian_size(*sigma, depth)))?;
                 let g = gaussian_1d(n, *sigma);
                 FilterOp::Linear(Kernel::outer(&g, &g)?)
             }
             KernelSpec::LaplacianOfGaussian { sigma, size } => {
-                let n = size.unwrap_or_else(|| gaussian_size(*sigma, Depth::F32));
+                let n = checked_size(size.unwrap_or_else(|| gaussian_size(*sigma, Depth::F32)))?;
                 FilterOp::Linear(laplacian_of_gaussian(n, *sigma)?)
             }
         })
     }
 }
+
+/// Sizes derived from σ obey the same limit as explicit ones.
+fn checked_size(n: usize) -> Result<usize> {
+    if n > MAX_SIZE {
+        return Err(bad(format!(
+            "sigma gives a {n}-tap kernel, more than {MAX_SIZE}; use a smaller sigma"
+        )));
+    }
+    Ok(n)
+}
+
+/// Largest kernel side the spec language accepts.
+const MAX_SIZE: usize = 4095;
 
 fn parse_size(s: &str, what: &str) -> Result<usize> {
     let n: usize = s.trim().parse().map_err(|_| {
@@ -394,8 +407,8 @@ fn parse_size(s: &str, what: &str) -> Result<usize> {
             s.trim()
         ))
     })?;
-    if n == 0 || n > 4095 {
-        return Err(bad(format!("{what} must be in 1..=4095, got {n}")));
+    if n == 0 || n > MAX_SIZE {
+        return Err(bad(format!("{what} must be in 1..={MAX_SIZE}, got {n}")));
     }
     Ok(n)
 }
@@ -421,6 +434,7 @@ pub fn box_kernel(n: usize, m: usize) -> Result<Kernel> {
 /// OpenCV `GaussianBlur`'s size for `ksize = (0, 0)`: `cvRound(σ·(u8 ? 3 : 4)·2 + 1) | 1`.
 pub fn gaussian_size(sigma: f64, depth: Depth) -> usize {
     let f = if depth == Depth::U8 { 3.0 } else { 4.0 };
+    // `as usize` saturates for huge σ, which `resolve` then rejects.
     ((sigma * f * 2.0 + 1.0).round_ties_even() as usize) | 1
 }
 

@@ -32,6 +32,7 @@ pub use simd::Isa;
 
 use crate::border::Border;
 use crate::error::{ConvError, Result};
+use crate::separable;
 use engine::{Shape, Stage};
 use std::fmt;
 
@@ -269,6 +270,19 @@ pub enum Path {
     },
     /// Direct 2D correlation.
     Direct2D,
+    /// A box (all weights equal): horizontal sums, then running sums down the columns in f64
+    /// (`S += new row − old row`, O(1) per pixel whatever the height), scaled once.
+    BoxSums,
+}
+
+/// Smallest box height for which running sums beat the `kh`-tap column pass.
+const BOX_MIN_ROWS: usize = 4;
+
+/// `Some(scale)` when the single term `(col, row)` is a box: all entries of each factor equal.
+fn box_scale(terms: &[(Vec<f64>, Vec<f64>)]) -> Option<f64> {
+    let [(c, r)] = terms else { return None };
+    let flat = |v: &[f64]| v.iter().all(|&x| x == v[0]) && v[0] != 0.0;
+    (flat(c) && flat(r)).then(|| c[0] * r[0])
 }
 
 /// What the plan decided for one kernel (a magnitude filter has two).
@@ -290,8 +304,12 @@ pub struct PartInfo {
     pub weights_separable: usize,
     /// MACs per output sample of the chosen path.
     pub macs_per_pixel: usize,
-    /// Max |kernel − approximation| when a rank-r approximation was forced.
+    /// Frobenius error ‖kernel − approximation‖ when a rank-r approximation was forced.
     pub approx_error: Option<f64>,
+    /// Frobenius norm ‖kernel‖ (to put the error in proportion).
+    pub kernel_norm: f64,
+    /// Max |kernel − approximation| over the weights when a rank was forced.
+    pub approx_max_error: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,71 +328,50 @@ pub struct FilterPlan {
     isa: Isa,
 }
 
-/// Relative tolerance under which a singular value counts as zero.
-const RANK_TOL: f64 = 1e-10;
-
 /// A kernel as a sum of rank-1 terms.
 struct Decomposition {
-    /// `(col, row)` pairs with kernel ≈ Σ col ⊗ row; empty when no exact factorisation with
-    /// fewer pairs than `min(kh, kw)` was found.
+    /// `(col, row)` pairs with kernel ≈ Σ col ⊗ row (empty for the zero kernel).
     terms: Vec<(Vec<f64>, Vec<f64>)>,
     /// Numerical rank.
     rank: usize,
     /// Singular values, when an SVD ran.
     singular_values: Vec<f64>,
-    /// Max |kernel − Σ terms| when a rank was forced.
+    /// Frobenius error ‖K − Σ terms‖ when a rank was forced.
     approx_error: Option<f64>,
 }
 
-/// Factorises a kernel: known factors first, then an exact rank-1 test.
+/// Factorises a kernel: its known factors when it was built from them, else the SVD
+/// ([`crate::separable::factorize`], or [`crate::separable::low_rank`] for a forced rank).
 fn decompose(k: &Kernel, rank: Option<usize>) -> Result<Decomposition> {
-    // A rank-1 kernel approximated at any rank r ≥ 1 is exact.
-    let forced = rank.map(|_| 0.0);
-    let one = |terms, rank| Decomposition {
-        terms,
-        rank,
-        singular_values: Vec::new(),
-        approx_error: forced,
-    };
-    if let Some((c, r)) = k.factors() {
-        return Ok(one(vec![(c.to_vec(), r.to_vec())], 1));
-    }
-    if let Some(t) = exact_rank1(k) {
-        let zero = t.0.iter().all(|&v| v == 0.0);
-        return Ok(one(vec![t], usize::from(!zero)));
-    }
+    let max_rank = k.rows().min(k.cols());
     if let Some(r) = rank {
-        return Err(ConvError::Unsupported(format!(
-            "a rank-{r} approximation needs the SVD factorisation, which this build lacks"
-        )));
-    }
-    Ok(Decomposition {
-        terms: Vec::new(),
-        rank: 2,
-        singular_values: Vec::new(),
-        approx_error: None,
-    })
-}
-
-/// `Some((col, row))` when `k = col ⊗ row` up to rounding: pivot on the largest weight.
-fn exact_rank1(k: &Kernel) -> Option<(Vec<f64>, Vec<f64>)> {
-    let (rows, cols) = (k.rows(), k.cols());
-    let (mut p, mut q, mut best) = (0, 0, 0.0f64);
-    for i in 0..rows {
-        for j in 0..cols {
-            if k.at(i, j).abs() > best {
-                (p, q, best) = (i, j, k.at(i, j).abs());
-            }
+        if r > max_rank {
+            return Err(ConvError::Unsupported(format!(
+                "rank {r} is more than a {}x{} kernel can have (at most {max_rank})",
+                k.rows(),
+                k.cols()
+            )));
         }
     }
-    if best == 0.0 {
-        return Some((vec![0.0; rows], vec![0.0; cols]));
+    if let Some((c, r)) = k.factors() {
+        return Ok(Decomposition {
+            terms: vec![(c.to_vec(), r.to_vec())],
+            rank: 1,
+            singular_values: Vec::new(),
+            approx_error: rank.map(|_| 0.0),
+        });
     }
-    let col: Vec<f64> = (0..rows).map(|i| k.at(i, q)).collect();
-    let row: Vec<f64> = (0..cols).map(|j| k.at(p, j) / k.at(p, q)).collect();
-    let ok = (0..rows)
-        .all(|i| (0..cols).all(|j| (k.at(i, j) - col[i] * row[j]).abs() <= RANK_TOL * best));
-    ok.then_some((col, row))
+    let a = k.to_array();
+    let f = match rank {
+        Some(r) => separable::low_rank(a.view(), r)?,
+        None => separable::factorize(a.view())?,
+    };
+    Ok(Decomposition {
+        approx_error: rank.map(|_| f.error()),
+        terms: f.terms.into_iter().map(|t| (t.col, t.row)).collect(),
+        rank: f.rank,
+        singular_values: f.singular_values,
+    })
 }
 
 impl FilterPlan {
@@ -493,15 +490,20 @@ impl FilterPlan {
                     format!("separable: {pairs} pair(s) of 1D passes (row pass, then column pass, fused)")
                 }
                 Path::Direct2D => "direct 2D".to_string(),
+                Path::BoxSums => {
+                    "separable box: row sums, then running sums down the columns".to_string()
+                }
             };
             s += &format!(
                 "  MACs per pixel: {} (2D would be {}); path: {path}\n",
                 i.macs_per_pixel, i.weights_2d
             );
-            if let Some(e) = i.approx_error {
+            if let (Some(e), Some(m)) = (i.approx_error, i.approx_max_error) {
                 s += &format!(
-                    "  rank-{} approximation, max |error| {e:.3e}\n",
-                    self.opts.rank.unwrap_or(0)
+                    "  rank-{} approximation: Frobenius error {e:.3e} ({:.3}% of the kernel's \
+                     norm), max weight error {m:.3e}\n",
+                    self.opts.rank.unwrap_or(0),
+                    100.0 * e / i.kernel_norm.max(f64::MIN_POSITIVE)
                 );
             }
         }
@@ -544,19 +546,16 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
         singular_values: sv,
         approx_error,
     } = decompose(k, opts.rank)?;
+    // The zero kernel has no terms; it runs (trivially) as 2D.
     let sep_ok = !terms.is_empty();
-    let pairs = terms.len().max(1);
-    let weights_separable = if sep_ok {
-        pairs * (kh + kw)
-    } else {
-        min_rank_bound(kh, kw) * (kh + kw)
-    };
+    let pairs = terms.len();
+    let weights_separable = pairs * (kh + kw);
     let use_sep = match opts.path {
         PathChoice::Separable => {
             if !sep_ok {
                 return Err(ConvError::AlgorithmUnavailable {
                     algo: "separable",
-                    why: "the kernel is not rank 1".into(),
+                    why: "the kernel is zero".into(),
                 });
             }
             true
@@ -571,7 +570,16 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
         }
         PathChoice::Auto => sep_ok && (opts.rank.is_some() || weights_separable < weights_2d),
     };
-    let (stage, path, macs) = if use_sep {
+    // A tall box sums its columns in O(1); that beats both other paths whenever allowed.
+    let boxed = box_scale(&terms).filter(|_| {
+        opts.path != PathChoice::Direct
+            && opts.rank.is_none()
+            && opts.dilation == 1
+            && kh >= BOX_MIN_ROWS
+    });
+    let (stage, path, macs) = if let Some(scale) = boxed {
+        (Stage::Box { scale }, Path::BoxSums, kw + 2)
+    } else if use_sep {
         let t32 = terms
             .iter()
             .map(|(c, r)| {
@@ -590,6 +598,16 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
         let w: Vec<f32> = k.data().iter().map(|&v| v as f32).collect();
         (Stage::Direct(w), Path::Direct2D, weights_2d)
     };
+    let approx_max_error = approx_error.map(|_| {
+        let mut worst = 0.0f64;
+        for i in 0..kh {
+            for j in 0..kw {
+                let a: f64 = terms.iter().map(|(c, r)| c[i] * r[j]).sum();
+                worst = worst.max((a - k.at(i, j)).abs());
+            }
+        }
+        worst
+    });
     Ok(Part {
         shape,
         stage,
@@ -603,12 +621,10 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
             weights_separable,
             macs_per_pixel: macs,
             approx_error,
+            kernel_norm: k.data().iter().map(|v| v * v).sum::<f64>().sqrt(),
+            approx_max_error,
         },
     })
-}
-
-fn min_rank_bound(kh: usize, kw: usize) -> usize {
-    2.min(kh.min(kw))
 }
 
 /// OpenCV's `saturate_cast<uchar>(float)`: round half to even (`cvRound`), then clamp.

@@ -117,6 +117,70 @@ pub fn dot_block(
     }
 }
 
+/// One step of a running column sum in f64: `sum += add − sub`, then (when `out` is given)
+/// `out = sum · scale` rounded to f32. Every level computes the same f64 operations in the
+/// same order, so the results agree bit for bit.
+///
+/// # Panics
+/// If the slices differ in length, or `isa` is not supported by this CPU.
+pub fn running_sum(
+    isa: Isa,
+    sum: &mut [f64],
+    add: &[f32],
+    sub: Option<&[f32]>,
+    scale: f64,
+    out: Option<&mut [f32]>,
+) {
+    let n = sum.len();
+    assert_eq!(add.len(), n, "row lengths");
+    assert!(sub.is_none_or(|s| s.len() == n), "row lengths");
+    assert!(out.as_ref().is_none_or(|o| o.len() == n), "row lengths");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            assert!(Isa::available().contains(&Isa::Avx512));
+            // SAFETY: the CPU supports the features (checked above); the body is safe code.
+            unsafe { x86::running_sum_avx512(sum, add, sub, scale, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            assert!(Isa::available().contains(&Isa::Avx2));
+            // SAFETY: as above.
+            unsafe { x86::running_sum_avx2(sum, add, sub, scale, out) }
+        }
+        _ => running_sum_body(sum, add, sub, scale, out),
+    }
+}
+
+/// The safe body of [`running_sum`], written for auto-vectorisation (inlined into each
+/// level's `target_feature` wrapper).
+#[inline(always)]
+fn running_sum_body(
+    sum: &mut [f64],
+    add: &[f32],
+    sub: Option<&[f32]>,
+    scale: f64,
+    out: Option<&mut [f32]>,
+) {
+    match sub {
+        Some(sub) => {
+            for ((s, &a), &b) in sum.iter_mut().zip(add).zip(sub) {
+                *s += a as f64 - b as f64;
+            }
+        }
+        None => {
+            for (s, &a) in sum.iter_mut().zip(add) {
+                *s += a as f64;
+            }
+        }
+    }
+    if let Some(out) = out {
+        for (o, &s) in out.iter_mut().zip(sum.iter()) {
+            *o = (s * scale) as f32;
+        }
+    }
+}
+
 fn scalar(
     buf: &[f32],
     rows: &[usize],
@@ -143,6 +207,36 @@ fn scalar(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// [`super::running_sum_body`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn running_sum_avx512(
+        sum: &mut [f64],
+        add: &[f32],
+        sub: Option<&[f32]>,
+        scale: f64,
+        out: Option<&mut [f32]>,
+    ) {
+        super::running_sum_body(sum, add, sub, scale, out)
+    }
+
+    /// [`super::running_sum_body`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn running_sum_avx2(
+        sum: &mut [f64],
+        add: &[f32],
+        sub: Option<&[f32]>,
+        scale: f64,
+        out: Option<&mut [f32]>,
+    ) {
+        super::running_sum_body(sum, add, sub, scale, out)
+    }
 
     /// Generates one ISA's blocked kernel (`$v` vector type, `$l` lanes) and its dispatcher
     /// over R, with `$v1` vectors per row for R = 1 and `$v4` for R > 1.

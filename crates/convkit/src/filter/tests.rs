@@ -192,7 +192,7 @@ fn path_choice_follows_the_factorisation() {
         "scharr-x",
         "prewitt-x",
         "gaussian:sigma=2",
-        "box:31",
+        "box:3",
     ] {
         let p = plan(s);
         assert_eq!(p.rank, 1, "{s}");
@@ -207,8 +207,109 @@ fn path_choice_follows_the_factorisation() {
     let lap = plan("laplacian");
     assert_eq!(lap.path, Path::Direct2D);
     assert_eq!(lap.macs_per_pixel, 9);
+    // Tall boxes sum down the columns with running sums.
+    let b = plan("box:31");
+    assert_eq!((b.rank, b.path, b.macs_per_pixel), (1, Path::BoxSums, 33));
+    assert_eq!(plan("[[2,2],[2,2],[2,2],[2,2]]").path, Path::BoxSums);
     let zero = plan("[[0,0],[0,0]]");
-    assert_eq!(zero.rank, 0);
+    assert_eq!((zero.rank, zero.path), (0, Path::Direct2D));
+    // Laplacian: rank 2, 2·(3+3) = 12 > 9, so 2D.
+    assert_eq!(lap.rank, 2);
+    assert_eq!(lap.weights_separable, 12);
+    // LoG 13×13: rank 2, 2·26 = 52 < 169, so two pairs.
+    let log = plan("laplacian-of-gaussian:sigma=1.5");
+    assert_eq!((log.rows, log.rank), (13, 2));
+    assert_eq!(log.path, Path::Separable { pairs: 2 });
+    assert_eq!(log.macs_per_pixel, 52);
+    // Random 7×7: full rank, 2D.
+    let mut rng = Rng(21);
+    let k = random_kernel(&mut rng, 7, 7);
+    let p = FilterPlan::new(&FilterOp::Linear(k), &FilterOptions::default()).unwrap();
+    assert_eq!((p.parts()[0].rank, p.parts()[0].path), (7, Path::Direct2D));
+}
+
+/// Rank r > 1 as r pairs equals the 2D path and the oracle (LoG is exactly rank 2; a random
+/// 5×4 kernel forced separable runs as 4 pairs).
+#[test]
+fn rank_r_pairs_equal_the_2d_filter() {
+    let mut rng = Rng(17);
+    let (h, w) = (29, 23);
+    let px: Vec<f32> = (0..h * w * 3).map(|_| rng.next() as f32 * 255.0).collect();
+    let img = Image::new(&px, w, h, 3).unwrap();
+    let log = KernelSpec::parse("log:sigma=1.2")
+        .unwrap()
+        .resolve(Depth::F32)
+        .unwrap();
+    let rnd = FilterOp::Linear(random_kernel(&mut rng, 5, 4));
+    for (op, pairs) in [(log, 2), (rnd, 4)] {
+        let FilterOp::Linear(k) = &op else { panic!() };
+        let want = filter_naive(
+            &px.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            (h, w, 3),
+            k,
+            1,
+            FilterBorder::Reflect,
+        );
+        let run = |path| {
+            let o = FilterOptions {
+                path,
+                border: FilterBorder::Reflect,
+                ..Default::default()
+            };
+            let plan = FilterPlan::new(&op, &o).unwrap();
+            (plan.parts()[0].path, plan.run_alloc(&img).unwrap())
+        };
+        let (p, sep) = run(PathChoice::Separable);
+        assert_eq!(p, Path::Separable { pairs });
+        let (_, d2) = run(PathChoice::Direct);
+        let scale = 255.0 * k.data().iter().map(|v| v.abs()).sum::<f64>();
+        check_close(&sep, &want, scale, "separable");
+        check_close(&d2, &want, scale, "2D");
+    }
+}
+
+/// `rank: Some(r)` runs the best rank-r approximation and reports its error.
+#[test]
+fn forced_low_rank_reports_its_error() {
+    let mut rng = Rng(23);
+    let k = random_kernel(&mut rng, 7, 7);
+    let op = FilterOp::Linear(k.clone());
+    let opts = |r| FilterOptions {
+        rank: Some(r),
+        ..Default::default()
+    };
+    let p1 = FilterPlan::new(&op, &opts(1)).unwrap();
+    let i1 = &p1.parts()[0];
+    assert_eq!(i1.path, Path::Separable { pairs: 1 });
+    let e1 = i1.approx_error.unwrap();
+    assert!(e1 > 0.1, "a random kernel is far from rank 1: {e1}");
+    let e3 = FilterPlan::new(&op, &opts(3)).unwrap().parts()[0]
+        .approx_error
+        .unwrap();
+    assert!(e3 < e1);
+    let e7 = FilterPlan::new(&op, &opts(7)).unwrap().parts()[0]
+        .approx_error
+        .unwrap();
+    assert!(e7 < 1e-12, "full rank is exact: {e7}");
+    assert!(p1.explain().contains("rank-1 approximation"));
+    assert!(FilterPlan::new(&op, &opts(8)).is_err());
+    // The rank-1 run equals the oracle on the rank-1 approximation.
+    let sv = &i1.singular_values;
+    assert_eq!(sv.len(), 7);
+    let (h, w) = (12, 15);
+    let px: Vec<f32> = (0..h * w).map(|_| rng.next() as f32).collect();
+    let got = p1.run_alloc(&Image::new(&px, w, h, 1).unwrap()).unwrap();
+    let f = crate::separable::low_rank(k.to_array().view(), 1).unwrap();
+    let approx = f.reconstruct();
+    let ka = Kernel::new(7, 7, approx.iter().copied().collect()).unwrap();
+    let want = filter_naive(
+        &px.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        (h, w, 1),
+        &ka,
+        1,
+        FilterBorder::Reflect101,
+    );
+    check_close(&got, &want, 50.0, "rank-1 approximation");
 }
 
 #[test]
@@ -305,4 +406,47 @@ fn saturation_rounds_half_to_even() {
     assert_eq!(saturate_u8(f32::NAN), 0);
     assert_eq!(saturate_u16(70000.0), 65535);
     assert_eq!(saturate_u16(1.5), 2);
+}
+
+/// Box kernels on the running-sum path equal the oracle on every border, ISA and band split;
+/// on u8 images the sums are exact, so the result is the correctly rounded mean.
+#[test]
+fn box_sums_match_the_oracle() {
+    let mut rng = Rng(29);
+    for (h, w, c) in [(37, 11, 1), (6, 9, 3), (3, 4, 1), (130, 17, 2)] {
+        let px: Vec<u8> = (0..h * w * c).map(|_| rng.below(256) as u8).collect();
+        let pf: Vec<f64> = px.iter().map(|&v| v as f64).collect();
+        for (kh, kw) in [(4, 1), (5, 7), (9, 4), (31, 31)] {
+            let k = kernels::box_kernel(kw, kh).unwrap();
+            for border in BORDERS {
+                let opts = FilterOptions {
+                    border,
+                    ..Default::default()
+                };
+                let plan = FilterPlan::new(&FilterOp::Linear(k.clone()), &opts).unwrap();
+                assert_eq!(plan.parts()[0].path, Path::BoxSums);
+                let want = filter_naive(&pf, (h, w, c), &k, 1, border);
+                for isa in Isa::available() {
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let p = plan.clone().with_isa(isa);
+                        let got = pool
+                            .install(|| p.run_alloc(&Image::new(&px, w, h, c).unwrap()))
+                            .unwrap();
+                        let what = format!("{h}x{w}x{c} box {kh}x{kw} {border} {isa:?}");
+                        check_close(&got, &want, 255.0, &what);
+                        if border != FilterBorder::Constant(7.5) {
+                            // Integer sums: exactly the mean, rounded once.
+                            for (g, e) in got.iter().zip(&want) {
+                                assert_eq!(*g, *e as f32, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

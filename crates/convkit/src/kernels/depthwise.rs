@@ -321,9 +321,7 @@ impl Depthwise {
                     for j in 0..m {
                         let k = c * m + j;
                         let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
-                        self.with_isa(|| {
-                            self.scatter(dys, &w[k * taps..(k + 1) * taps], &mut gbuf)
-                        });
+                        self.scatter_isa(dys, &w[k * taps..(k + 1) * taps], &mut gbuf);
                     }
                     self.unfill(&gbuf, dxs);
                 });
@@ -352,13 +350,11 @@ impl Depthwise {
                             let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
                             gb[j] += sum_lanes(dys);
                             if want_w {
-                                self.with_isa(|| {
-                                    self.weight_taps(
-                                        dys,
-                                        &buf.data,
-                                        &mut gw[j * taps..(j + 1) * taps],
-                                    )
-                                });
+                                self.weight_taps_isa(
+                                    dys,
+                                    &buf.data,
+                                    &mut gw[j * taps..(j + 1) * taps],
+                                );
                             }
                         }
                     }
@@ -379,28 +375,114 @@ impl Depthwise {
         Ok(())
     }
 
-    /// Runs `f` compiled for this kernel's instruction set (the loops inside auto-vectorise).
-    #[inline(always)]
-    fn with_isa(&self, f: impl FnOnce()) {
-        #[cfg(target_arch = "x86_64")]
+    /// Weight gradient of a *grouped* convolution with this layer's spatial geometry (same
+    /// kernel, stride, dilation, padding and mode; `groups` groups, `k_total` output channels):
+    /// `out[k, c', ky, kx] = Σ_{n,oy,ox} dy[n,k,oy,ox] · x_pad[n, c, oy·s+ky·d, ox·s+kx·d]` for
+    /// every input channel c of k's group. Each x plane is buffered once and dotted with the
+    /// dy planes of its group — the right shape of work when groups are too narrow for a GEMM
+    /// (ResNeXt's 4 channels per group). `out` is (K, C/groups, kh, kw), contiguous.
+    pub fn grouped_weight_grad(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        k_total: usize,
+        groups: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let g = &self.geom;
+        let [kh, kw] = g.spec.kernel();
+        let taps = kh * kw;
+        let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+        if groups == 0
+            || !g.c.is_multiple_of(groups)
+            || !k_total.is_multiple_of(groups)
+            || x.len() != g.n * g.c * in_plane
+            || dy.len() != g.n * k_total * out_plane
+            || out.len() != k_total * (g.c / groups) * taps
         {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512(f: impl FnOnce()) {
-                f()
-            }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(f: impl FnOnce()) {
-                f()
-            }
-            match self.isa {
-                // SAFETY: `new` checked that the CPU has the instruction set.
-                Isa::Avx512 => return unsafe { avx512(f) },
-                // SAFETY: as above.
-                Isa::Avx2 => return unsafe { avx2(f) },
-                Isa::Scalar => {}
+            return Err(ConvError::Unsupported(
+                "grouped weight gradient: operand sizes do not fit the layer".into(),
+            ));
+        }
+        let (ag, bg) = (g.c / groups, k_total / groups);
+        let per_c: Vec<Vec<f32>> = (0..g.c)
+            .into_par_iter()
+            .map(|c| {
+                let gi = c / ag;
+                let mut acc = vec![0f32; bg * taps];
+                let mut buf = Buffer {
+                    tag: 0,
+                    data: Vec::new(),
+                };
+                for n in 0..g.n {
+                    self.fill(&x[(n * g.c + c) * in_plane..][..in_plane], &mut buf);
+                    for j in 0..bg {
+                        let k = gi * bg + j;
+                        let dys = &dy[(n * k_total + k) * out_plane..][..out_plane];
+                        self.weight_taps_isa(dys, &buf.data, &mut acc[j * taps..(j + 1) * taps]);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for (c, acc) in per_c.iter().enumerate() {
+            let (gi, cl) = (c / ag, c % ag);
+            for j in 0..bg {
+                let k = gi * bg + j;
+                out[(k * ag + cl) * taps..][..taps].copy_from_slice(&acc[j * taps..(j + 1) * taps]);
             }
         }
-        f()
+        Ok(())
+    }
+
+    /// [`Depthwise::scatter`] compiled for this kernel's instruction set.
+    fn scatter_isa(&self, dys: &[f32], wk: &[f32], gbuf: &mut [f32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked that the CPU has AVX-512F.
+            Isa::Avx512 => unsafe { self.scatter_avx512(dys, wk, gbuf) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked that the CPU has AVX2 and FMA.
+            Isa::Avx2 => unsafe { self.scatter_avx2(dys, wk, gbuf) },
+            _ => self.scatter(dys, wk, gbuf),
+        }
+    }
+
+    /// [`Depthwise::weight_taps`] compiled for this kernel's instruction set.
+    fn weight_taps_isa(&self, dys: &[f32], buf: &[f32], gw: &mut [f32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked that the CPU has AVX-512F.
+            Isa::Avx512 => unsafe { self.weight_taps_avx512(dys, buf, gw) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked that the CPU has AVX2 and FMA.
+            Isa::Avx2 => unsafe { self.weight_taps_avx2(dys, buf, gw) },
+            _ => self.weight_taps(dys, buf, gw),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scatter_avx512(&self, dys: &[f32], wk: &[f32], gbuf: &mut [f32]) {
+        self.scatter(dys, wk, gbuf)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scatter_avx2(&self, dys: &[f32], wk: &[f32], gbuf: &mut [f32]) {
+        self.scatter(dys, wk, gbuf)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weight_taps_avx512(&self, dys: &[f32], buf: &[f32], gw: &mut [f32]) {
+        self.weight_taps(dys, buf, gw)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weight_taps_avx2(&self, dys: &[f32], buf: &[f32], gw: &mut [f32]) {
+        self.weight_taps(dys, buf, gw)
     }
 
     /// `gbuf[row(oy,ky) + col_off[kx] + ox] += w[ky,kx] · dy[oy, ox]`: the forward taps reversed.
@@ -471,7 +553,8 @@ impl Depthwise {
     }
 }
 
-/// `lanes[l] += Σ_i a[16i + l] · b[16i + l]` (a fixed, vectorisable reduction order).
+/// `lanes[l] += Σ_i a[16i + l] · b[16i + l]` (a fixed, vectorisable reduction order; the
+/// tail is zero-padded to a whole vector so it vectorises too).
 #[inline(always)]
 fn dot_into(lanes: &mut [f32; 16], a: &[f32], b: &[f32]) {
     let mut ca = a.chunks_exact(16);
@@ -481,8 +564,14 @@ fn dot_into(lanes: &mut [f32; 16], a: &[f32], b: &[f32]) {
             lanes[l] += x[l] * y[l];
         }
     }
-    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        lanes[l] += x * y;
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    if !ra.is_empty() {
+        let (mut ta, mut tb) = ([0f32; 16], [0f32; 16]);
+        ta[..ra.len()].copy_from_slice(ra);
+        tb[..rb.len()].copy_from_slice(rb);
+        for l in 0..16 {
+            lanes[l] += ta[l] * tb[l];
+        }
     }
 }
 

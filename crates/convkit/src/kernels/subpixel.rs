@@ -116,6 +116,7 @@ struct Phase {
 #[derive(Debug)]
 pub struct Subpixel {
     geom: Geometry,
+    isa: Isa,
     phases: Vec<Phase>,
     bias: Option<Vec<f32>>,
 }
@@ -182,9 +183,32 @@ impl Subpixel {
         }
         Ok(Subpixel {
             geom: *geom,
+            isa,
             phases,
             bias: bias.map(|b| b.to_vec()),
         })
+    }
+
+    /// The instruction set of the phase plans.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Largest per-thread workspace of the phase plans.
+    pub fn workspace_bytes(&self) -> usize {
+        self.phases
+            .iter()
+            .filter_map(|p| p.conv.as_ref().map(Plan::workspace_bytes))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes of packed weights over all phases (together, the layer's weights once).
+    pub fn packed_weight_bytes(&self) -> usize {
+        self.phases
+            .iter()
+            .filter_map(|p| p.conv.as_ref().map(Plan::packed_weight_bytes))
+            .sum()
     }
 
     /// Number of phases with at least one output cell.
