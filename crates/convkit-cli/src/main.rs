@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module exposing `Args` (clap) and `run(args) -> CliResult`.
 
 mod animate;
+mod bench;
 mod conv;
 mod engine;
 mod error;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Time the fast engine on a suite of layers (ms, GFLOP/s, % of FMA peak).
+    Bench(bench::Args),
     /// Run nn.Conv2d (forward and/or backward) on .npy files.
     Conv2d(conv::Args),
     /// Run nn.ConvTranspose2d (forward and/or backward) on .npy files.
@@ -55,6 +58,7 @@ fn main() {
         Err(e) => fail(&clap_message(&e), 2),
     };
     let result: error::CliResult = match cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Conv2d(a) => conv::run(conv::CONV2D, a),
         Command::ConvTranspose2d(a) => conv::run(conv::CONV_TRANSPOSE2D, a),
         Command::Conv1d(a) => conv::run(conv::CONV1D, a),

@@ -10,6 +10,7 @@ use convkit::dwsep::{DepthwiseSeparable, MacCounts};
 use convkit::separable;
 use convkit::{ConvSpec, Equivalent, PaddingMode, Rank, ValidSpec};
 use ndarray::{array, s, Array1, Array2, Array4, ArrayView4, Zip};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Flags of `convkit tour`.
@@ -21,6 +22,13 @@ pub struct Args {
     /// Side of the generated test image (pixels).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=1024))]
     pub size: u64,
+    /// Folder for the tour's pictures: the conv_arithmetic-style gallery, the Sobel images of
+    /// the test image and a report page (index.html) linking them.
+    #[arg(long, default_value = "convkit-tour")]
+    pub out: PathBuf,
+    /// Print the report only; write no files.
+    #[arg(long)]
+    pub no_files: bool,
 }
 
 /// SplitMix64 (Steele et al. 2014): a tiny, seedable generator, so the tour needs no crate
@@ -415,6 +423,196 @@ pub fn run(args: Args) -> CliResult {
 
     print_table(&rows, size, args.seed);
     print_comparisons(sobel_diff, macs, block_in)?;
+    let speed = print_speed(&mut rng)?;
+    if !args.no_files {
+        let sobel_y_k = sobel.clone().permuted_axes([0, 1, 3, 2]).to_owned();
+        let gy = engine::forward(&s2d, gray.view(), sobel_y_k.view(), None, Algo::Auto)?;
+        write_files(&args.out, &img, &r2d.y, &gy, &rows, &speed)?;
+    }
+    Ok(())
+}
+
+/// One line of the speed section: a layer timed on the fast engine and on the reference.
+struct Speed {
+    what: String,
+    fast_ms: f64,
+    reference_ms: f64,
+}
+
+/// convkit's fast engines next to the naive reference (f64 loops) on small real layers.
+fn print_speed(rng: &mut Rng) -> CliResult<Vec<Speed>> {
+    let layers = [
+        (
+            "3x3 conv 32->32 on 28x28",
+            ConvSpec::conv2d(32, 32, 3).padding(1).build()?,
+            false,
+        ),
+        (
+            "1x1 conv 64->64 on 28x28",
+            ConvSpec::conv2d(64, 64, 1).build()?,
+            false,
+        ),
+        (
+            "3x3 depthwise 64 on 28x28",
+            ConvSpec::conv2d(64, 64, 3).padding(1).groups(64).build()?,
+            false,
+        ),
+        (
+            "4x4 s2 transposed 32->16 on 14x14",
+            ConvSpec::conv_transpose2d(32, 16, 4)
+                .stride(2)
+                .padding(1)
+                .build()?,
+            false,
+        ),
+        (
+            "backward (dx + dw) of the 3x3 conv",
+            ConvSpec::conv2d(32, 32, 3).padding(1).build()?,
+            true,
+        ),
+    ];
+    println!("\nspeed: convkit's engines vs the naive reference (best of 3 runs)");
+    let mut out = Vec::new();
+    for (what, spec, bwd) in layers {
+        let side = if spec.is_transposed() { 14 } else { 28 };
+        let input = [1, spec.in_channels(), side, side];
+        let x = rng.tensor(input, 1.0);
+        let w = rng.tensor(spec.weight_shape(), 0.1);
+        let (fast, reference) = if bwd {
+            let dy = rng.tensor(spec.geometry(input)?.output_shape(), 1.0);
+            let want = convkit::GradRequest {
+                input: true,
+                weight: true,
+                bias: false,
+            };
+            let run = |a| {
+                best_of(|| engine::backward(&spec, x.view(), w.view(), dy.view(), want, a))
+                    .map(|r| r.1)
+            };
+            (run(Algo::Auto)?, run(Algo::Reference)?)
+        } else {
+            let run =
+                |a| best_of(|| engine::forward(&spec, x.view(), w.view(), None, a)).map(|r| r.1);
+            (run(Algo::Auto)?, run(Algo::Reference)?)
+        };
+        println!(
+            "  {what:<36} convkit {fast:8.3} ms   reference {reference:9.3} ms   {:6.0}x faster",
+            reference / fast.max(1e-6)
+        );
+        out.push(Speed {
+            what: what.into(),
+            fast_ms: fast,
+            reference_ms: reference,
+        });
+    }
+    println!("  (`convkit bench` and scripts/compare.py measure the real-size suites against PyTorch and ONNX Runtime)");
+    Ok(out)
+}
+
+/// Writes a grayscale PNG of `plane`, scaled so that max |v| maps to white (signed results
+/// such as Sobel show their magnitude).
+fn write_plane_png(path: &Path, plane: ndarray::ArrayView2<f32>, protect: &[&Path]) -> CliResult {
+    let (h, w) = plane.dim();
+    let max = plane.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+    let px: Vec<u8> = plane
+        .iter()
+        .map(|v| (v.abs() / max * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let img = image::GrayImage::from_raw(w as u32, h as u32, px)
+        .ok_or_else(|| crate::error::CliError::file(path, "image size"))?;
+    crate::io::write_atomic(path, protect, |f| {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, image::ImageFormat::Png)
+            .map_err(std::io::Error::other)?;
+        f.write_all(buf.get_ref())
+    })
+}
+
+/// Writes the gallery, the Sobel images and a report page into `dir`.
+fn write_files(
+    dir: &Path,
+    img: &Array4<f32>,
+    gx: &Array4<f32>,
+    gy: &Array4<f32>,
+    rows: &[Row],
+    speed: &[Speed],
+) -> CliResult {
+    use crate::error::CliError;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::file(dir, e))?;
+    let gallery = convkit_viz::gallery::write_gallery(&dir.join("gallery"))
+        .map_err(|e| CliError::file(&dir.join("gallery"), e))?;
+    let (h, w) = (img.shape()[2], img.shape()[3]);
+    let rgb: Vec<u8> = (0..h)
+        .flat_map(|y| (0..w).flat_map(move |x| (0..3).map(move |c| (y, x, c))))
+        .map(|(y, x, c)| (img[[0, c, y, x]] * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let input_png = dir.join("test_image.png");
+    let rgb_img = image::RgbImage::from_raw(w as u32, h as u32, rgb)
+        .ok_or_else(|| CliError::file(&input_png, "image size"))?;
+    crate::io::write_atomic(&input_png, &[], |f| {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        rgb_img
+            .write_to(&mut buf, image::ImageFormat::Png)
+            .map_err(std::io::Error::other)?;
+        f.write_all(buf.get_ref())
+    })?;
+    let mag = Zip::from(gx.slice(s![0, 0, .., ..]))
+        .and(gy.slice(s![0, 0, .., ..]))
+        .map_collect(|a, b| (a * a + b * b).sqrt());
+    write_plane_png(&dir.join("sobel_x.png"), gx.slice(s![0, 0, .., ..]), &[])?;
+    write_plane_png(&dir.join("sobel_y.png"), gy.slice(s![0, 0, .., ..]), &[])?;
+    write_plane_png(&dir.join("sobel_magnitude.png"), mag.view(), &[])?;
+    let esc = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut html = String::from(
+        "<!doctype html><meta charset=utf-8><title>convkit tour</title>\n\
+         <style>body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{padding:2px 8px;text-align:right}\
+         td:first-child,th:first-child{text-align:left}td{white-space:nowrap}img{image-rendering:pixelated;width:192px;margin:4px}</style>\n\
+         <h1>convkit tour</h1>\n<h2>Every convolution of the seed</h2>\n<table><tr><th>kind<th>input<th>output\
+         <th>params<th>MACs<th>RF<th>ms</tr>\n",
+    );
+    for r in rows {
+        html += &format!(
+            "<tr><td>{}<br><small><code>{}</code></small><td>{}<td>{}<td>{}<td>{}<td>{}<td>{:.3}</tr>\n",
+            esc(r.kind.trim()),
+            esc(&r.pytorch),
+            esc(&r.input),
+            esc(&r.output),
+            r.params,
+            r.macs,
+            esc(&r.rf),
+            r.time_ms
+        );
+    }
+    html += "</table>\n<h2>Sobel on the test image (two 1D passes = the 3x3 kernel)</h2>\n\
+             <img src=test_image.png alt=input><img src=sobel_x.png alt=sobel-x>\
+             <img src=sobel_y.png alt=sobel-y><img src=sobel_magnitude.png alt=magnitude>\n\
+             <h2>Speed against the naive reference</h2>\n<table>";
+    for sp in speed {
+        html += &format!(
+            "<tr><td>{}<td>{:.3} ms<td>reference {:.3} ms<td>{:.0}x</tr>\n",
+            esc(&sp.what),
+            sp.fast_ms,
+            sp.reference_ms,
+            sp.reference_ms / sp.fast_ms.max(1e-6)
+        );
+    }
+    html += &format!(
+        "</table>\n<h2>Animations</h2>\n<p><a href=gallery/index.html>The gallery</a>: conv_arithmetic's \
+         configurations, their transposed counterparts and the new views ({} animations).</p>\n",
+        gallery.len()
+    );
+    let page = dir.join("index.html");
+    crate::io::write_atomic(&page, &[], |f| f.write_all(html.as_bytes()))?;
+    println!(
+        "\nwrote {} (the report), the Sobel images and {} animations in {}",
+        page.display(),
+        gallery.len(),
+        dir.join("gallery").display()
+    );
     Ok(())
 }
 

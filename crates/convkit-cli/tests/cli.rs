@@ -1002,7 +1002,26 @@ fn explain_stack_files() {
 
 #[test]
 fn tour_runs_and_reports_the_seed_numbers() {
-    let out = ok(&["tour"]);
+    let dir = TempDir::new().unwrap();
+    let files = dir.path().join("tour");
+    let out = ok(&["tour", "--out", s(&files)]);
+    for f in [
+        "index.html",
+        "test_image.png",
+        "sobel_x.png",
+        "sobel_y.png",
+        "sobel_magnitude.png",
+        "gallery/index.html",
+        "gallery/no_padding_no_strides.gif",
+        "gallery/padding_strides_odd_transposed.gif",
+        "gallery/dilation.svg",
+    ] {
+        assert!(files.join(f).is_file(), "tour did not write {f}");
+    }
+    assert!(
+        out.contains("faster"),
+        "tour output lacks the speed section:\n{out}"
+    );
     for needle in [
         "nn.Conv2d(3, 8, kernel_size=3)",
         "padding_mode='reflect'",
@@ -1020,9 +1039,10 @@ fn tour_runs_and_reports_the_seed_numbers() {
     ] {
         assert!(out.contains(needle), "tour output lacks {needle:?}:\n{out}");
     }
-    // Same seed, same numbers (the time column aside).
+    // Same seed, same numbers (the time column and the speed section aside).
     let strip = |s: &str| -> Vec<String> {
         s.lines()
+            .take_while(|l| !l.starts_with("speed:"))
             .map(|l| match l.strip_suffix(" ms") {
                 Some(r) => r
                     .trim_end()
@@ -1034,7 +1054,7 @@ fn tour_runs_and_reports_the_seed_numbers() {
             })
             .collect()
     };
-    assert_eq!(strip(&out), strip(&ok(&["tour"])));
+    assert_eq!(strip(&out), strip(&ok(&["tour", "--no-files"])));
 }
 
 #[test]

@@ -1,6 +1,13 @@
 //! Plans: a layer + an input shape + its weights → the algorithm that runs it, with the
 //! weights packed once and the workspace sized. The only place that chooses an algorithm.
 //!
+//! `Algo::Auto` picks, in order: transposed → sub-pixel phases; depthwise → the depthwise
+//! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
+//! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
+//! one; stride 1 undilated with a small gap share → direct (input bands read in place);
+//! everything else (strided, dilated with padding-tap skipping, wide kernels) → implicit GEMM.
+//! Every choice can be forced with its `Algo` and is tested against the reference.
+//!
 //! ```
 //! use convkit::{ConvSpec, plan::{Algo, Plan}};
 //! use ndarray::{Array1, Array4};
@@ -18,9 +25,11 @@
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
 use crate::kernels::depthwise::Depthwise;
+use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::ConvGemm;
 use crate::kernels::subpixel::Subpixel;
+use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::Isa;
 use crate::reference;
 use crate::spec::ValidSpec;
@@ -39,6 +48,12 @@ pub enum Algo {
     ImplicitGemm,
     /// 1×1, stride 1, unpadded: a GEMM straight on the NCHW input, no copy.
     Gemm1x1,
+    /// Stride-1 direct convolution: the microkernel reads a padded input band in place
+    /// ([`crate::kernels::direct`]); exact f32 arithmetic like the GEMMs (no Winograd).
+    Direct,
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 ungrouped layers ([`crate::kernels::winograd`]):
+    /// 2.25× fewer multiplies, error within the tolerance documented there.
+    Winograd,
     /// Depthwise layers (groups = C): channel-vectorised kernel ([`crate::kernels::depthwise`]).
     Depthwise,
     /// Transposed layers: stride-phase (sub-pixel) decomposition into direct convolutions
@@ -64,6 +79,8 @@ impl Algo {
             Algo::Reference => "reference",
             Algo::ImplicitGemm => "implicit-gemm",
             Algo::Gemm1x1 => "gemm1x1",
+            Algo::Direct => "direct",
+            Algo::Winograd => "winograd",
             Algo::Depthwise => "depthwise",
             Algo::Subpixel => "subpixel",
         }
@@ -99,6 +116,8 @@ enum Imp {
         bias: Option<Array1<f32>>,
     },
     Gemm(Box<ConvGemm>),
+    Direct(Box<DirectConv>),
+    Winograd(Box<Winograd>),
     Depthwise {
         dw: Box<Depthwise>,
         w: Vec<f32>,
@@ -132,6 +151,45 @@ fn is_pointwise(g: &Geometry) -> bool {
     s.kernel() == [1, 1] && s.stride() == [1, 1] && g.pad == [0; 4]
 }
 
+/// Whether the direct kernel beats the implicit GEMM: stride 1, no dilation (dilated layers
+/// gain more from the implicit GEMM's skipping of padding-only taps), and few wasted gap
+/// columns (`(kw−1)` of every `ow + kw − 1` flat positions, ≤ 1/8).
+fn prefers_direct(g: &Geometry) -> bool {
+    let s = &g.spec;
+    let gap = s.kernel()[1] - 1;
+    s.stride() == [1, 1] && s.dilation() == [1, 1] && 8 * gap <= g.ow.min(384) + gap
+}
+
+/// The microkernel for Winograd's GEMMs: the plan's, unless a narrower one (AVX2's 16
+/// columns) wastes far less on padding the tile count (small maps such as 14×14, whose 49
+/// tiles fill 51 % of two 48-wide panels but 77 % of four 16-wide ones).
+fn winograd_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
+    match Microkernel::for_isa(Isa::Avx2) {
+        Some(narrow) if ukr.isa == Isa::Avx512 => {
+            let (wide, thin) = (
+                Winograd::padded_macs(ukr, g),
+                Winograd::padded_macs(narrow, g),
+            );
+            if thin < 0.75 * wide {
+                narrow
+            } else {
+                ukr
+            }
+        }
+        _ => ukr,
+    }
+}
+
+/// Whether Winograd pays: enough channels for its transforms to amortise, and its padded
+/// GEMM work well under the direct convolution's.
+fn prefers_winograd(g: &Geometry, ukr: Microkernel) -> bool {
+    if !winograd::applies(g) || g.c < 16 || g.k < 16 {
+        return false;
+    }
+    let direct = 9.0 * g.k as f64 * g.c as f64 * (g.oh * g.ow) as f64;
+    Winograd::padded_macs(winograd_kernel(g, ukr), g) < 0.7 * direct
+}
+
 impl Plan {
     /// Plans `spec` on an input of shape `input = [n, c, h, w]` with the best ISA level.
     pub fn new(
@@ -160,6 +218,8 @@ impl Plan {
             Algo::Auto if spec.is_transposed() => Algo::Subpixel,
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
+            Algo::Auto if prefers_winograd(&geom, ukr) => Algo::Winograd,
+            Algo::Auto if prefers_direct(&geom) => Algo::Direct,
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
         };
@@ -188,6 +248,26 @@ impl Plan {
                     ));
                 }
                 Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
+            }
+            Algo::Direct => {
+                if spec.stride() != [1, 1] {
+                    return Err(unavailable(chosen, "it needs stride 1"));
+                }
+                Imp::Direct(Box::new(DirectConv::new(&geom, weight, bias, ukr)))
+            }
+            Algo::Winograd => {
+                if !winograd::applies(&geom) {
+                    return Err(unavailable(
+                        chosen,
+                        "it needs a 3x3 kernel, stride 1, dilation 1 and groups 1",
+                    ));
+                }
+                Imp::Winograd(Box::new(Winograd::new(
+                    &geom,
+                    weight,
+                    bias,
+                    winograd_kernel(&geom, ukr),
+                )))
             }
             Algo::Depthwise => Imp::Depthwise {
                 dw: Box::new(Depthwise::new(&geom, isa)?),
@@ -218,6 +298,8 @@ impl Plan {
     pub fn isa(&self) -> Option<Isa> {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
+            Imp::Direct(d) => Some(d.microkernel().isa),
+            Imp::Winograd(w) => Some(w.microkernel().isa),
             Imp::Depthwise { dw, .. } => Some(dw.isa()),
             Imp::Subpixel(sp) => Some(sp.isa()),
             Imp::Reference { .. } => None,
@@ -228,6 +310,8 @@ impl Plan {
     pub fn workspace_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.workspace_bytes(),
+            Imp::Direct(d) => d.workspace_bytes(),
+            Imp::Winograd(w) => w.workspace_bytes(),
             Imp::Subpixel(sp) => sp.workspace_bytes(),
             Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
@@ -237,6 +321,8 @@ impl Plan {
     pub fn packed_weight_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.packed_weight_bytes(),
+            Imp::Direct(d) => d.packed_weight_bytes(),
+            Imp::Winograd(w) => w.packed_weight_bytes(),
             Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
             Imp::Subpixel(sp) => sp.packed_weight_bytes(),
@@ -266,7 +352,7 @@ impl Plan {
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
                 y.assign(&out);
             }
-            Imp::Gemm(_) | Imp::Depthwise { .. } => {
+            Imp::Gemm(_) | Imp::Direct(_) | Imp::Winograd(_) | Imp::Depthwise { .. } => {
                 let xs = x.as_standard_layout();
                 let xs = xs.as_slice().expect("standard layout is contiguous");
                 match y.as_slice_mut() {
@@ -287,6 +373,14 @@ impl Plan {
     fn run_slices(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         match &self.imp {
             Imp::Gemm(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Direct(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Winograd(conv) => {
                 conv.run(x, y);
                 Ok(())
             }

@@ -66,22 +66,12 @@ impl Factorization {
     /// Frobenius error ‖K − reconstruct()‖ of this approximation, computed from the kernel.
     pub fn error(&self) -> f64 {
         let r = self.reconstruct();
-        self.kernel
-            .iter()
-            .zip(r.iter())
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt()
+        scaled_norm(self.kernel.iter().zip(r.iter()).map(|(a, b)| a - b))
     }
 
     /// The error Eckart–Young predicts for keeping `terms.len()` terms: `sqrt(Σ_{i>r} σᵢ²)`.
     pub fn dropped_error(&self) -> f64 {
-        self.singular_values
-            .iter()
-            .skip(self.terms.len())
-            .map(|s| s * s)
-            .sum::<f64>()
-            .sqrt()
+        scaled_norm(self.singular_values.iter().skip(self.terms.len()).copied())
     }
 
     /// The kernel that was factorised.
@@ -191,8 +181,18 @@ fn svd(k: ArrayView2<f64>) -> Result<Svd> {
     })
 }
 
+/// Euclidean norm, scaled by the largest magnitude so that squares neither overflow nor
+/// underflow (kernels may hold any finite values).
+fn scaled_norm(v: impl Iterator<Item = f64> + Clone) -> f64 {
+    let m = v.clone().fold(0.0f64, |m, x| m.max(x.abs()));
+    if m == 0.0 || !m.is_finite() {
+        return m;
+    }
+    m * v.map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
+}
+
 fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    scaled_norm(v.iter().copied())
 }
 
 /// Flips both factors so that the first nonzero entry of `col` is positive.
@@ -1047,7 +1047,15 @@ mod tests {
         for s in [1e-300, 1e300, f64::MAX / 4.0, f64::MIN_POSITIVE] {
             let k = random_kernel(4, 4, 9) * s;
             match factorize(k.view()) {
-                Ok(f) => assert_eq!(f.rank, 4, "scale {s}"),
+                Ok(f) => {
+                    assert_eq!(f.rank, 4, "scale {s}");
+                    let a = low_rank(k.view(), 2).unwrap();
+                    let (e, d) = (a.error(), a.dropped_error());
+                    assert!(
+                        e.is_finite() && e > 0.0 && (e - d).abs() <= 1e-10 * d,
+                        "{e} {d}"
+                    );
+                }
                 Err(e) => assert!(matches!(e, ConvError::Overflow { .. })),
             }
             let r = outer(&[1.0, 2.0, 3.0], &[0.5, -1.0]) * s;

@@ -769,8 +769,7 @@ fn exercise(spec: ConvSpec, input: [usize; 4], seed: u64) -> Result<(), TestCase
     Ok(())
 }
 
-/// Every planned algorithm (but the depthwise kernel, see below) either declines the layer
-/// (`AlgorithmUnavailable`) or matches the reference `y` within f32 rounding:
+/// Every planned algorithm either declines the layer (`AlgorithmUnavailable`) or matches the reference `y` within f32 rounding:
 /// 1e-5·(1 + Σ|x||w|) per output cell, the bound on an f32 accumulation of those terms.
 /// `Auto` must always run. The fast backward likewise matches the reference gradients.
 fn plans_match_reference(
@@ -779,24 +778,15 @@ fn plans_match_reference(
     w: &Array4<f64>,
     y: &Array4<f64>,
 ) -> Result<(), TestCaseError> {
-    // Known bug (kernels/subpixel.rs, reported): the sub-pixel path for transposed layers
-    // (forward plans and every grad input) loops over all s stride phases per axis, so a huge
-    // stride on a tiny layer takes time linear in s (hours for the wild strides); see the
-    // ignored `regression_fast_backward_huge_stride_terminates`. Such layers are skipped.
-    let huge_stride = v.stride()[0].max(v.stride()[1]) > 1 << 12;
-    if huge_stride && v.is_transposed() {
-        return Ok(());
-    }
     let scale = fwd(v, &x.mapv(f64::abs), &w.mapv(f64::abs), None);
     let (x32, w32) = (x.mapv(|a| a as f32), w.mapv(|a| a as f32));
-    // Known bugs, not ours to fix here (kernels/depthwise.rs): the depthwise kernel panics on
-    // some valid layers (a stride beyond the padded width; TF SAME + replicate with stride 3
-    // and dilation 2 on a 1-wide input), reproduced by the ignored `regression_depthwise_*`
-    // tests below. Until they are fixed this cross-check leaves the depthwise kernel out.
-    for algo in [Algo::Auto, Algo::ImplicitGemm, Algo::Gemm1x1] {
-        if algo == Algo::Auto && v.is_depthwise() {
-            continue;
-        }
+    for algo in [
+        Algo::Auto,
+        Algo::ImplicitGemm,
+        Algo::Gemm1x1,
+        Algo::Depthwise,
+        Algo::Subpixel,
+    ] {
         match plan::forward(v, x32.view(), w32.view(), None, algo) {
             Ok(got) => {
                 prop_assert_eq!(got.shape(), y.shape());
@@ -815,10 +805,6 @@ fn plans_match_reference(
             Err(ConvError::AlgorithmUnavailable { .. }) if algo != Algo::Auto => {}
             Err(e) => prop_assert!(false, "{:?} on {}: {}", algo, v, e),
         }
-    }
-    // The fast grad input runs the sub-pixel path too (the huge-stride bug above).
-    if v.is_depthwise() || huge_stride {
-        return Ok(());
     }
     // Backward with dy = y: each gradient against the reference, scaled by the reference
     // gradient of the absolute values (Σ|dy||w| for dx, Σ|x||dy| for dw, Σ|dy| for db).
@@ -970,12 +956,10 @@ fn receptive_field_matches_brute_force() {
     }
 }
 
-/// Known bug in `kernels/depthwise.rs` (reported, owned by the depthwise engine): a depthwise
-/// layer whose stride exceeds its padded input width (here 3×3, stride 30, padding 1 on 1×1,
-/// a valid 1×1 output) panics with "capacity overflow" in `Depthwise::new` instead of running
-/// or returning an error. Remove `#[ignore]` (and the skip in `plans_match_reference`) once fixed.
+/// Regression (fixed in `kernels/depthwise.rs`): a depthwise layer whose stride exceeds its
+/// padded input width (here 3×3, stride 30, padding 1 on 1×1, a valid 1×1 output) panicked
+/// in `Depthwise::new`; only the phases the padded width holds are stored now.
 #[test]
-#[ignore = "known bug in kernels/depthwise.rs: stride beyond the padded width panics"]
 fn regression_depthwise_plan_stride_beyond_input() {
     let v = ConvSpec::conv2d(2, 2, 3)
         .groups(2)
@@ -991,10 +975,10 @@ fn regression_depthwise_plan_stride_beyond_input() {
     assert_eq!(got, want);
 }
 
-/// Known bug in `kernels/depthwise.rs` (reported): TF SAME with replicate padding, stride 3 and
-/// dilation 2 on a 1-wide input (a valid 1-wide output) indexes out of bounds in `fill_body`.
+/// Regression (fixed in `kernels/depthwise.rs`): TF SAME with replicate padding, stride 3 and
+/// dilation 2 on a 1-wide input (a valid 1-wide output) indexed out of bounds in `fill_body`
+/// (an empty interior range of a phase was still sliced).
 #[test]
-#[ignore = "known bug in kernels/depthwise.rs: out-of-bounds index in fill_body"]
 fn regression_depthwise_plan_same_tf_replicate_stride3() {
     let v = ConvSpec::conv2d(2, 2, [1, 2])
         .groups(2)
@@ -1012,12 +996,12 @@ fn regression_depthwise_plan_same_tf_replicate_stride3() {
     assert_eq!(got, want);
 }
 
-/// Known bug in `kernels/subpixel.rs` (reported): the fast backward's grad input decomposes
-/// the adjoint transposed convolution into its s stride phases by looping `for r in 0..s` per
-/// axis, even when only one phase has an output. A 1×1 layer with stride 2^40 on a 1×1 input
-/// (a valid 1×1 output) never finishes (2^24 already takes ~0.5 s). Fails after 5 s.
+/// Regression (fixed in `kernels/subpixel.rs`): the fast backward's grad input decomposed
+/// the adjoint transposed convolution by looping `for r in 0..s` per axis, even when only one
+/// phase has an output; it now visits only the min(s, output) phases that have cells. A 1×1
+/// layer with stride 2^40 on a 1×1 input (a valid 1×1 output) never finished (2^24 already
+/// took ~0.5 s); the test fails if it takes more than 5 s.
 #[test]
-#[ignore = "known bug in kernels/subpixel.rs: time linear in the stride"]
 fn regression_fast_backward_huge_stride_terminates() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1049,13 +1033,11 @@ proptest! {
 
     /// The depthwise kernel (forward through `plan::forward`, backward through
     /// `backward::backward`, both `Algo::Auto`) against the reference on random depthwise
-    /// layers with every padding rule and border mode. Layers whose stride exceeds the input
-    /// width are left out: the kernel panics on them (known bug, see the ignored
-    /// `regression_depthwise_*` tests). f32 tolerance 1e-5·(1 + Σ|terms|).
+    /// layers with every padding rule and border mode (strides wider than the input included:
+    /// see `regression_depthwise_*`). f32 tolerance 1e-5·(1 + Σ|terms|).
     #[test]
     fn depthwise_fast_paths_match_reference((spec, input, seed) in depthwise_layer()) {
         let g = spec.geometry(input).unwrap();
-        prop_assume!(spec.stride()[1] <= g.w);
         let mut rng = Rng(seed);
         let x = rng.array(input);
         let w = rng.array(spec.weight_shape());

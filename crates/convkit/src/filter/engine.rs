@@ -16,7 +16,7 @@
 //! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
 //! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
 
-use super::simd::{dot_block, running_sum, Isa, MAX_ROWS};
+use super::simd::{dot_block, running_sum, store_fence, Isa, Taps, MAX_ROWS};
 use super::{FilterBorder, Image, Sample};
 use rayon::prelude::*;
 
@@ -90,6 +90,7 @@ pub(crate) fn run<T: Sample>(
         rsrc: &rsrc,
         top,
         ext_h,
+        stream: dst.len() * 4 >= STREAM_BYTES,
     };
     // Bands: a multiple of the thread count, each ≥ 4 ring heights when possible so the
     // (ext_h − 1) rows recomputed per band stay cheap.
@@ -116,7 +117,13 @@ struct Ctx<'a, T> {
     rsrc: &'a [Option<usize>],
     top: usize,
     ext_h: usize,
+    /// Write the output with non-temporal stores (it is much larger than the caches).
+    stream: bool,
 }
+
+/// Outputs at least this large (bytes) are written with non-temporal stores: they would
+/// only evict the ring buffers from the caches, and streaming skips reading each line first.
+const STREAM_BYTES: usize = 16 << 20;
 
 impl<T: Sample> Ctx<'_, T> {
     /// Produces output rows `y0 .. y0 + out.len() / (W·C)`.
@@ -175,7 +182,12 @@ impl<T: Sample> Ctx<'_, T> {
                         self.fill_padded(next, &mut pad);
                         for (k, (_, row)) in t.iter().enumerate() {
                             let o = &mut dst[k * wc..(k + 1) * wc];
-                            dot_block(self.isa, &pad, &[0], &shifts, row, o, wc);
+                            let t = Taps {
+                                rows: &[0],
+                                cols: &shifts,
+                                weights: row,
+                            };
+                            dot_block(self.isa, &pad, &t, o, wc, false);
                         }
                     }
                     _ => self.fill_padded(next, dst),
@@ -187,8 +199,16 @@ impl<T: Sample> Ctx<'_, T> {
                 (0..self.shape.kh + nr - 1).map(|s| slot(base + (s * d) as isize) * ring_row),
             );
             let o = &mut out[r * wc..(r + nr) * wc];
-            dot_block(self.isa, &ring, &rows, &ccols, &cw, o, wc);
+            let t = Taps {
+                rows: &rows,
+                cols: &ccols,
+                weights: &cw,
+            };
+            dot_block(self.isa, &ring, &t, o, wc, self.stream);
             r += nr;
+        }
+        if self.stream {
+            store_fence();
         }
     }
 
@@ -211,15 +231,12 @@ impl<T: Sample> Ctx<'_, T> {
         let mut row_sums = |v: isize, ring: &mut [f32]| {
             self.fill_padded(v, &mut pad);
             let s = slot(v) * wc;
-            dot_block(
-                self.isa,
-                &pad,
-                &[0],
-                &shifts,
-                &ones,
-                &mut ring[s..s + wc],
-                wc,
-            );
+            let t = Taps {
+                rows: &[0],
+                cols: &shifts,
+                weights: &ones,
+            };
+            dot_block(self.isa, &pad, &t, &mut ring[s..s + wc], wc, false);
         };
         for v in first..first + kh as isize - 1 {
             row_sums(v, &mut ring);

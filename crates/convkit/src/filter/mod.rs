@@ -16,10 +16,19 @@
 //! border rules of [`FilterBorder`]. Dilation `d` spreads the taps `d` pixels apart (anchor
 //! `(rows/2·d, cols/2·d)`), which OpenCV does not offer.
 //!
-//! Path choice ([`FilterPlan::new`]): the kernel is factorised; a rank-r kernel runs as r pairs
-//! of 1D passes when `r·(kh + kw) < kh·kw` MACs per pixel, else as a direct 2D filter. The
-//! factorisation is exact; `FilterOptions::rank` forces a rank-r approximation and the plan
-//! reports its error. See [`engine`](self) for how the passes stream through the cache.
+//! Path choice ([`FilterPlan::new`]): the kernel is factorised ([`crate::separable`]); a rank-r
+//! kernel runs as r pairs of 1D passes when `r·(kh + kw) < kh·kw` MACs per pixel, else as a
+//! direct 2D filter; a box at least 4 rows tall sums its columns with running sums
+//! ([`Path::BoxSums`], O(1) per pixel vertically). The factorisation is exact;
+//! `FilterOptions::rank` forces a rank-r approximation and the plan reports its error. No FFT
+//! path: for the kernel sizes of image filtering the separable and register-blocked 2D paths
+//! are cheaper.
+//!
+//! Engine (private module `engine`): OpenCV's FilterEngine structure: bands of output rows in
+//! parallel (rayon), each streaming its input rows through a ring buffer (row pass once per
+//! row, border handled while widening a row, so the inner loops have no bounds tests), and
+//! one register-blocked SIMD kernel ([`simd::dot_block`]: AVX-512, AVX2, scalar, chosen at
+//! run time and bit-identical) for every pass.
 
 pub mod bench;
 mod engine;
@@ -230,7 +239,8 @@ pub enum PathChoice {
     /// Separable when its MACs per pixel are fewer, else 2D.
     #[default]
     Auto,
-    /// Always rank-1 pairs (every kernel factorises exactly into at most min(kh, kw) pairs).
+    /// Always rank-1 pairs (every kernel factorises exactly into at most min(kh, kw) pairs;
+    /// boxes use their running sums).
     Separable,
     /// Always the direct 2D filter.
     Direct,
@@ -399,10 +409,17 @@ impl FilterPlan {
         })
     }
 
-    /// The same plan on another instruction set (must be supported: see [`Isa::available`]).
-    pub fn with_isa(mut self, isa: Isa) -> Self {
+    /// The same plan on another instruction set (for tests and benchmarks); an error if this
+    /// CPU lacks it.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
+        if !isa.supported() {
+            return Err(ConvError::AlgorithmUnavailable {
+                algo: isa.name(),
+                why: "this CPU does not support it".into(),
+            });
+        }
         self.isa = isa;
-        self
+        Ok(self)
     }
 
     /// The decisions per kernel.

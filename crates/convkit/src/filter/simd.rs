@@ -51,6 +51,22 @@ impl Isa {
         v
     }
 
+    /// Whether this CPU supports the level (cheap: the detection is cached by `std`).
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Isa::Avx2.supported() && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
     /// Short name for `--explain`.
     pub fn name(self) -> &'static str {
         match self {
@@ -61,6 +77,17 @@ impl Isa {
     }
 }
 
+/// The taps of [`dot_block`]: source row offsets, column shifts and `kh × kw` weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Taps<'a> {
+    /// Offsets into the buffer of the `kh + R − 1` source rows.
+    pub rows: &'a [usize],
+    /// Column shifts, one per kernel column.
+    pub cols: &'a [usize],
+    /// Row-major `kh × kw` weights.
+    pub weights: &'a [f32],
+}
+
 /// The largest number of output rows [`dot_block`] computes at once.
 pub const MAX_ROWS: usize = 4;
 
@@ -68,18 +95,15 @@ pub const MAX_ROWS: usize = 4;
 /// `x < n`, where `R = out.len() / n` (1 ..= [`MAX_ROWS`]), `kw = cols.len()` and
 /// `kh = rows.len() − R + 1`.
 ///
+/// `stream` asks for non-temporal stores (for outputs much larger than the caches: they skip
+/// the read-for-ownership of every output line); they are used where the rows are aligned,
+/// and the caller must call [`store_fence`] before other threads read `out`.
+///
 /// # Panics
 /// On inconsistent lengths, a read past the end of `buf`, or an `isa` this CPU lacks (a
 /// programming error: use [`Isa::detect`]).
-pub fn dot_block(
-    isa: Isa,
-    buf: &[f32],
-    rows: &[usize],
-    cols: &[usize],
-    w: &[f32],
-    out: &mut [f32],
-    n: usize,
-) {
+pub fn dot_block(isa: Isa, buf: &[f32], taps: &Taps, out: &mut [f32], n: usize, stream: bool) {
+    let (rows, cols, w) = (taps.rows, taps.cols, taps.weights);
     assert!(n > 0 && out.len().is_multiple_of(n), "out holds whole rows");
     let r = out.len() / n;
     assert!((1..=MAX_ROWS).contains(&r), "1..=4 output rows");
@@ -100,20 +124,31 @@ pub fn dot_block(
         Isa::Scalar => scalar(buf, rows, cols, w, kh, out, n),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            assert!(Isa::available().contains(&Isa::Avx2));
+            assert!(Isa::Avx2.supported());
             // SAFETY: the CPU supports AVX2 and FMA (checked above); every read
             // buf[rows[s] + cols[j] + x], x < n, is in bounds (checked above), and every
             // write out[r·n + x] is inside `out`.
-            unsafe { x86::block_avx2(buf.as_ptr(), rows, cols, w, kh, out, n) }
+            unsafe { x86::block_avx2(buf.as_ptr(), taps, kh, out, n, stream) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            assert!(Isa::available().contains(&Isa::Avx512));
+            assert!(Isa::Avx512.supported());
             // SAFETY: as above, with AVX-512F (checked above).
-            unsafe { x86::block_avx512(buf.as_ptr(), rows, cols, w, kh, out, n) }
+            unsafe { x86::block_avx512(buf.as_ptr(), taps, kh, out, n, stream) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar(buf, rows, cols, w, kh, out, n),
+    }
+}
+
+/// Orders earlier non-temporal stores before later stores (`sfence`); call once after a run
+/// of [`dot_block`] with `stream`.
+pub fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` (SSE, part of the x86_64 baseline) only orders stores.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
     }
 }
 
@@ -138,13 +173,13 @@ pub fn running_sum(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            assert!(Isa::available().contains(&Isa::Avx512));
+            assert!(Isa::Avx512.supported());
             // SAFETY: the CPU supports the features (checked above); the body is safe code.
             unsafe { x86::running_sum_avx512(sum, add, sub, scale, out) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            assert!(Isa::available().contains(&Isa::Avx2));
+            assert!(Isa::Avx2.supported());
             // SAFETY: as above.
             unsafe { x86::running_sum_avx2(sum, add, sub, scale, out) }
         }
@@ -242,26 +277,42 @@ mod x86 {
     /// over R, with `$v1` vectors per row for R = 1 and `$v4` for R > 1.
     macro_rules! level {
         ($disp:ident, $body:ident, $feat:literal, $vt:ty, $l:expr, $zero:ident, $set1:ident,
-         $load:ident, $store:ident, $fmadd:ident, $v1:expr, $v4:expr) => {
+         $load:ident, $store:ident, $stream:ident, $fmadd:ident, $v1:expr, $v4:expr) => {
             /// # Safety
             /// The CPU must have the features; reads `buf[rows[s] + cols[j] + x]` for `x < n`
             /// and writes `out[..R·n]`, all of which the caller checked.
             #[target_feature(enable = $feat)]
             pub unsafe fn $disp(
                 buf: *const f32,
-                rows: &[usize],
-                cols: &[usize],
-                w: &[f32],
+                taps: &super::Taps,
                 kh: usize,
                 out: &mut [f32],
                 n: usize,
+                stream: bool,
             ) {
                 let o = out.as_mut_ptr();
-                match out.len() / n {
-                    1 => $body::<1, $v1>(buf, rows, cols, w, kh, o, n),
-                    2 => $body::<2, $v4>(buf, rows, cols, w, kh, o, n),
-                    3 => $body::<3, $v4>(buf, rows, cols, w, kh, o, n),
-                    _ => $body::<4, $v4>(buf, rows, cols, w, kh, o, n),
+                let r = out.len() / n;
+                // Streaming stores need aligned vectors: every row must start at the same
+                // alignment (n·4 a multiple of the vector size); peel the columns before the
+                // first aligned one.
+                let align = $l * 4;
+                let nt = stream && (n * 4) % align == 0;
+                let peel = if nt {
+                    ((align - (o as usize % align)) % align / 4).min(n)
+                } else {
+                    0
+                };
+                let run = |x0: usize, len: usize, nt: bool| match r {
+                    1 => $body::<1, $v1>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                    2 => $body::<2, $v4>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                    3 => $body::<3, $v4>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                    _ => $body::<4, $v4>(buf.add(x0), taps, kh, o.add(x0), n, len, nt),
+                };
+                if peel > 0 {
+                    run(0, peel, false);
+                }
+                if peel < n {
+                    run(peel, n - peel, nt);
                 }
             }
 
@@ -271,19 +322,20 @@ mod x86 {
             #[inline]
             unsafe fn $body<const R: usize, const V: usize>(
                 buf: *const f32,
-                rows: &[usize],
-                cols: &[usize],
-                w: &[f32],
+                taps: &super::Taps,
                 kh: usize,
                 o: *mut f32,
                 n: usize,
+                len: usize,
+                nt: bool,
             ) {
+                let (rows, cols, w) = (taps.rows, taps.cols, taps.weights);
                 let kw = cols.len();
                 let nsrc = kh + R - 1;
                 let mut x = 0;
                 // Full blocks of V vectors, then single vectors (same code with V = 1 lanes
                 // used), then scalar columns.
-                while x + V * $l <= n {
+                while x + V * $l <= len {
                     let mut acc = [[$zero(); V]; R];
                     for s in 0..nsrc {
                         let rp = buf.add(*rows.get_unchecked(s) + x);
@@ -306,12 +358,17 @@ mod x86 {
                     }
                     for (r, ar) in acc.iter().enumerate() {
                         for (k, a) in ar.iter().enumerate() {
-                            $store(o.add(r * n + x + k * $l), *a);
+                            let p = o.add(r * n + x + k * $l);
+                            if nt {
+                                $stream(p, *a);
+                            } else {
+                                $store(p, *a);
+                            }
                         }
                     }
                     x += V * $l;
                 }
-                while x + $l <= n {
+                while x + $l <= len {
                     let mut acc = [$zero(); R];
                     for s in 0..nsrc {
                         let rp = buf.add(*rows.get_unchecked(s) + x);
@@ -326,11 +383,16 @@ mod x86 {
                         }
                     }
                     for (r, a) in acc.iter().enumerate() {
-                        $store(o.add(r * n + x), *a);
+                        let p = o.add(r * n + x);
+                        if nt {
+                            $stream(p, *a);
+                        } else {
+                            $store(p, *a);
+                        }
                     }
                     x += $l;
                 }
-                while x < n {
+                while x < len {
                     for r in 0..R {
                         let mut acc = 0.0f32;
                         for i in 0..kh {
@@ -359,6 +421,7 @@ mod x86 {
         _mm512_set1_ps,
         _mm512_loadu_ps,
         _mm512_storeu_ps,
+        _mm512_stream_ps,
         _mm512_fmadd_ps,
         8,
         4
@@ -373,6 +436,7 @@ mod x86 {
         _mm256_set1_ps,
         _mm256_loadu_ps,
         _mm256_storeu_ps,
+        _mm256_stream_ps,
         _mm256_fmadd_ps,
         8,
         2
@@ -405,12 +469,26 @@ mod tests {
                     let cols: Vec<usize> = (0..kw).map(|j| j * 2 + j % 2).collect();
                     let w: Vec<f32> = (0..kh * kw).map(|_| rnd()).collect();
                     let mut want = vec![0.0; r * n];
-                    dot_block(Isa::Scalar, &buf, &rows, &cols, &w, &mut want, n);
+                    let taps = Taps {
+                        rows: &rows,
+                        cols: &cols,
+                        weights: &w,
+                    };
+                    dot_block(Isa::Scalar, &buf, &taps, &mut want, n, false);
                     for isa in Isa::available() {
-                        let mut got = vec![f32::NAN; r * n];
-                        dot_block(isa, &buf, &rows, &cols, &w, &mut got, n);
-                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&got), bits(&want), "{isa:?} n={n} k={kh}x{kw} R={r}");
+                        for (stream, skew) in [(false, 0), (true, 0), (true, 3)] {
+                            // `skew` misaligns the output to exercise the peeled columns.
+                            let mut got = vec![f32::NAN; r * n + skew];
+                            dot_block(isa, &buf, &taps, &mut got[skew..], n, stream);
+                            store_fence();
+                            let bits =
+                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(
+                                bits(&got[skew..]),
+                                bits(&want),
+                                "{isa:?} n={n} k={kh}x{kw} R={r} stream={stream}"
+                            );
+                        }
                     }
                     for rr in 0..r {
                         for x in 0..n {

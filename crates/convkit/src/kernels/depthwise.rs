@@ -28,13 +28,15 @@ pub struct Depthwise {
     geom: Geometry,
     /// Source row of each padded row (`None` = zero row).
     rows: Vec<Option<u32>>,
-    /// Per phase: the range of buffered indices `t` whose column lies inside the input, and
-    /// the input column of its first element (`j = p + t·s − pad_left`).
-    interior: Vec<(usize, usize, usize)>,
+    /// Per phase `p` with any: the range `t0..t1` of buffered indices whose column lies
+    /// inside the input, and the input column of its first element (`j = p + t·s − pad_left`).
+    interior: Vec<(usize, usize, usize, usize)>,
     /// Border slots `(phase * pstride + t, source column)` of non-zero border modes.
     border_slots: Vec<(u32, u32)>,
     /// Length of one phase of a buffered row.
     pstride: usize,
+    /// Phases stored per row: min(stride, padded width).
+    nphase: usize,
     /// Depth multiplier m.
     mult: usize,
     /// Per tap `kx`: offset of its first input in a buffered row.
@@ -80,13 +82,17 @@ impl Depthwise {
             .collect();
         let max_shift = (kw - 1) * dw / sw;
         let pstride = (geom.ow.div_ceil(SLACK) * SLACK + max_shift).max(padded_w.div_ceil(sw));
-        let mut interior = Vec::with_capacity(sw);
+        // Phases past the padded width hold no column (strides wider than the input).
+        let nphase = sw.min(padded_w);
+        let mut interior = Vec::with_capacity(nphase);
         let mut border_slots = Vec::new();
-        for p in 0..sw {
+        for p in 0..nphase {
             // Inside the input: pl ≤ p + t·s < pl + w.
             let t0 = pl.saturating_sub(p).div_ceil(sw);
             let t1 = (pl + w).saturating_sub(p).div_ceil(sw).max(t0);
-            interior.push((t0, t1, p + t0 * sw - pl.min(p + t0 * sw)));
+            if t0 < t1 {
+                interior.push((p, t0, t1, p + t0 * sw - pl));
+            }
             if border != Border::Zeros {
                 for t in (0..t0).chain(t1..pstride) {
                     let j = p + t * sw;
@@ -107,6 +113,7 @@ impl Depthwise {
             interior,
             border_slots,
             pstride,
+            nphase,
             mult: geom.k / geom.c,
             col_off,
             isa,
@@ -121,7 +128,7 @@ impl Depthwise {
 
     /// Floats in one buffered (padded, phase-split) row.
     fn row_len(&self) -> usize {
-        self.geom.spec.stride()[1] * self.pstride
+        self.nphase * self.pstride
     }
 
     /// Runs the layer. `x` is the NCHW input, `w` the (K, 1, kh, kw) weights, `y` the NCHW
@@ -217,7 +224,7 @@ impl Depthwise {
             let Some(sr) = src else { continue };
             let srow = &xs[*sr as usize * w..(*sr as usize + 1) * w];
             let drow = &mut buf.data[r * rl..(r + 1) * rl];
-            for (p, &(t0, t1, j0)) in self.interior.iter().enumerate() {
+            for &(p, t0, t1, j0) in &self.interior {
                 let dst = &mut drow[p * self.pstride + t0..p * self.pstride + t1];
                 if sw == 1 {
                     dst.copy_from_slice(&srow[j0..j0 + dst.len()]);
@@ -540,7 +547,7 @@ impl Depthwise {
             let Some(sr) = src else { continue };
             let grow = &gbuf[r * rl..(r + 1) * rl];
             let drow = &mut dxs[*sr as usize * w..(*sr as usize + 1) * w];
-            for (p, &(t0, t1, j0)) in self.interior.iter().enumerate() {
+            for &(p, t0, t1, j0) in &self.interior {
                 let src = &grow[p * self.pstride + t0..p * self.pstride + t1];
                 for (t, v) in src.iter().enumerate() {
                     drow[j0 + t * sw] += v;

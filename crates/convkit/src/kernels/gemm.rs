@@ -3,8 +3,10 @@
 //! Every kernel computes one `MR × NR` tile of `C = A · B` over a depth `kc`:
 //! * `A` is a packed micro-panel: `kc` groups of `MR` weights (`a[k·MR + r]`), made once at
 //!   plan time by [`crate::kernels::pack`];
-//! * `B` is `kc` rows of `NR` contiguous values at a row stride `ldb` (a packed im2col panel
-//!   with `ldb = NR`, or the NCHW input itself for a 1×1 convolution, `ldb = H·W`);
+//! * `B` is `kc` rows of `NR` contiguous values, row `k` starting at `b + offs[k]` (indirect
+//!   rows, after Dukhan's indirect convolution): a packed im2col panel (`offs[k] = k·NR`), the
+//!   NCHW input itself for a 1×1 convolution (`offs[k] = k·H·W`), or a padded band of the
+//!   input for the direct convolution (`offs[k]` = the tap's channel/row/column shift);
 //! * `C` is `MR` rows of `NR` values at a row stride `ldc`, overwritten or accumulated into.
 //!
 //! Vectors run along `NR` (output pixels, contiguous in NCHW) and the `MR` weights are
@@ -14,8 +16,39 @@
 
 use super::Isa;
 
-/// Raw microkernel: `(kc, a, b, ldb, c, ldc, accumulate)`.
-type RawUkr = unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, bool);
+/// Raw microkernel: `(kc, a, b, offs, c, ldc, accumulate)`.
+type RawUkr = unsafe fn(usize, *const f32, *const f32, *const usize, *mut f32, usize, bool);
+
+/// A table of B row offsets with its maximum, computed once so that each microkernel call
+/// checks its bounds in O(1).
+#[derive(Debug, Clone, Default)]
+pub struct RowOffsets {
+    offs: Vec<usize>,
+    max: usize,
+}
+
+impl RowOffsets {
+    /// Wraps a table of offsets.
+    pub fn new(offs: Vec<usize>) -> Self {
+        let max = offs.iter().copied().max().unwrap_or(0);
+        RowOffsets { offs, max }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.offs.is_empty()
+    }
+
+    /// The largest offset.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
 
 /// A microkernel with its register blocking.
 #[derive(Clone, Copy)]
@@ -67,13 +100,14 @@ impl Microkernel {
         })
     }
 
-    /// `C[MR×NR] (+)= A · B` over depth `kc` (see the module doc for the layouts).
+    /// `C[MR×NR] (+)= A · B` over depth `kc`, B row `k` at `b[offs[k0 + k]..]` (see the
+    /// module doc).
     ///
-    /// The bounds every access needs are checked here (O(1) per call), so the kernels'
-    /// pointer arithmetic stays inside the slices.
+    /// Bounds are checked here in O(1) (`b` must hold `NR` values past the table's largest
+    /// offset), so the kernels' pointer arithmetic stays inside the slices.
     ///
     /// # Panics
-    /// If a slice is too short for `kc`, `ldb` or `ldc`.
+    /// If a slice is too short for `kc`, the offsets or `ldc`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -81,30 +115,29 @@ impl Microkernel {
         kc: usize,
         a: &[f32],
         b: &[f32],
-        ldb: usize,
+        offs: &RowOffsets,
+        k0: usize,
         c: &mut [f32],
         ldc: usize,
         accumulate: bool,
     ) {
         let (mr, nr) = (self.mr, self.nr);
         assert!(a.len() >= kc * mr, "A panel too short");
-        assert!(
-            kc == 0 || (ldb >= nr && b.len() >= (kc - 1) * ldb + nr),
-            "B panel too short"
-        );
+        assert!(k0 + kc <= offs.len(), "offset table too short");
+        assert!(kc == 0 || b.len() >= offs.max + nr, "B rows out of bounds");
         assert!(
             ldc >= nr && c.len() >= (mr - 1) * ldc + nr,
             "C tile too short"
         );
         // SAFETY: the asserts above bound every read of `a` (kc·MR values), of `b` (kc rows of
-        // NR at stride ldb) and every write of `c` (MR rows of NR at stride ldc); the ISA was
-        // checked available when `self` was built.
+        // NR starting at offsets ≤ offs.max) and every write of `c` (MR rows of NR at stride
+        // ldc); the ISA was checked available when `self` was built.
         unsafe {
             (self.f)(
                 kc,
                 a.as_ptr(),
                 b.as_ptr(),
-                ldb,
+                offs.offs.as_ptr().add(k0),
                 c.as_mut_ptr(),
                 ldc,
                 accumulate,
@@ -120,13 +153,13 @@ const SCALAR_NR: usize = 16;
 /// the baseline ISA (SSE2 on x86-64, NEON on aarch64).
 ///
 /// # Safety
-/// `a` must be valid for `kc·4` reads, `b` for `kc` rows of 16 at stride `ldb`, `c` for 4 rows
+/// `a` must be valid for `kc·4` reads, `b` for 16 reads at each of `offs[..kc]`, `c` for 4 rows
 /// of 16 at stride `ldc` (checked by [`Microkernel::run`]).
 unsafe fn ukr_scalar(
     kc: usize,
     a: *const f32,
     b: *const f32,
-    ldb: usize,
+    offs: *const usize,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -137,12 +170,14 @@ unsafe fn ukr_scalar(
         let (av, bv) = unsafe {
             (
                 std::slice::from_raw_parts(a.add(k * SCALAR_MR), SCALAR_MR),
-                std::slice::from_raw_parts(b.add(k * ldb), SCALAR_NR),
+                std::slice::from_raw_parts(b.add(*offs.add(k)), SCALAR_NR),
             )
         };
         for r in 0..SCALAR_MR {
             for j in 0..SCALAR_NR {
-                acc[r][j] = av[r].mul_add(bv[j], acc[r][j]);
+                // Unfused multiply-add: `mul_add` without a hardware FMA in the baseline target
+                // would be a libm call per element.
+                acc[r][j] += av[r] * bv[j];
             }
         }
     }
@@ -162,14 +197,14 @@ mod x86 {
     /// AVX-512F 8×48 kernel: 24 zmm accumulators.
     ///
     /// # Safety
-    /// AVX-512F available; `a` valid for `kc·8` reads, `b` for `kc` rows of 48 at stride
-    /// `ldb`, `c` for 8 rows of 48 at stride `ldc`.
+    /// AVX-512F available; `a` valid for `kc·8` reads, `b` for 48 reads at each of
+    /// `offs[..kc]`, `c` for 8 rows of 48 at stride `ldc`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn ukr_avx512_8x48(
         kc: usize,
         a: *const f32,
         b: *const f32,
-        ldb: usize,
+        offs: *const usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
@@ -178,8 +213,8 @@ mod x86 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 3]; 8];
             let mut ap = a;
-            let mut bp = b;
-            for _ in 0..kc {
+            for k in 0..kc {
+                let bp = b.add(*offs.add(k));
                 let b0 = _mm512_loadu_ps(bp);
                 let b1 = _mm512_loadu_ps(bp.add(16));
                 let b2 = _mm512_loadu_ps(bp.add(32));
@@ -190,7 +225,6 @@ mod x86 {
                     row[2] = _mm512_fmadd_ps(av, b2, row[2]);
                 }
                 ap = ap.add(8);
-                bp = bp.add(ldb);
             }
             for (r, row) in acc.iter().enumerate() {
                 let cr = c.add(r * ldc);
@@ -210,14 +244,14 @@ mod x86 {
     /// AVX2+FMA 6×16 kernel: 12 ymm accumulators (16 registers in all).
     ///
     /// # Safety
-    /// AVX2 and FMA available; `a` valid for `kc·6` reads, `b` for `kc` rows of 16 at stride
-    /// `ldb`, `c` for 6 rows of 16 at stride `ldc`.
+    /// AVX2 and FMA available; `a` valid for `kc·6` reads, `b` for 16 reads at each of
+    /// `offs[..kc]`, `c` for 6 rows of 16 at stride `ldc`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn ukr_avx2_6x16(
         kc: usize,
         a: *const f32,
         b: *const f32,
-        ldb: usize,
+        offs: *const usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
@@ -226,8 +260,8 @@ mod x86 {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; 6];
             let mut ap = a;
-            let mut bp = b;
-            for _ in 0..kc {
+            for k in 0..kc {
+                let bp = b.add(*offs.add(k));
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
                 for (r, row) in acc.iter_mut().enumerate() {
@@ -236,7 +270,6 @@ mod x86 {
                     row[1] = _mm256_fmadd_ps(av, b1, row[1]);
                 }
                 ap = ap.add(6);
-                bp = bp.add(ldb);
             }
             for (r, row) in acc.iter().enumerate() {
                 let cr = c.add(r * ldc);
@@ -280,15 +313,18 @@ mod tests {
                 for &(ldb, ldc) in &[(u.nr, u.nr), (u.nr + 5, u.nr + 3)] {
                     let a = data(kc * u.mr, 1);
                     let b = data(kc * ldb + u.nr, 2);
+                    // Rows in a scrambled order, as the direct convolution's taps are.
+                    let offs =
+                        RowOffsets::new((0..kc).map(|k| ((k * 7) % kc.max(1)) * ldb).collect());
                     let c0 = data(u.mr * ldc, 3);
                     for acc in [false, true] {
                         let mut c = c0.clone();
-                        u.run(kc, &a, &b, ldb, &mut c, ldc, acc);
+                        u.run(kc, &a, &b, &offs, 0, &mut c, ldc, acc);
                         for r in 0..u.mr {
                             for j in 0..u.nr {
                                 let mut want: f64 = if acc { c0[r * ldc + j] as f64 } else { 0.0 };
                                 for k in 0..kc {
-                                    want += a[k * u.mr + r] as f64 * b[k * ldb + j] as f64;
+                                    want += a[k * u.mr + r] as f64 * b[offs.offs[k] + j] as f64;
                                 }
                                 let got = c[r * ldc + j] as f64;
                                 assert!(

@@ -20,9 +20,9 @@
 //! Each output element is produced by exactly one task, over a fixed sequence of chunks, so
 //! the result does not depend on the number of threads.
 
-use super::gemm::Microkernel;
+use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::SharedOut;
+use super::store::{copy_row, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
@@ -34,11 +34,14 @@ use std::cell::RefCell;
 const TILE_PIXELS: usize = 192;
 /// Minimum number of tasks a layer is cut into (so batch 1 keeps every core busy); fixed, so
 /// that the decomposition, and hence the result, never depends on the thread count.
-const MIN_TASKS: usize = 16;
-/// Largest output-channel block per task (rows of the C buffer).
-const MAX_MC: usize = 256;
+const MIN_TASKS: usize = 8;
+/// Largest C buffer (output-channel block × tile pixels) per task, bytes: as many channels as
+/// fit, since every channel block repacks B.
+const MAX_C_BYTES: usize = 256 * 1024;
+/// Floats of the phase-split input rows a strided layer's packing may use (256 KiB).
+const PHASE_MAX: usize = 64 * 1024;
 /// Bytes of one packed B micro-panel (`KC × NR` floats) we want resident in L1.
-const B_PANEL_BYTES: usize = 24 * 1024;
+const B_PANEL_BYTES: usize = 30 * 1024;
 
 /// A block of output pixels: rows `[oy0, ..)` × columns `[ox0, ox0 + bw)` enumerated row-major,
 /// of which the tile holds positions `[q0, q1)`; and the taps it multiplies.
@@ -77,6 +80,61 @@ impl Tile {
     }
 }
 
+/// Packs PyTorch-layout weights `(K, Cg, kh, kw)` for a microkernel of `mr` rows:
+/// `[group][panel][kk = (ky·kw + kx)·Cg + c][r]`, zero rows past `Kg` in the last panel.
+pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<f32> {
+    let (k, cg, kh, kw) = w.dim();
+    let kg = k / groups;
+    let ktot = cg * kh * kw;
+    let mpanels = kg.div_ceil(mr);
+    let mut a = vec![0f32; groups * mpanels * ktot * mr];
+    for g in 0..groups {
+        for m in 0..kg {
+            let (p, r) = (m / mr, m % mr);
+            for c in 0..cg {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let kk = (ky * kw + kx) * cg + c;
+                        a[((g * mpanels + p) * ktot + kk) * mr + r] = w[[g * kg + m, c, ky, kx]];
+                    }
+                }
+            }
+        }
+    }
+    a
+}
+
+/// `dst[i] = src[i·stride]`; stride 2 (the common strided layers) in blocks of 8 that the
+/// compiler turns into shuffles.
+#[inline]
+fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
+    if stride == 2 {
+        let n8 = (dst.len() / 8).min(src.len() / 16);
+        for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(16)).take(n8) {
+            let d: &mut [f32; 8] = d.try_into().expect("chunk of 8");
+            let s: &[f32; 16] = s.try_into().expect("chunk of 16");
+            *d = [s[0], s[2], s[4], s[6], s[8], s[10], s[12], s[14]];
+        }
+        for i in n8 * 8..dst.len() {
+            dst[i] = src[2 * i];
+        }
+    } else {
+        for (v, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+            *v = *s;
+        }
+    }
+}
+
+/// Where [`ConvGemm::split_phases`] put the rows: channels from `c0`, input rows
+/// `iy0 .. iy0 + rows`, `wph` values per phase.
+#[derive(Debug, Clone, Copy)]
+struct PhaseRows {
+    c0: usize,
+    iy0: usize,
+    rows: usize,
+    wph: usize,
+}
+
 /// A planned implicit-GEMM convolution (weights packed, tiles and tables precomputed).
 #[derive(Debug)]
 pub struct ConvGemm {
@@ -102,6 +160,12 @@ pub struct ConvGemm {
     zeros: bool,
     tiles: Vec<Tile>,
     direct: bool,
+    /// Row offsets of a packed B panel (`k·NR`).
+    offs_packed: RowOffsets,
+    /// Row offsets of the input planes for the in-place 1×1 GEMM (`c·H·W`).
+    offs_planes: RowOffsets,
+    /// Whether row copies may use AVX-512 (the plan's ISA).
+    avx512: bool,
 }
 
 thread_local! {
@@ -177,22 +241,7 @@ impl ConvGemm {
         let ktot = cg * kh * kw;
         let mr = ukr.mr;
         let mpanels = kg.div_ceil(mr);
-        // Weights: [group][panel][kk = (ky·kw + kx)·cg + c][r], zero rows past Kg.
-        let mut a = vec![0f32; groups * mpanels * ktot * mr];
-        for g in 0..groups {
-            for m in 0..kg {
-                let (p, r) = (m / mr, m % mr);
-                for c in 0..cg {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let kk = (ky * kw + kx) * cg + c;
-                            a[((g * mpanels + p) * ktot + kk) * mr + r] =
-                                w[[g * kg + m, c, ky, kx]];
-                        }
-                    }
-                }
-            }
-        }
+        let a = pack_weights(w, groups, mr);
         let bias = match bias {
             Some(b) => b.to_vec(),
             None => vec![0.0; geom.k],
@@ -230,34 +279,45 @@ impl ConvGemm {
             zeros && dw > 1 && kw > 1,
         );
         let nr = ukr.nr;
-        let target = round_up(TILE_PIXELS, nr);
-        let mut tiles = Vec::new();
-        for &(y0, y1, ky) in &rows {
-            for &(x0, x1, kx) in &cols {
-                let bw = x1 - x0;
-                let total = (y1 - y0) * bw;
-                let ntiles = total.div_ceil(target);
-                let per = round_up(total.div_ceil(ntiles), nr);
-                let mut q0 = 0;
-                while q0 < total {
-                    let q1 = (q0 + per).min(total);
-                    tiles.push(Tile {
-                        oy0: y0,
-                        ox0: x0,
-                        bw,
-                        q0,
-                        q1,
-                        ky,
-                        kx,
-                    });
-                    q0 = q1;
+        // Pixel tiles: ≈ TILE_PIXELS, made smaller (down to one panel) before any split of the
+        // output channels, since each channel block repacks B.
+        let make_tiles = |target: usize| {
+            let mut tiles = Vec::new();
+            for &(y0, y1, ky) in &rows {
+                for &(x0, x1, kx) in &cols {
+                    let bw = x1 - x0;
+                    let total = (y1 - y0) * bw;
+                    let ntiles = total.div_ceil(target);
+                    let per = round_up(total.div_ceil(ntiles), nr);
+                    let mut q0 = 0;
+                    while q0 < total {
+                        let q1 = (q0 + per).min(total);
+                        tiles.push(Tile {
+                            oy0: y0,
+                            ox0: x0,
+                            bw,
+                            q0,
+                            q1,
+                            ky,
+                            kx,
+                        });
+                        q0 = q1;
+                    }
                 }
             }
+            tiles
+        };
+        let mut target = round_up(TILE_PIXELS, nr);
+        let mut tiles = make_tiles(target);
+        while geom.n * groups * tiles.len() < MIN_TASKS && target > nr {
+            target = round_up(target / 2, nr);
+            tiles = make_tiles(target);
         }
-        // Output-channel blocks: as large as possible, halved until there are enough tasks.
-        let mut mc_panels = mpanels.min((MAX_MC / mr).max(1));
+        let max_tile = tiles.iter().map(Tile::len).max().unwrap_or(nr);
+        let fit = MAX_C_BYTES / (4 * mr * round_up(max_tile, nr));
+        let mut mc_panels = mpanels.min(fit.max(1));
         let tasks = |mcp: usize| geom.n * groups * tiles.len() * mpanels.div_ceil(mcp);
-        while tasks(mc_panels) < MIN_TASKS && mc_panels > 1 {
+        while tasks(mc_panels) < MIN_TASKS / 2 && mc_panels > 1 {
             mc_panels = mc_panels.div_ceil(2);
         }
         let nmb = mpanels.div_ceil(mc_panels);
@@ -285,6 +345,9 @@ impl ConvGemm {
             zeros,
             tiles,
             direct,
+            offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
+            avx512: ukr.isa == super::Isa::Avx512,
+            offs_planes: RowOffsets::new((0..ktot).map(|c| c * geom.h * geom.w).collect()),
         }
     }
 
@@ -302,6 +365,7 @@ impl ConvGemm {
         let maxlen = self.tiles.iter().map(Tile::len).max().unwrap_or(0);
         let ldc = round_up(maxlen, self.ukr.nr);
         (self.mc_panels * self.ukr.mr + self.kc) * ldc
+            + if self.stride_w > 1 { PHASE_MAX } else { 0 }
     }
 
     /// Bytes of packed weights.
@@ -373,7 +437,8 @@ impl ConvGemm {
         let p0 = mb * self.mc_panels;
         let p1 = (p0 + self.mc_panels).min(self.mpanels);
         let rows = (p1 - p0) * mr;
-        let (cbuf, bbuf) = ws.split_at_mut(rows * ldc);
+        let (cbuf, rest) = ws.split_at_mut(rows * ldc);
+        let (bbuf, phase) = rest.split_at_mut(self.kc * ldc);
         let hw = g.h * g.w;
         let xg = &x[(n * g.c + grp * self.cg) * hw..][..self.cg * hw];
         let apan = self.ktot * mr;
@@ -382,15 +447,15 @@ impl ConvGemm {
         for (kk0, kk1) in self.chunks(tile) {
             let kc = kk1 - kk0;
             if !self.direct {
-                self.pack(xg, tile, kk0, kk1, bbuf);
+                self.pack(xg, tile, kk0, kk1, bbuf, phase);
             }
             for p in 0..npan {
-                let (b, ldb): (&[f32], usize) = if !self.direct {
-                    (&bbuf[p * kc * nr..(p + 1) * kc * nr], nr)
+                let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
+                    (&bbuf[p * kc * nr..], &self.offs_packed, 0)
                 } else {
                     let q = tile.q0 + p * nr;
                     if q + nr <= hw {
-                        (&xg[kk0 * hw + q..kk1 * hw], hw)
+                        (&xg[q..], &self.offs_planes, kk0)
                     } else {
                         // Tail panel narrower than the kernel: copy it, zero-padded.
                         let w = hw - q;
@@ -399,13 +464,13 @@ impl ConvGemm {
                             d[..w].copy_from_slice(&xg[kk * hw + q..kk * hw + hw]);
                             d[w..].fill(0.0);
                         }
-                        (&bbuf[..kc * nr], nr)
+                        (&bbuf[..], &self.offs_packed, 0)
                     }
                 };
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr.run(kc, a, b, ldb, c, ldc, !first);
+                    self.ukr.run(kc, a, b, offs, k0, c, ldc, !first);
                 }
             }
             first = false;
@@ -434,13 +499,26 @@ impl ConvGemm {
 
     /// Packs rows `[kk0, kk1)` of the tile's im2col panel into `dst` (panel-major: panel `p`
     /// at `p·kc·NR`, row `kk` at `+ (kk − kk0)·NR`), zero-filling lanes past the tile.
-    fn pack(&self, xg: &[f32], tile: &Tile, kk0: usize, kk1: usize, dst: &mut [f32]) {
+    ///
+    /// Strided layers first split the input rows the tile reads into their `stride` column
+    /// phases (`phase`, when they fit in it): a strided gather per tap becomes a contiguous
+    /// copy, and each row is deinterleaved once instead of once per `kx` tap.
+    fn pack(
+        &self,
+        xg: &[f32],
+        tile: &Tile,
+        kk0: usize,
+        kk1: usize,
+        dst: &mut [f32],
+        phase: &mut [f32],
+    ) {
         let g = &self.geom;
         let nr = self.ukr.nr;
         let kc = kk1 - kk0;
         let len = tile.len();
         let npan = len.div_ceil(nr);
         let hw = g.h * g.w;
+        let split = self.split_phases(xg, tile, kk0, kk1, phase);
         for kk in kk0..kk1 {
             let tap = kk / self.cg;
             let c = kk % self.cg;
@@ -449,13 +527,132 @@ impl ConvGemm {
             let kl = kk - kk0;
             for (j, oy, ox, seg) in tile.segments(nr) {
                 let at = (j / nr) * kc * nr + kl * nr + j % nr;
-                self.fill(plane, ky, kx, oy, ox, &mut dst[at..at + seg]);
+                let d = &mut dst[at..at + seg];
+                match split {
+                    Some(ph) => self.fill_phase(plane, phase, ph, c, ky, kx, oy, ox, d),
+                    None => self.fill(plane, ky, kx, oy, ox, d),
+                }
             }
             let tail = npan * nr - len;
             if tail > 0 {
                 let at = (npan - 1) * kc * nr + kl * nr + (nr - tail);
                 dst[at..at + tail].fill(0.0);
             }
+        }
+    }
+
+    /// Deinterleaves the input rows of channels `c0..c1` that the tile reads into `phase`
+    /// (`[c − c0][iy − iy0][p][t] = x[c][iy][t·s + p]`); `None` if not strided or too big.
+    fn split_phases(
+        &self,
+        xg: &[f32],
+        tile: &Tile,
+        kk0: usize,
+        kk1: usize,
+        phase: &mut [f32],
+    ) -> Option<PhaseRows> {
+        let g = &self.geom;
+        let s = self.stride_w;
+        // Without several column taps there is no reuse to pay for the extra copy.
+        if s == 1 || self.kw == 1 || kk1 <= kk0 {
+            return None;
+        }
+        let cg = self.cg;
+        let (c0, c1) = if kk0 / cg == (kk1 - 1) / cg {
+            (kk0 % cg, (kk1 - 1) % cg + 1)
+        } else {
+            (0, cg)
+        };
+        let (oy_a, oy_b) = (
+            tile.oy0 + tile.q0 / tile.bw,
+            tile.oy0 + (tile.q1 - 1) / tile.bw,
+        );
+        let mut lo = usize::MAX;
+        let mut hi = 0;
+        for ky in tile.ky.0..tile.ky.1 {
+            for oy in oy_a..=oy_b {
+                let iy = self.row_src[ky * g.oh + oy];
+                if iy >= 0 {
+                    lo = lo.min(iy as usize);
+                    hi = hi.max(iy as usize);
+                }
+            }
+        }
+        if lo > hi {
+            return None;
+        }
+        let wph = g.w.div_ceil(s);
+        let rows = hi - lo + 1;
+        if (c1 - c0) * rows * s * wph > phase.len() {
+            return None;
+        }
+        let hw = g.h * g.w;
+        for c in c0..c1 {
+            for r in 0..rows {
+                let row = &xg[c * hw + (lo + r) * g.w..][..g.w];
+                let base = ((c - c0) * rows + r) * s * wph;
+                for p in 0..s {
+                    let n = (g.w - p.min(g.w)).div_ceil(s);
+                    let d = &mut phase[base + p * wph..base + (p + 1) * wph];
+                    if n > 0 {
+                        gather_strided(&mut d[..n], &row[p..p + (n - 1) * s + 1], s);
+                    }
+                    d[n..].fill(0.0);
+                }
+            }
+        }
+        Some(PhaseRows {
+            c0,
+            iy0: lo,
+            rows,
+            wph,
+        })
+    }
+
+    /// [`ConvGemm::fill`] reading the interior from the phase-split rows.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn fill_phase(
+        &self,
+        plane: &[f32],
+        phase: &[f32],
+        ph: PhaseRows,
+        c: usize,
+        ky: usize,
+        kx: usize,
+        oy: usize,
+        ox: usize,
+        dst: &mut [f32],
+    ) {
+        let g = &self.geom;
+        let iy = self.row_src[ky * g.oh + oy];
+        if iy < 0 {
+            dst.fill(0.0);
+            return;
+        }
+        let end = ox + dst.len();
+        let a = self.col_lo[kx].clamp(ox, end);
+        let b = self.col_hi[kx].clamp(a, end);
+        let row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+        let border = |o: usize| {
+            if self.zeros {
+                0.0
+            } else {
+                row[self.col_src[kx * g.ow + o] as usize]
+            }
+        };
+        for o in ox..a {
+            dst[o - ox] = border(o);
+        }
+        if b > a {
+            let s = self.stride_w;
+            let ix = (a as isize * s as isize + self.col_base[kx]) as usize;
+            let base = ((c - ph.c0) * ph.rows + (iy as usize - ph.iy0)) * s * ph.wph;
+            let src = &phase[base + (ix % s) * ph.wph + ix / s..][..b - a];
+            copy_row(&mut dst[a - ox..b - ox], src, 0.0, false, self.avx512);
+        }
+        for o in b..end {
+            dst[o - ox] = border(o);
         }
     }
 
@@ -487,12 +684,9 @@ impl ConvGemm {
             let start = (a as isize * sw as isize + self.col_base[kx]) as usize;
             let d = &mut dst[a - ox..b - ox];
             if sw == 1 {
-                d.copy_from_slice(&row[start..start + (b - a)]);
+                copy_row(d, &row[start..start + (b - a)], 0.0, false, self.avx512);
             } else {
-                let src = &row[start..start + (b - a - 1) * sw + 1];
-                for (v, s) in d.iter_mut().zip(src.iter().step_by(sw)) {
-                    *v = *s;
-                }
+                gather_strided(d, &row[start..start + (b - a - 1) * sw + 1], sw);
             }
         }
         for o in b..end {

@@ -1,9 +1,12 @@
 //! Fast CPU kernels: one module per algorithm or microkernel family.
 //!
 //! * [`depthwise`]: channel-vectorised depthwise kernels.
+//! * [`direct`]: stride-1 direct convolution, the microkernel reading a padded input band
+//!   through per-tap row offsets (no im2col).
 //! * [`gemm`]: register-blocked sgemm microkernels, runtime-dispatched per [`Isa`].
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
+//! * [`winograd`]: Winograd F(2×2, 3×3) on the same microkernels.
 //! * [`subpixel`]: transposed convolution as stride-phase direct convolutions.
 //! * [`wgrad`]: weight gradients as in-place GEMMs (no im2col).
 //! * [`store`]: the scatter of finished output tiles into the caller's array.
@@ -12,12 +15,14 @@
 //! [`crate::plan`] decides which of these runs; nothing here chooses an algorithm.
 
 pub mod depthwise;
+pub mod direct;
 pub mod gemm;
 pub mod igemm;
 pub mod peak;
 pub mod store;
 pub mod subpixel;
 pub mod wgrad;
+pub mod winograd;
 
 use std::fmt;
 

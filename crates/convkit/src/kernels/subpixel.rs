@@ -52,13 +52,12 @@ fn axis_phases(
 ) -> Vec<AxisPhase> {
     let dil = d / gcd(s, d);
     let mut out = Vec::new();
-    for r in 0..s {
-        let out_start = (r + s - p_before % s) % s;
-        if out_start >= o_len {
-            continue;
-        }
+    // One phase per residue that has an output cell: at most min(s, o_len) of them, so a
+    // huge stride costs nothing.
+    for out_start in 0..s.min(o_len) {
+        let r = ((out_start as u128 + p_before as u128) % s as u128) as usize;
         let out_count = (o_len - 1 - out_start) / s + 1;
-        let q_min = ((out_start + p_before - r) / s) as isize;
+        let q_min = ((out_start as u128 + p_before as u128 - r as u128) / s as u128) as isize;
         let ks: Vec<usize> = (0..k).filter(|kk| kk * d % s == r).collect();
         if ks.is_empty() {
             out.push(AxisPhase {
@@ -250,12 +249,18 @@ impl Subpixel {
             });
         }
         for p in &self.phases {
-            let mut dst = y.slice_mut(s![
-                ..,
-                ..,
-                p.ys.out_start..;g.spec.stride()[0],
-                p.xs.out_start..;g.spec.stride()[1]
-            ]);
+            // A phase's cells are `count` cells `stride` apart; a stride wider than the output
+            // (even beyond isize, ndarray's step type) means one cell, stepped by 1.
+            let step = |ax: usize, ph: &AxisPhase| {
+                let st = if ph.out_count > 1 {
+                    g.spec.stride()[ax]
+                } else {
+                    1
+                };
+                let end = ph.out_start + (ph.out_count - 1) * st + 1;
+                ndarray::Slice::new(ph.out_start as isize, Some(end as isize), st as isize)
+            };
+            let mut dst = y.slice_mut(s![.., .., step(0, &p.ys), step(1, &p.xs)]);
             match &p.conv {
                 None => {
                     for (k, mut plane) in dst.axis_iter_mut(Axis(1)).enumerate() {

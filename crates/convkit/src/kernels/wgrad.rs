@@ -13,7 +13,7 @@
 //! Work is split over (group, MR-block of k, ky, kx) tiles; each tile sums its (n, oy)
 //! updates in a fixed order, so results do not depend on the thread count.
 
-use super::gemm::Microkernel;
+use super::gemm::{Microkernel, RowOffsets};
 use crate::error::{ConvError, Result};
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
@@ -95,6 +95,8 @@ pub fn correlate(
             }
         });
     let cols = ag.div_ceil(nr) * nr;
+    // B rows: one per output column, `sw · cp` floats apart in the NHWC input.
+    let offs = RowOffsets::new((0..ow).map(|k| k * sw * cp).collect());
     let tasks: Vec<(usize, usize, usize, usize)> = (0..groups)
         .flat_map(|gi| {
             (0..kblocks).flat_map(move |kb| {
@@ -117,7 +119,8 @@ pub fn correlate(
                             ow,
                             apanel,
                             &an[a0 + cblk..],
-                            sw * cp,
+                            &offs,
+                            0,
                             &mut tile[cblk..],
                             cols,
                             true,

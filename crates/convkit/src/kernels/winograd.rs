@@ -1,0 +1,366 @@
+//! Winograd F(2×2, 3×3) (Lavin & Gray 2016) for 3×3, stride-1, dilation-1, ungrouped layers.
+//!
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d Bᵀᵀ)] A` per 2×2 output tile: 16 multiplies instead of 36
+//! (2.25× fewer). The 16 element-wise products, summed over input channels, are 16 GEMMs
+//! `M_ξ[K × T] = U_ξ[K × C] · V_ξ[C × T]` run by the same microkernels as everything else:
+//! `U_ξ` (transformed weights) packed once at plan time, `V_ξ` (transformed input tiles) built
+//! per task for a block of tile rows (≤ 1 MiB), and the output transform applied per 8- or
+//! 6-channel panel straight from a small buffer.
+//!
+//! The input transform is vectorised across the tiles of a tile row: each padded input row is
+//! split into even and odd columns, so `d·B` is four contiguous vector expressions.
+//!
+//! **Accuracy.** The transforms add and subtract (the ½ of `G` is exact in binary), so the
+//! error stays at the direct f32 sum's level. Measured against the f64 reference with inputs
+//! and weights uniform in [−1, 1] (test `winograd_error_is_bounded`, 64→64 on 30×29, 256→32 on
+//! 14×14, asymmetric padding, reflect): max |error| / Σ|x·w| = 0.7–1.2e-7 (the direct kernel:
+//! 0.3–1.3e-7). That test enforces the documented tolerance |error| ≤ 4e-6 · Σ|x·w| + 1e-6.
+//! `Algo::Direct` and `Algo::ImplicitGemm` never use this; `Algo::Auto` does.
+
+use super::gemm::{Microkernel, RowOffsets};
+use super::igemm::pack_weights;
+use super::round_up;
+use super::store::SharedOut;
+use crate::border::Border;
+use crate::geometry::Geometry;
+use ndarray::{Array4, ArrayView1, ArrayView4};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Largest transformed-input block per task (16 × C × tiles floats), bytes.
+const MAX_V_BYTES: usize = 1024 * 1024;
+/// Largest buffer of GEMM results (16 × channel panels × tiles) before the output transform,
+/// bytes: the panels done together, each `V_ξ` being read once per group of panels.
+const MAX_M_BYTES: usize = 256 * 1024;
+/// Tasks a layer is cut into at least, where it allows.
+const MIN_TASKS: usize = 4;
+
+thread_local! {
+    /// Per-thread workspace (V block, M panel, row scratch), grown once and reused.
+    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A planned Winograd F(2×2, 3×3) convolution.
+#[derive(Debug)]
+pub struct Winograd {
+    ukr: Microkernel,
+    geom: Geometry,
+    border: Border,
+    /// Tiles per tile row and tile rows.
+    tw: usize,
+    th: usize,
+    /// Tile rows per block.
+    rows: usize,
+    nblocks: usize,
+    mpanels: usize,
+    mc_panels: usize,
+    nmb: usize,
+    /// Transformed weights: 16 packed matrices of `mpanels · C · MR`.
+    u: Vec<f32>,
+    bias: Vec<f32>,
+    offs: RowOffsets,
+    tbpad: usize,
+    /// Channel panels whose 16 GEMMs run before their output transform.
+    ib: usize,
+}
+
+/// Whether Winograd F(2×2, 3×3) applies to the layer.
+pub fn applies(g: &Geometry) -> bool {
+    let s = &g.spec;
+    !s.is_transposed()
+        && s.kernel() == [3, 3]
+        && s.stride() == [1, 1]
+        && s.dilation() == [1, 1]
+        && s.groups() == 1
+}
+
+impl Winograd {
+    /// Plans `geom` (see [`applies`]) for `ukr`, transforming and packing `w`.
+    pub fn new(
+        geom: &Geometry,
+        w: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+        ukr: Microkernel,
+    ) -> Winograd {
+        assert!(
+            applies(geom),
+            "Winograd F(2x2,3x3) needs a 3x3 stride-1 ungrouped layer"
+        );
+        let (k, c) = (geom.k, geom.c);
+        let (mr, nr) = (ukr.mr, ukr.nr);
+        // U = G g Gᵀ, G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]].
+        const G: [[f32; 3]; 4] = [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
+        let mut us: Vec<Array4<f32>> = (0..16).map(|_| Array4::zeros((k, c, 1, 1))).collect();
+        for kk in 0..k {
+            for cc in 0..c {
+                let mut gg = [[0f32; 3]; 4];
+                for (i, row) in gg.iter_mut().enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = (0..3).map(|t| G[i][t] * w[[kk, cc, t, j]]).sum();
+                    }
+                }
+                for i in 0..4 {
+                    for j in 0..4 {
+                        us[i * 4 + j][[kk, cc, 0, 0]] = (0..3).map(|t| gg[i][t] * G[j][t]).sum();
+                    }
+                }
+            }
+        }
+        let mut u = Vec::new();
+        for m in &us {
+            u.extend(pack_weights(m.view(), 1, mr));
+        }
+        let mpanels = k.div_ceil(mr);
+        let (tw, th) = (geom.ow.div_ceil(2), geom.oh.div_ceil(2));
+        // Tile rows per block: within the V budget, best filled panels, then the most rows.
+        let max_tiles = (MAX_V_BYTES / (64 * c)).max(nr);
+        let max_rows = (max_tiles / tw).clamp(1, th);
+        let util = |r: usize| (r * tw) as f64 / round_up(r * tw, nr) as f64;
+        let mut rows = max_rows;
+        for r in (1..=max_rows).rev() {
+            if util(r) > util(rows) + 0.02 {
+                rows = r;
+            }
+        }
+        let nblocks = th.div_ceil(rows);
+        let mut mc_panels = mpanels;
+        while mc_panels > 1 && geom.n * nblocks * mpanels.div_ceil(mc_panels) < MIN_TASKS {
+            mc_panels = mc_panels.div_ceil(2);
+        }
+        let tbpad = round_up(rows * tw, nr);
+        Winograd {
+            ukr,
+            geom: *geom,
+            border: Border::from(geom.spec.padding_mode()),
+            tw,
+            th,
+            rows,
+            nblocks,
+            mpanels,
+            mc_panels,
+            nmb: mpanels.div_ceil(mc_panels),
+            u,
+            bias: bias.map_or_else(|| vec![0.0; k], |b| b.to_vec()),
+            offs: RowOffsets::new((0..c).map(|cc| cc * tbpad).collect()),
+            tbpad,
+            ib: (MAX_M_BYTES / (64 * mr * tbpad)).clamp(1, mpanels),
+        }
+    }
+
+    /// Multiply-adds the GEMMs of this plan execute per image, padding included (to compare
+    /// against the direct algorithms' `K·C·9·OH·OW`).
+    pub fn padded_macs(ukr: Microkernel, g: &Geometry) -> f64 {
+        let (tw, th) = (g.ow.div_ceil(2), g.oh.div_ceil(2));
+        16.0 * round_up(g.k, ukr.mr) as f64 * g.c as f64 * round_up(tw * th, ukr.nr) as f64
+    }
+
+    /// The microkernel in use.
+    pub fn microkernel(&self) -> Microkernel {
+        self.ukr
+    }
+
+    fn v_len(&self) -> usize {
+        16 * self.geom.c * self.tbpad
+    }
+
+    fn workspace_len(&self) -> usize {
+        // V block + M buffer (16 × ib panels × MR × tiles) + scratch rows (2·tw + 2 padded input,
+        // column transforms, 2 output rows of 2·tw).
+        self.v_len()
+            + 16 * self.ib * self.ukr.mr * self.tbpad
+            + (2 * self.tw + 2)
+            + 16 * self.tw
+            + 4 * self.tw
+    }
+
+    /// Bytes of per-thread workspace.
+    pub fn workspace_bytes(&self) -> usize {
+        4 * self.workspace_len()
+    }
+
+    /// Bytes of transformed, packed weights.
+    pub fn packed_weight_bytes(&self) -> usize {
+        4 * self.u.len()
+    }
+
+    /// `y = conv(x)` on contiguous NCHW buffers of the planned shapes.
+    pub fn run(&self, x: &[f32], y: &mut [f32]) {
+        let g = &self.geom;
+        assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
+        assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
+        let out = SharedOut::new(y);
+        let ntasks = g.n * self.nblocks * self.nmb;
+        let wlen = self.workspace_len();
+        (0..ntasks).into_par_iter().for_each(|t| {
+            WORKSPACE.with(|ws| {
+                let mut ws = ws.borrow_mut();
+                if ws.len() < wlen {
+                    ws.resize(wlen, 0.0);
+                }
+                self.task(x, out, t, &mut ws[..wlen]);
+            })
+        });
+    }
+
+    /// Input transform of tile rows `[ty0, ty1)` of image `xn` into `v` (`[ξ][c][tile]`).
+    fn transform_input(
+        &self,
+        xn: &[f32],
+        ty0: usize,
+        ty1: usize,
+        v: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let g = &self.geom;
+        let tw = self.tw;
+        let [pt, _, pl, _] = g.pad;
+        let (prow, tcols) = scratch.split_at_mut(2 * tw + 2);
+        let tcols = &mut tcols[..16 * tw];
+        let hw = g.h * g.w;
+        // Columns of the padded row that come straight from the input.
+        let j0 = pl.min(2 * tw + 2);
+        let j1 = (pl + g.w).clamp(j0, 2 * tw + 2);
+        for c in 0..g.c {
+            let plane = &xn[c * hw..(c + 1) * hw];
+            for ty in ty0..ty1 {
+                for i in 0..4 {
+                    let iy = (2 * ty + i) as isize - pt as isize;
+                    match self.border.source(iy, g.h) {
+                        None => prow.fill(0.0),
+                        Some(r) => {
+                            let row = &plane[r * g.w..(r + 1) * g.w];
+                            if j1 > j0 {
+                                prow[j0..j1].copy_from_slice(&row[j0 - pl..j1 - pl]);
+                            }
+                            for j in (0..j0).chain(j1..2 * tw + 2) {
+                                prow[j] = self
+                                    .border
+                                    .source(j as isize - pl as isize, g.w)
+                                    .map_or(0.0, |s| row[s]);
+                            }
+                        }
+                    }
+                    // d·B for every tile of the row: with E[t] = d[2t], O[t] = d[2t+1]:
+                    // (E − E⁺, O + E⁺, E⁺ − O, O − O⁺), ⁺ = next tile.
+                    let t4 = &mut tcols[i * 4 * tw..(i + 1) * 4 * tw];
+                    let (c0, rest) = t4.split_at_mut(tw);
+                    let (c1, rest) = rest.split_at_mut(tw);
+                    let (c2, c3) = rest.split_at_mut(tw);
+                    for t in 0..tw {
+                        let (e, o, e1, o1) = (
+                            prow[2 * t],
+                            prow[2 * t + 1],
+                            prow[2 * t + 2],
+                            prow[2 * t + 3],
+                        );
+                        c0[t] = e - e1;
+                        c1[t] = o + e1;
+                        c2[t] = e1 - o;
+                        c3[t] = o - o1;
+                    }
+                }
+                // Bᵀ·(d·B): the same combination across the four rows.
+                let col0 = (ty - ty0) * tw;
+                for b in 0..4 {
+                    let r = |i: usize| &tcols[(i * 4 + b) * tw..(i * 4 + b + 1) * tw];
+                    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                    let base = |a: usize| ((a * 4 + b) * g.c + c) * self.tbpad + col0;
+                    let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
+                    for t in 0..tw {
+                        v[b0 + t] = r0[t] - r2[t];
+                        v[b1 + t] = r1[t] + r2[t];
+                        v[b2 + t] = r2[t] - r1[t];
+                        v[b3 + t] = r1[t] - r3[t];
+                    }
+                }
+            }
+        }
+    }
+
+    fn task(&self, x: &[f32], out: SharedOut, t: usize, ws: &mut [f32]) {
+        let g = &self.geom;
+        let (mr, nr) = (self.ukr.mr, self.ukr.nr);
+        let mb = t % self.nmb;
+        let blk = (t / self.nmb) % self.nblocks;
+        let n = t / (self.nmb * self.nblocks);
+        let ty0 = blk * self.rows;
+        let ty1 = (ty0 + self.rows).min(self.th);
+        let tiles = (ty1 - ty0) * self.tw;
+        let npan = tiles.div_ceil(nr);
+        let (v, rest) = ws.split_at_mut(self.v_len());
+        let (mbuf, scratch) = rest.split_at_mut(16 * self.ib * mr * self.tbpad);
+        let hw = g.h * g.w;
+        let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
+        self.transform_input(xn, ty0, ty1, v, scratch);
+        let apan = g.c * mr;
+        let umat = self.mpanels * apan;
+        let p0 = mb * self.mc_panels;
+        let p1 = (p0 + self.mc_panels).min(self.mpanels);
+        let tw = self.tw;
+        let orow = &mut scratch[..4 * tw];
+        let mut ib0 = p0;
+        while ib0 < p1 {
+            let ib1 = (ib0 + self.ib).min(p1);
+            // ξ outer: each V_ξ stays in cache while every panel of the group uses it.
+            for xi in 0..16 {
+                let vx = &v[xi * g.c * self.tbpad..];
+                for i in ib0..ib1 {
+                    let a = &self.u[xi * umat + i * apan..xi * umat + (i + 1) * apan];
+                    let row0 = ((i - ib0) * 16 + xi) * mr;
+                    for p in 0..npan {
+                        let c = &mut mbuf[row0 * self.tbpad + p * nr..];
+                        self.ukr
+                            .run(g.c, a, &vx[p * nr..], &self.offs, 0, c, self.tbpad, false);
+                    }
+                }
+            }
+            for i in ib0..ib1 {
+                let mrow = |xi: usize, r: usize| (((i - ib0) * 16 + xi) * mr + r) * self.tbpad;
+                // Output transform Aᵀ·M·A, Aᵀ = [[1,1,1,0],[0,1,−1,−1]], per channel and tile row.
+                for r in 0..mr {
+                    let k = i * mr + r;
+                    if k >= g.k {
+                        break;
+                    }
+                    let bias = self.bias[k];
+                    for ty in ty0..ty1 {
+                        let col0 = (ty - ty0) * tw;
+                        let ms: [&[f32]; 16] =
+                            std::array::from_fn(|xi| &mbuf[mrow(xi, r) + col0..][..tw]);
+                        let (top, bot) = orow.split_at_mut(2 * tw);
+                        for t in 0..tw {
+                            let mut s0 = [0f32; 4];
+                            let mut s1 = [0f32; 4];
+                            for b in 0..4 {
+                                let (m0, m1, m2, m3) =
+                                    (ms[b][t], ms[4 + b][t], ms[8 + b][t], ms[12 + b][t]);
+                                s0[b] = m0 + m1 + m2;
+                                s1[b] = m1 - m2 - m3;
+                            }
+                            top[2 * t] = s0[0] + s0[1] + s0[2];
+                            top[2 * t + 1] = s0[1] - s0[2] - s0[3];
+                            bot[2 * t] = s1[0] + s1[1] + s1[2];
+                            bot[2 * t + 1] = s1[1] - s1[2] - s1[3];
+                        }
+                        for (dy, row) in [(0, &*top), (1, &*bot)] {
+                            let oy = 2 * ty + dy;
+                            if oy < g.oh {
+                                let off = ((n * g.k + k) * g.oh + oy) * g.ow;
+                                // SAFETY: this task alone writes channel k of image n on tile rows
+                                // [ty0, ty1) (tasks partition batch × tile-row block × channel
+                                // block), and `out` wraps the caller's exclusively borrowed output.
+                                unsafe { out.write_row(off, &row[..g.ow], bias) };
+                            }
+                        }
+                    }
+                }
+            }
+            ib0 = ib1;
+        }
+    }
+}
