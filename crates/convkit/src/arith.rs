@@ -110,9 +110,10 @@ pub struct SeparableParams {
 }
 
 impl SeparableParams {
-    /// Depthwise + pointwise.
+    /// Depthwise + pointwise (fits in `usize` for every value [`depthwise_separable_params`]
+    /// returns; saturates for hand-made values that do not).
     pub fn separable(&self) -> usize {
-        self.depthwise + self.pointwise
+        self.depthwise.saturating_add(self.pointwise)
     }
 }
 
@@ -127,11 +128,17 @@ pub fn depthwise_separable_params(
     let mid = in_channels
         .checked_mul(multiplier)
         .ok_or(ConvError::Overflow { what: "channels" })?;
-    Ok(SeparableParams {
+    let p = SeparableParams {
         standard: count(ConvSpec::conv2d(in_channels, out_channels, kernel))?,
         depthwise: count(ConvSpec::conv2d(in_channels, mid, kernel).groups(in_channels))?,
         pointwise: count(ConvSpec::conv2d(mid, out_channels, 1))?,
-    })
+    };
+    p.depthwise
+        .checked_add(p.pointwise)
+        .ok_or(ConvError::Overflow {
+            what: "depthwise separable parameter count",
+        })?;
+    Ok(p)
 }
 
 /// Weights of a kh×kw kernel as a 2D kernel versus as two 1D passes (Sobel: 9 vs 6).

@@ -1431,3 +1431,19 @@ fn regression_pytorch_expression_keeps_every_argument() {
         "nn.Conv2d(2, 2, kernel_size=3, padding=1, padding_mode='circular')"
     );
 }
+
+/// `SeparableParams::separable()` added the depthwise and pointwise counts unchecked: with
+/// 2^63 − 1 channels and a 2×1 kernel each half fits in `usize` but their sum does not (a
+/// debug-build panic, a wrapped count in release). The comparison is now an `Overflow` error.
+#[test]
+fn regression_depthwise_separable_sum_overflow() {
+    let c = i64::MAX as usize;
+    assert_eq!(
+        arith::depthwise_separable_params(c, 1, [2, 1], 1).unwrap_err(),
+        ConvError::Overflow {
+            what: "depthwise separable parameter count"
+        }
+    );
+    let p = arith::depthwise_separable_params(c, 1, [1, 1], 1).unwrap();
+    assert_eq!(p.separable(), 2 * c);
+}

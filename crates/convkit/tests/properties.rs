@@ -738,10 +738,24 @@ fn exercise(spec: ConvSpec, input: [usize; 4], seed: u64) -> Result<(), TestCase
     check_exact(&v, g.as_ref());
     let Some(g) = g else { return Ok(()) };
     let _ = arith::analyze_stack(&[v], input);
+    // The engines materialise the padded input (direct) or the uncropped output (transposed):
+    // run only layers where that, too, is small (a layer with a tiny input and output can
+    // still need a padded buffer of many GiB, which is an allocation failure, not a bug).
+    let work = [0, 1].map(|ax| {
+        let i = [g.h, g.w][ax] as u128;
+        if v.is_transposed() {
+            (i - 1) * v.stride()[ax] as u128 + v.dilated_kernel()[ax] as u128
+        } else {
+            i + g.pad[2 * ax] as u128 + g.pad[2 * ax + 1] as u128
+        }
+    });
     let sizes = [
-        input.iter().product::<usize>(),
-        g.output_shape().iter().product::<usize>(),
-        v.weight_count(),
+        input.iter().product::<usize>() as u128,
+        g.output_shape().iter().product::<usize>() as u128,
+        v.weight_count() as u128,
+        ((g.n * g.c.max(g.k)) as u128)
+            .saturating_mul(work[0])
+            .saturating_mul(work[1]),
     ];
     if sizes.iter().all(|&n| n <= 4096) && g.macs() <= 200_000 {
         let mut rng = Rng(seed);
@@ -755,8 +769,7 @@ fn exercise(spec: ConvSpec, input: [usize; 4], seed: u64) -> Result<(), TestCase
     Ok(())
 }
 
-/// Every planned algorithm (but the depthwise kernel, see below) either declines the layer
-/// (`AlgorithmUnavailable`) or matches the reference `y` within f32 rounding:
+/// Every planned algorithm either declines the layer (`AlgorithmUnavailable`) or matches the reference `y` within f32 rounding:
 /// 1e-5·(1 + Σ|x||w|) per output cell, the bound on an f32 accumulation of those terms.
 /// `Auto` must always run. The fast backward likewise matches the reference gradients.
 fn plans_match_reference(
@@ -886,7 +899,7 @@ proptest! {
     fn wild_comparisons_never_panic(c in wild(), k in wild(), kh in wild(), kw in wild(), m in wild()) {
         if let Ok(p) = arith::depthwise_separable_params(c, k, [kh, kw], m) {
             prop_assert_eq!(p.standard as u128, c as u128 * k as u128 * kh as u128 * kw as u128);
-            let _ = p.separable();
+            prop_assert_eq!(p.separable() as u128, p.depthwise as u128 + p.pointwise as u128);
         }
         let (full, sep) = arith::spatially_separable_params([kh, kw]);
         // Saturating: a kernel with more than usize::MAX taps cannot be built anyway.
@@ -947,7 +960,6 @@ fn receptive_field_matches_brute_force() {
 /// padded input width (here 3×3, stride 30, padding 1 on 1×1, a valid 1×1 output) panicked
 /// in `Depthwise::new`; only the phases the padded width holds are stored now.
 #[test]
-
 fn regression_depthwise_plan_stride_beyond_input() {
     let v = ConvSpec::conv2d(2, 2, 3)
         .groups(2)
@@ -986,10 +998,10 @@ fn regression_depthwise_plan_same_tf_replicate_stride3() {
 
 /// Regression (fixed in `kernels/subpixel.rs`): the fast backward's grad input decomposed
 /// the adjoint transposed convolution by looping `for r in 0..s` per axis, even when only one
-/// phase has an output; it now visits only the min(s, output) phases that have cells. A 1×1 layer with stride 2^40 on a 1×1 input
-/// (a valid 1×1 output) never finishes (2^24 already takes ~0.5 s). Fails after 5 s.
+/// phase has an output; it now visits only the min(s, output) phases that have cells. A 1×1
+/// layer with stride 2^40 on a 1×1 input (a valid 1×1 output) never finished (2^24 already
+/// took ~0.5 s); the test fails if it takes more than 5 s.
 #[test]
-
 fn regression_fast_backward_huge_stride_terminates() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1014,4 +1026,42 @@ fn regression_fast_backward_huge_stride_terminates() {
         .recv_timeout(std::time::Duration::from_secs(5))
         .expect("the fast backward did not finish within 5 s");
     assert_eq!(got, Ok(1.0));
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// The depthwise kernel (forward through `plan::forward`, backward through
+    /// `backward::backward`, both `Algo::Auto`) against the reference on random depthwise
+    /// layers with every padding rule and border mode (strides wider than the input included:
+    /// see `regression_depthwise_*`). f32 tolerance 1e-5·(1 + Σ|terms|).
+    #[test]
+    fn depthwise_fast_paths_match_reference((spec, input, seed) in depthwise_layer()) {
+        let g = spec.geometry(input).unwrap();
+        let mut rng = Rng(seed);
+        let x = rng.array(input);
+        let w = rng.array(spec.weight_shape());
+        let y = fwd(&spec, &x, &w, None);
+        let dy = rng.array(g.output_shape());
+        let all = GradRequest::all();
+        let (x32, w32, dy32) = (x.mapv(|a| a as f32), w.mapv(|a| a as f32), dy.mapv(|a| a as f32));
+        let (xa, wa, dya) = (x.mapv(f64::abs), w.mapv(f64::abs), dy.mapv(f64::abs));
+        let got = plan::forward(&spec, x32.view(), w32.view(), None, Algo::Auto).unwrap();
+        let scale = fwd(&spec, &xa, &wa, None);
+        for (((i, a), b), s) in got.indexed_iter().zip(y.iter()).zip(scale.iter()) {
+            prop_assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + s), "y {} at {:?}: {} vs {}", spec, i, a, b);
+        }
+        let gf = backward::backward(&spec, x32.view(), w32.view(), dy32.view(), all, Algo::Auto).unwrap();
+        let gr = reference::backward(&spec, x.view(), w.view(), dy.view(), all).unwrap();
+        let gs = reference::backward(&spec, xa.view(), wa.view(), dya.view(), all).unwrap();
+        let pairs = [
+            ("dx", gf.input.unwrap(), gr.input.unwrap(), gs.input.unwrap()),
+            ("dw", gf.weight.unwrap(), gr.weight.unwrap(), gs.weight.unwrap()),
+        ];
+        for (what, a, b, s) in pairs {
+            for (((i, a), b), s) in a.indexed_iter().zip(b.iter()).zip(s.iter()) {
+                prop_assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + s), "{} {} at {:?}: {} vs {}", what, spec, i, a, b);
+            }
+        }
+    }
 }
