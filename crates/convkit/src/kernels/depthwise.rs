@@ -98,11 +98,17 @@ impl Depthwise {
             }
             if border != Border::Zeros {
                 for t in (0..t0).chain(t1..pstride) {
-                    let j = p + t * sw;
-                    if j < padded_w {
-                        if let Some(src) = border.source(j as isize - pl as isize, w) {
-                            border_slots.push(((p * pstride + t) as u32, src as u32));
-                        }
+                    // Columns grow with t: stop at the first past the padded width (checked,
+                    // for strides near usize::MAX).
+                    let Some(j) = t
+                        .checked_mul(sw)
+                        .and_then(|v| v.checked_add(p))
+                        .filter(|&j| j < padded_w)
+                    else {
+                        break;
+                    };
+                    if let Some(src) = border.source(j as isize - pl as isize, w) {
+                        border_slots.push(((p * pstride + t) as u32, src as u32));
                     }
                 }
             }
