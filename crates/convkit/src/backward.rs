@@ -79,8 +79,18 @@ fn grad_bias(dy: ArrayView4<f32>) -> Array1<f32> {
     )
 }
 
-fn contiguous(a: ArrayView4<f32>) -> Vec<f32> {
-    a.as_standard_layout().iter().copied().collect()
+/// The array in standard (C-contiguous) layout: borrowed when it already is, copied otherwise.
+fn contiguous(a: ArrayView4<'_, f32>) -> ndarray::CowArray<'_, f32, ndarray::Ix4> {
+    if a.is_standard_layout() {
+        ndarray::CowArray::from(a)
+    } else {
+        ndarray::CowArray::from(a.as_standard_layout().into_owned())
+    }
+}
+
+/// The elements of a standard-layout array, in order.
+fn flat<'a>(a: &'a ndarray::CowArray<'_, f32, ndarray::Ix4>) -> &'a [f32] {
+    a.as_slice().expect("standard layout is contiguous")
 }
 
 fn depthwise(
@@ -98,9 +108,9 @@ fn depthwise(
         .then(|| Array4::<f32>::zeros(geom.weight_shape()));
     let mut gb = want.bias.then(|| Array1::<f32>::zeros(geom.k));
     dw.backward(
-        &contiguous(x),
-        &contiguous(w),
-        &contiguous(dy),
+        flat(&contiguous(x)),
+        flat(&contiguous(w)),
+        flat(&contiguous(dy)),
         gx.as_mut().map(|a| a.as_slice_mut().expect("fresh array")),
         gw.as_mut().map(|a| a.as_slice_mut().expect("fresh array")),
         gb.as_mut().map(|b| b.as_slice_mut().expect("fresh array")),
@@ -237,8 +247,8 @@ fn grad_weight_direct(
         let dg = dws.geometry(geom.input_shape())?;
         let mut out = Array4::<f32>::zeros(geom.weight_shape());
         Depthwise::new(&dg, Isa::best())?.grouped_weight_grad(
-            &contiguous(x),
-            &contiguous(dy),
+            flat(&contiguous(x)),
+            flat(&contiguous(dy)),
             geom.k,
             s.groups(),
             out.as_slice_mut().expect("fresh array"),

@@ -336,13 +336,17 @@ impl Depthwise {
                 .enumerate()
                 .for_each(|(nc, dxs)| {
                     let (n, c) = (nc / g.c, nc % g.c);
-                    let mut gbuf = vec![0f32; self.rows.len() * rl];
-                    for j in 0..m {
-                        let k = c * m + j;
-                        let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
-                        self.scatter_isa(dys, &w[k * taps..(k + 1) * taps], &mut gbuf);
-                    }
-                    self.unfill(&gbuf, dxs);
+                    GBUF.with(|cell| {
+                        let mut gbuf = cell.borrow_mut();
+                        gbuf.clear();
+                        gbuf.resize(self.rows.len() * rl, 0.0);
+                        for j in 0..m {
+                            let k = c * m + j;
+                            let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
+                            self.scatter_isa(dys, &w[k * taps..(k + 1) * taps], &mut gbuf);
+                        }
+                        self.unfill(&gbuf, dxs);
+                    });
                 });
         }
         if dw.is_some() || db.is_some() {
@@ -683,6 +687,8 @@ impl Buffer {
 }
 
 thread_local! {
+    /// Per-thread gradient buffer of the backward pass (reused, zeroed per plane).
+    static GBUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static BUF: RefCell<Buffer> = const { RefCell::new(Buffer { tag: 0, off: 0, data: Vec::new() }) };
 }
 
