@@ -318,20 +318,9 @@ fn grad_weight_transposed(
 mod tests {
     use super::*;
     use crate::spec::Padding;
+    use crate::testutil::pseudo;
     use ndarray::Array4;
     use proptest::prelude::*;
-
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn close(what: &str, got: &Array4<f32>, want: &Array4<f32>) -> std::result::Result<(), String> {
         if got.shape() != want.shape() {

@@ -40,6 +40,8 @@ pub mod plan;
 pub mod reference;
 pub mod separable;
 pub mod spec;
+#[cfg(test)]
+mod testutil;
 
 pub use error::{ConvError, Result};
 pub use geometry::{Equivalent, Geometry};

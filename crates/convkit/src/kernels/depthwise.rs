@@ -851,21 +851,8 @@ mod tests {
     use super::*;
     use crate::reference;
     use crate::spec::{ConvSpec, Padding, PaddingMode};
+    use crate::testutil::pseudo;
     use ndarray::{Array1, Array4};
-
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn check(spec: ConvSpec, input: [usize; 4]) {
         let v = spec.build().unwrap();

@@ -34,6 +34,20 @@ struct AxisPhase {
     pad: (usize, usize),
 }
 
+impl AxisPhase {
+    /// A phase that no tap reaches: its cells get only the bias.
+    fn bias_only(out_start: usize, out_count: usize, dilation: usize) -> Self {
+        AxisPhase {
+            out_start,
+            out_count,
+            taps: vec![],
+            dilation,
+            input: (0, 0),
+            pad: (0, 0),
+        }
+    }
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -61,14 +75,7 @@ fn axis_phases(
         let q_min = ((out_start as u128 + p_before as u128 - r as u128) / s as u128) as isize;
         let ks: Vec<usize> = (0..k).filter(|kk| kk * d % s == r).collect();
         if ks.is_empty() {
-            out.push(AxisPhase {
-                out_start,
-                out_count,
-                taps: vec![],
-                dilation: dil,
-                input: (0, 0),
-                pad: (0, 0),
-            });
+            out.push(AxisPhase::bias_only(out_start, out_count, dil));
             continue;
         }
         let nt = ks.len() as isize;
@@ -80,14 +87,7 @@ fn axis_phases(
         let end = (i_len as isize + pad_a.min(0)).max(start as isize) as usize;
         if start >= end {
             // Every tap of these outputs lands in the cropped-away border: bias only.
-            out.push(AxisPhase {
-                out_start,
-                out_count,
-                taps: vec![],
-                dilation: dil,
-                input: (0, 0),
-                pad: (0, 0),
-            });
+            out.push(AxisPhase::bias_only(out_start, out_count, dil));
             continue;
         }
         out.push(AxisPhase {
@@ -331,20 +331,9 @@ impl Subpixel {
 mod tests {
     use super::*;
     use crate::reference;
+    use crate::testutil::pseudo;
     use ndarray::Array1;
     use proptest::prelude::*;
-
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn check(spec: ConvSpec, input: [usize; 4]) -> std::result::Result<(), TestCaseError> {
         let Ok(v) = spec.build() else { return Ok(()) };
