@@ -262,6 +262,18 @@ impl Subpixel {
                 expected: g.output_shape().to_vec(),
             });
         }
+        // Stride 1: one phase that covers the whole output; its plan writes `y` directly.
+        if let [Phase {
+            conv: Some(plan),
+            ys,
+            xs,
+        }] = &self.phases[..]
+        {
+            if g.spec.stride() == [1, 1] {
+                let xi = x.slice(s![.., .., ys.input.0..ys.input.1, xs.input.0..xs.input.1]);
+                return plan.run(xi, y);
+            }
+        }
         // Every phase on its own (in parallel; each plan is parallel inside too), then the
         // outputs interleaved row by row into `y`.
         let outs: Vec<Option<Array4<f32>>> = self
