@@ -18,12 +18,10 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
-use super::store::SharedOut;
+use super::store::{for_each_task, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
-use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Flat output positions a band aims for.
 const BAND_PIXELS: usize = 256;
@@ -37,11 +35,6 @@ const MIN_TASKS: usize = 8;
 const MAX_MC: usize = 256;
 /// Depth rows per microkernel call, so that a tile's B rows stay in L1 across channel panels.
 const KC: usize = 128;
-
-thread_local! {
-    /// Per-thread workspace (band buffer + C buffer), grown once and reused.
-    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 /// A planned stride-1 direct convolution.
 #[derive(Debug)]
@@ -178,17 +171,9 @@ impl DirectConv {
         let g = &self.geom;
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
-        let out = SharedOut::new(y);
         let ntasks = g.n * self.groups * self.nby * self.nbx * self.nmb;
-        let wlen = self.workspace_len();
-        (0..ntasks).into_par_iter().for_each(|t| {
-            WORKSPACE.with(|ws| {
-                let mut ws = ws.borrow_mut();
-                if ws.len() < wlen {
-                    ws.resize(wlen, 0.0);
-                }
-                self.task(x, out, t, &mut ws[..wlen]);
-            })
+        for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
+            self.task(x, out, t, ws)
         });
     }
 

@@ -22,13 +22,11 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::{copy_row, SharedOut};
+use super::store::{copy_row, for_each_task, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
 use ndarray::{ArrayView1, ArrayView4};
-use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Pixels per tile (rounded to the microkernel width).
 const TILE_PIXELS: usize = 192;
@@ -166,11 +164,6 @@ pub struct ConvGemm {
     offs_planes: RowOffsets,
     /// Whether row copies may use AVX-512 (the plan's ISA).
     avx512: bool,
-}
-
-thread_local! {
-    /// Per-thread workspace (packed B panel + C buffer), grown once and reused by every task.
-    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Source index of each output position along one axis, for each tap (`-1`: a zero).
@@ -378,17 +371,9 @@ impl ConvGemm {
         let g = &self.geom;
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
-        let out = SharedOut::new(y);
         let ntasks = g.n * self.groups * self.tiles.len() * self.nmb;
-        let wlen = self.workspace_len();
-        (0..ntasks).into_par_iter().for_each(|t| {
-            WORKSPACE.with(|ws| {
-                let mut ws = ws.borrow_mut();
-                if ws.len() < wlen {
-                    ws.resize(wlen, 0.0);
-                }
-                self.task(x, out, t, &mut ws[..wlen]);
-            })
+        for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
+            self.task(x, out, t, ws)
         });
     }
 
@@ -583,7 +568,12 @@ impl ConvGemm {
         }
         let wph = g.w.div_ceil(s);
         let rows = hi - lo + 1;
-        if (c1 - c0) * rows * s * wph > phase.len() {
+        // Checked: a stride near usize::MAX would wrap the product and pass the test.
+        let need = (c1 - c0)
+            .checked_mul(rows)
+            .and_then(|v| v.checked_mul(s))
+            .and_then(|v| v.checked_mul(wph));
+        if need.is_none_or(|n| n > phase.len()) {
             return None;
         }
         let hw = g.h * g.w;

@@ -4,6 +4,36 @@
 //! dozen floats).
 
 use super::Isa;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Per-thread workspace of the tiled engines (packed panels, bands, C tiles), grown once
+    /// and reused by every task and every engine.
+    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `task(t, out, workspace)` for `t in 0..ntasks` on rayon's pool, each with a
+/// per-thread workspace of `wlen` floats, writing disjoint parts of `y` through [`SharedOut`].
+/// Which task writes which element depends only on `t`, so results are identical for any
+/// thread count.
+pub fn for_each_task(
+    y: &mut [f32],
+    ntasks: usize,
+    wlen: usize,
+    task: impl Fn(usize, SharedOut, &mut [f32]) + Sync,
+) {
+    let out = SharedOut::new(y);
+    (0..ntasks).into_par_iter().for_each(|t| {
+        WORKSPACE.with(|ws| {
+            let mut ws = ws.borrow_mut();
+            if ws.len() < wlen {
+                ws.resize(wlen, 0.0);
+            }
+            task(t, out, &mut ws[..wlen]);
+        })
+    });
+}
 
 /// `dst = src + bias` (`add = false`: `dst = src` exactly).
 #[inline]

@@ -20,12 +20,10 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
-use super::store::SharedOut;
+use super::store::{for_each_task, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{Array4, ArrayView1, ArrayView4};
-use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Largest transformed-input block per task (16 × C × tiles floats), bytes.
 const MAX_V_BYTES: usize = 1024 * 1024;
@@ -34,11 +32,6 @@ const MAX_V_BYTES: usize = 1024 * 1024;
 const MAX_M_BYTES: usize = 256 * 1024;
 /// Tasks a layer is cut into at least, where it allows.
 const MIN_TASKS: usize = 4;
-
-thread_local! {
-    /// Per-thread workspace (V block, M panel, row scratch), grown once and reused.
-    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 /// A planned Winograd F(2×2, 3×3) convolution.
 #[derive(Debug)]
@@ -193,17 +186,9 @@ impl Winograd {
         let g = &self.geom;
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
-        let out = SharedOut::new(y);
         let ntasks = g.n * self.nblocks * self.nmb;
-        let wlen = self.workspace_len();
-        (0..ntasks).into_par_iter().for_each(|t| {
-            WORKSPACE.with(|ws| {
-                let mut ws = ws.borrow_mut();
-                if ws.len() < wlen {
-                    ws.resize(wlen, 0.0);
-                }
-                self.task(x, out, t, &mut ws[..wlen]);
-            })
+        for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
+            self.task(x, out, t, ws)
         });
     }
 
