@@ -21,6 +21,11 @@ pub enum Algo {
     ImplicitGemm,
     /// 1×1 stride-1 unpadded layers as a GEMM on the NCHW input.
     Gemm1x1,
+    /// Stride-1 layers: the register-blocked direct kernel reading the input in place (exact
+    /// f32 arithmetic, never Winograd).
+    Direct,
+    /// 3×3 stride-1 ungrouped layers: Winograd F(2×2, 3×3), within its documented tolerance.
+    Winograd,
     /// Depthwise layers (groups = in_channels): the channel-vectorised kernel.
     Depthwise,
     /// Transposed layers as stride-phase (sub-pixel) direct convolutions.
@@ -34,6 +39,8 @@ impl Algo {
             Algo::Reference => PlanAlgo::Reference,
             Algo::ImplicitGemm => PlanAlgo::ImplicitGemm,
             Algo::Gemm1x1 => PlanAlgo::Gemm1x1,
+            Algo::Direct => PlanAlgo::Direct,
+            Algo::Winograd => PlanAlgo::Winograd,
             Algo::Depthwise => PlanAlgo::Depthwise,
             Algo::Subpixel => PlanAlgo::Subpixel,
         }
@@ -44,10 +51,12 @@ impl Algo {
     /// What runs a layer under this choice, for reports (`convkit tour`).
     pub fn describe(self) -> &'static str {
         match self {
-            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, depthwise or sub-pixel)",
+            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, direct, Winograd, depthwise or sub-pixel)",
             Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
             Algo::ImplicitGemm => "the implicit-GEMM engine",
             Algo::Gemm1x1 => "the 1x1 GEMM engine",
+            Algo::Direct => "the direct (stride-1, register-blocked) engine",
+            Algo::Winograd => "the Winograd F(2x2, 3x3) engine",
             Algo::Depthwise => "the depthwise kernel",
             Algo::Subpixel => "the sub-pixel (stride-phase) transposed engine",
         }

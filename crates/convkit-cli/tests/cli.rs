@@ -1086,3 +1086,60 @@ fn algo_reference_is_the_reference_bit_for_bit() {
     let want = reference::forward(&spec, x.view(), w.view(), None).unwrap();
     assert_identical(&y, want.into_dyn());
 }
+
+/// `--algo direct` and `--algo winograd` run a 3×3 layer and agree with the reference;
+/// Winograd refuses a strided layer with one clear line.
+#[test]
+fn direct_and_winograd_are_selectable() {
+    let dir = TempDir::new().unwrap();
+    let x: Array4<f32> = rand_array([1, 16, 9, 11], 70);
+    let w: Array4<f32> = rand_array([16, 16, 3, 3], 71);
+    let (xp, wp) = (save(&dir, "x.npy", &x), save(&dir, "w.npy", &w));
+    let spec = ConvSpec::conv2d(16, 16, 3)
+        .padding(1)
+        .bias(false)
+        .build()
+        .unwrap();
+    let want = reference::forward(&spec, x.view(), w.view(), None).unwrap();
+    for algo in ["direct", "winograd"] {
+        let y = dir.path().join(format!("y_{algo}.npy"));
+        ok(&[
+            "conv2d",
+            "--input",
+            s(&xp),
+            "--weight",
+            s(&wp),
+            "--padding",
+            "1",
+            "--algo",
+            algo,
+            "--output",
+            s(&y),
+        ]);
+        // Winograd's documented tolerance is looser than f32 rounding of a direct sum.
+        let got = load(&y);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(want.iter())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-4 * scale, "{algo}: max error {err:e}");
+    }
+    let y = dir.path().join("y_bad.npy");
+    fails(
+        &[
+            "conv2d",
+            "--input",
+            s(&xp),
+            "--weight",
+            s(&wp),
+            "--stride",
+            "2",
+            "--algo",
+            "winograd",
+            "--output",
+            s(&y),
+        ],
+        "winograd",
+    );
+}

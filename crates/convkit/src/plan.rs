@@ -63,11 +63,13 @@ pub enum Algo {
 
 impl Algo {
     /// Every algorithm, in `--algo` order.
-    pub const ALL: [Algo; 6] = [
+    pub const ALL: [Algo; 8] = [
         Algo::Auto,
         Algo::Reference,
         Algo::ImplicitGemm,
         Algo::Gemm1x1,
+        Algo::Direct,
+        Algo::Winograd,
         Algo::Depthwise,
         Algo::Subpixel,
     ];

@@ -220,6 +220,25 @@ fn gemm1x1_refuses_other_layers_and_bad_shapes_are_errors() {
     assert!("fast".parse::<Algo>().is_err());
 }
 
+/// Regression: `Algo::ALL` once left out `direct` and `winograd`, so `--algo direct` (the
+/// exact alternative to Winograd the issue asks for) could not be selected by name.
+#[test]
+fn every_algorithm_parses_from_its_name() {
+    for a in [
+        Algo::Auto,
+        Algo::Reference,
+        Algo::ImplicitGemm,
+        Algo::Gemm1x1,
+        Algo::Direct,
+        Algo::Winograd,
+        Algo::Depthwise,
+        Algo::Subpixel,
+    ] {
+        assert!(Algo::ALL.contains(&a), "{a} missing from Algo::ALL");
+        assert_eq!(a.name().parse::<Algo>().unwrap(), a);
+    }
+}
+
 #[test]
 fn non_contiguous_views_work() {
     let spec = ConvSpec::conv2d(3, 5, 3).padding(1).build().unwrap();

@@ -9,6 +9,7 @@
 //! * [`winograd`]: Winograd F(2×2, 3×3) on the same microkernels.
 //! * [`subpixel`]: transposed convolution as stride-phase direct convolutions.
 //! * [`wgrad`]: weight gradients as in-place GEMMs (no im2col).
+//! * [`transpose`]: register-blocked transposes for layout changes (NCHW → NHWC, packing).
 //! * [`store`]: the scatter of finished output tiles into the caller's array.
 //! * [`peak`]: an FMA-throughput loop that measures the machine's peak (for `convkit bench`).
 //!
@@ -21,6 +22,7 @@ pub mod igemm;
 pub mod peak;
 pub mod store;
 pub mod subpixel;
+pub mod transpose;
 pub mod wgrad;
 pub mod winograd;
 

@@ -153,6 +153,8 @@ impl Subpixel {
         let (cg, kg) = (geom.c / g, geom.k / g);
         let ys = axis_phases(geom.h, geom.oh, kh, sh, dh, geom.pad[0]);
         let xs = axis_phases(geom.w, geom.ow, kw, sw, dw, geom.pad[2]);
+        let wt = weight.as_standard_layout();
+        let wt = wt.as_slice().expect("standard layout is contiguous");
         let mut phases = Vec::with_capacity(ys.len() * xs.len());
         for py in &ys {
             for px in &xs {
@@ -166,10 +168,19 @@ impl Subpixel {
                         .groups(g)
                         .bias(spec.has_bias())
                         .build()?;
-                    let w = Array4::from_shape_fn((geom.k, cg, nty, ntx), |(k, ci, ty, tx)| {
+                    // The flipped sub-kernel in direct (K, C/g, taps) layout, gathered from
+                    // the contiguous transposed weights by plain index arithmetic.
+                    let mut w = Vec::with_capacity(geom.k * cg * nty * ntx);
+                    for k in 0..geom.k {
                         let (gi, ko) = (k / kg, k % kg);
-                        weight[[gi * cg + ci, ko, py.taps[ty], px.taps[tx]]]
-                    });
+                        for ci in 0..cg {
+                            let base = ((gi * cg + ci) * kg + ko) * kh * kw;
+                            for &ty in &py.taps {
+                                w.extend(px.taps.iter().map(|&tx| wt[base + ty * kw + tx]));
+                            }
+                        }
+                    }
+                    let w = Array4::from_shape_vec((geom.k, cg, nty, ntx), w).expect("sized above");
                     let input = [
                         geom.n,
                         geom.c,

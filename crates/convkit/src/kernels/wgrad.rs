@@ -2,21 +2,73 @@
 //!
 //! `out[k, c, ky, kx] = Σ_{n, oy, ox} b[n, k, oy, ox] · a_pad[n, c, oy·s + ky·d, ox·s + kx·d]`
 //! (grad weight of a conv: `a` = input, `b` = grad output; of a transposed conv the roles
-//! swap). For one output row (n, oy) and one tap (ky, kx) this is a rank-OW update
-//! `out[:, :, ky, kx] += B_row[K × OW] · A_row[OW × C]`, where `A_row` is input row
-//! `oy·s + ky·d` read from column `kx·d` every `s` columns. With `a` copied once into padded
-//! NHWC, `A_row` is a plain strided matrix (row stride `s·C`, channels contiguous), so the
-//! microkernel reads it in place as its `B` operand; `b`'s rows are packed once into `MR`-wide
-//! panels as its `A` operand. The only copies are one NHWC transpose of `a` and one packing of
-//! `b`, both the size of the tensors (an im2col would be kh·kw times larger).
+//! swap). For one tap `(ky, kx)` this is the GEMM `out[:, :, ky, kx] = B[K × P] · Â[P × C]`
+//! over the `P = N·OH·OW` output pixels, where row `p = (n, oy, ox)` of `Â` is the input
+//! pixel `(n, oy·s + ky·d, ox·s + kx·d)`. With `a` copied once into padded NHWC, that row is
+//! `C` contiguous channels at the offset `((oy·s)·Wp + ox·s)·C` from the tap's origin, so the
+//! microkernel reads `Â` in place as its `B` operand through one offset table shared by every
+//! tap (Dukhan's indirect convolution, with offsets instead of pointers); `b` is packed once
+//! into `MR`-row panels, pixel-major, as its `A` operand. The only copies are one NHWC
+//! transpose of `a` and one packing of `b`, each the size of its tensor (an im2col would be
+//! kh·kw times larger); both live in a per-thread scratch reused across calls, so repeated
+//! backward passes touch no fresh pages.
 //!
-//! Work is split over (group, MR-block of k, ky, kx) tiles; each tile sums its (n, oy)
-//! updates in a fixed order, so results do not depend on the thread count.
+//! A task owns one tap × a block of output channels × a block of input channels, and sums all
+//! `P` pixels in depth chunks of ≤ [`KC`]: each chunk's `KC × NR` micro-panel of `Â` stays in
+//! L1 while every channel block's `A` panel runs over it (BLIS's loop order). Every output
+//! element is summed by one task in a fixed order, so results do not depend on the thread
+//! count.
 
 use super::gemm::{Microkernel, RowOffsets};
+use super::round_up;
+use super::store::for_each_task;
+use super::transpose::transpose;
 use crate::error::{ConvError, Result};
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Pixels (GEMM depth) per microkernel call: a `KC × NR` micro-panel of the NHWC input is
+/// 24 KiB at NR = 48, resident in L1 while the task's `A` panels stream over it.
+const KC: usize = 128;
+/// Output channels per task: their panels share each micro-panel while it is in L1.
+const MAX_TASK_ROWS: usize = 64;
+/// Input channels (GEMM columns) per task.
+const MAX_TASK_COLS: usize = 192;
+/// Tasks a layer is cut into at least, where it allows (fixed: independent of the threads).
+const MIN_TASKS: usize = 8;
+
+thread_local! {
+    /// The NHWC copy of `a` and the packed `b` of the last call on this thread, reused.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `len` floats of `v`, grown if needed (contents unspecified: callers overwrite them).
+fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+fn overflow(what: &'static str) -> ConvError {
+    ConvError::Overflow { what }
+}
+
+/// The multiply-accumulates [`correlate`] runs for these shapes with microkernel `ukr`,
+/// counting the padding of channel blocks to whole `MR × NR` tiles: what a caller compares to
+/// choose between microkernels of different widths.
+pub fn padded_macs(
+    batch_pixels: usize,
+    a_channels: usize,
+    b_channels: usize,
+    groups: usize,
+    taps: usize,
+    ukr: Microkernel,
+) -> f64 {
+    let (ag, bg) = (a_channels / groups.max(1), b_channels / groups.max(1));
+    (round_up(ag, ukr.nr) * round_up(bg, ukr.mr) * groups * taps) as f64 * batch_pixels as f64
+}
 
 /// The correlation above with `a` zero-padded by `pad = [top, bottom, left, right]`:
 /// returns `(B, A/groups, kh, kw)` for `a: (N, A, H, W)`, `b: (N, B, OH, OW)`.
@@ -39,107 +91,219 @@ pub fn correlate(
     let [kh, kw] = kernel;
     let [sh, sw] = stride;
     let [dh, dw] = dilation;
-    let (hp, wp) = (h + pad[0] + pad[1], w + pad[2] + pad[3]);
+    let hp = h
+        .checked_add(pad[0])
+        .and_then(|v| v.checked_add(pad[1]))
+        .ok_or(overflow("padded input height"))?;
+    let wp = w
+        .checked_add(pad[2])
+        .and_then(|v| v.checked_add(pad[3]))
+        .ok_or(overflow("padded input width"))?;
     if nb != n || groups == 0 || !ca.is_multiple_of(groups) || !cb.is_multiple_of(groups) {
         return Err(ConvError::Unsupported(format!(
             "weight gradient: batches {n} and {nb}, channels {ca} and {cb}, groups {groups} do not fit"
         )));
     }
+    let reach = |o: usize, s: usize, k: usize, d: usize| {
+        (o - 1)
+            .checked_mul(s)
+            .and_then(|v| v.checked_add((k - 1).checked_mul(d)?))
+    };
     if oh == 0
         || ow == 0
-        || (oh - 1) * sh + (kh - 1) * dh + 1 > hp
-        || (ow - 1) * sw + (kw - 1) * dw + 1 > wp
+        || kh == 0
+        || kw == 0
+        || reach(oh, sh, kh, dh).is_none_or(|r| r >= hp)
+        || reach(ow, sw, kw, dw).is_none_or(|r| r >= wp)
     {
         return Err(ConvError::Unsupported(
             "weight gradient: the padded input does not cover every tap".into(),
         ));
     }
     let (ag, bg) = (ca / groups, cb / groups);
+    let mut out = Array4::<f32>::zeros((cb, ag, kh, kw));
+    if n == 0 || ca == 0 || cb == 0 || h == 0 || w == 0 {
+        // Nothing but zero padding to correlate with.
+        return Ok(out);
+    }
     let (mr, nr) = (ukr.mr, ukr.nr);
-    // `a` as padded NHWC; `nr` spare channels keep every NR-wide read of the last group inside.
-    let cp = ca + nr;
-    let mut an = vec![0f32; n * hp * wp * cp];
-    an.par_chunks_mut(wp * cp)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (ni, yp) = (row / hp, row % hp);
-            if yp < pad[0] || yp >= pad[0] + h {
-                return;
-            }
-            let dst = &mut dst[pad[2] * cp..];
-            for c in 0..ca {
-                let src = a.slice(ndarray::s![ni, c, yp - pad[0], ..]);
-                for (x, v) in src.iter().enumerate() {
-                    dst[x * cp + c] = *v;
-                }
-            }
-        });
-    // `b` packed: per (n, oy, group, k-block) an OW × MR panel, zero rows past the group.
+    // Floats per NHWC pixel: the channels plus 16, so that pixels are not a power-of-two
+    // number of cache lines apart (a 1 KiB pixel stride would map a micro-panel's rows onto 4
+    // of L1's 64 sets and evict it between the k-blocks that reuse it).
+    let cp = round_up(ca, 16) + 16;
+    let ohw = oh * ow; // ≤ the size of `b`, which exists
     let kblocks = bg.div_ceil(mr);
-    let panel = ow * mr;
-    let mut bp = vec![0f32; n * oh * groups * kblocks * panel];
-    bp.par_chunks_mut(groups * kblocks * panel)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (ni, oy) = (row / oh, row % oh);
-            for gi in 0..groups {
-                for kb in 0..kblocks {
-                    let p = &mut dst[(gi * kblocks + kb) * panel..][..panel];
-                    for m in 0..mr.min(bg - kb * mr) {
-                        let k = gi * bg + kb * mr + m;
-                        for (ox, v) in b.slice(ndarray::s![ni, k, oy, ..]).iter().enumerate() {
-                            p[ox * mr + m] = *v;
+    // Sizes of the two scratch buffers (the NHWC input with `nr` floats of slack for the
+    // widest read past the last channel, and the packed `b`).
+    let an_len = n
+        .checked_mul(hp)
+        .and_then(|v| v.checked_mul(wp))
+        .and_then(|v| v.checked_mul(cp))
+        .and_then(|v| v.checked_add(nr))
+        .ok_or(overflow("padded NHWC input"))?;
+    let bp_len = (n * groups * kblocks)
+        .checked_mul(ohw)
+        .and_then(|v| v.checked_mul(mr))
+        .ok_or(overflow("packed grad output"))?;
+    let a = a.as_standard_layout();
+    let a = a.as_slice().expect("standard layout is contiguous");
+    let b = b.as_standard_layout();
+    let b = b.as_slice().expect("standard layout is contiguous");
+    // Offsets of the Â rows of every pixel (n = 0, tap (0, 0)); a tap and image add a base.
+    let offs = RowOffsets::new(
+        (0..ohw)
+            .map(|q| ((q / ow) * sh * wp + (q % ow) * sw) * cp)
+            .collect(),
+    );
+    // Task blocks: output channels (k-blocks) × input-channel column blocks, as large as the
+    // L1/L2 budget allows, then split until every core has work.
+    let cblocks = round_up(ag, nr) / nr;
+    let mut kbt = kblocks.min((MAX_TASK_ROWS / mr).max(1));
+    let mut cbt = cblocks.min((MAX_TASK_COLS / nr).max(1));
+    let taps = kh * kw;
+    let count =
+        |kbt: usize, cbt: usize| groups * taps * kblocks.div_ceil(kbt) * cblocks.div_ceil(cbt);
+    while count(kbt, cbt) < MIN_TASKS && (kbt > 1 || cbt > 1) {
+        if kbt >= cbt && kbt > 1 {
+            kbt = kbt.div_ceil(2);
+        } else {
+            cbt = cbt.div_ceil(2);
+        }
+    }
+    let (nkr, ncr) = (kblocks.div_ceil(kbt), cblocks.div_ceil(cbt));
+    let ldc = cbt * nr;
+    // Tap-major result `[tap][k][c]`, permuted into PyTorch's layout at the end.
+    let mut tap_major = vec![0f32; taps * cb * ag];
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (an_buf, bp_buf) = &mut *guard;
+        let an = scratch(an_buf, an_len);
+        let bp = scratch(bp_buf, bp_len);
+        let (body, slack) = an.split_at_mut(an_len - nr);
+        slack.fill(0.0);
+        body.par_chunks_mut(wp * cp)
+            .enumerate()
+            .for_each(|(row, dst)| nhwc_row(a, dst, row, [ca, cp, h, w], [hp, pad[0], pad[2]]));
+        bp.par_chunks_mut(ohw * mr)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let kb = i % kblocks;
+                let gi = (i / kblocks) % groups;
+                let ni = i / (kblocks * groups);
+                let rows = mr.min(bg - kb * mr);
+                if rows < mr {
+                    dst.fill(0.0);
+                }
+                let k0 = gi * bg + kb * mr;
+                transpose(&b[(ni * cb + k0) * ohw..], ohw, dst, mr, rows, ohw);
+            });
+        let (an, bp) = (&*an, &*bp);
+        let ntasks = groups * taps * nkr * ncr;
+        for_each_task(&mut tap_major, ntasks, kbt * mr * ldc, |t, out, tile| {
+            let cr = t % ncr;
+            let kr = (t / ncr) % nkr;
+            let tap = (t / (ncr * nkr)) % taps;
+            let gi = t / (ncr * nkr * taps);
+            let (ky, kx) = (tap / kw, tap % kw);
+            let (kb0, kb1) = (kr * kbt, ((kr + 1) * kbt).min(kblocks));
+            let (cb0, cb1) = (cr * cbt, ((cr + 1) * cbt).min(cblocks));
+            // Output rows whose input row for this tap lies in the padding contribute zero:
+            // only rows `oy_lo..oy_hi` are multiplied (an atrous tap skips a sixth or more).
+            let (oy_lo, oy_hi) = live_rows(ky * dh, sh, pad[0], h, oh);
+            let (q_lo, q_hi) = (oy_lo * ow, oy_hi * ow);
+            let nq = q_hi - q_lo;
+            let per = nq.div_ceil(nq.div_ceil(KC).max(1));
+            let mut accumulate = false;
+            for ni in 0..n {
+                let origin = ((ni * hp + ky * dh) * wp + kx * dw) * cp + gi * ag;
+                let mut q0 = q_lo;
+                while q0 < q_hi {
+                    let kc = per.min(q_hi - q0);
+                    for cbi in cb0..cb1 {
+                        let bsl = &an[origin + cbi * nr..];
+                        for kb in kb0..kb1 {
+                            let a0 = (((ni * groups + gi) * kblocks + kb) * ohw + q0) * mr;
+                            let c0 = (kb - kb0) * mr * ldc + (cbi - cb0) * nr;
+                            ukr.run(
+                                kc,
+                                &bp[a0..a0 + kc * mr],
+                                bsl,
+                                &offs,
+                                q0,
+                                &mut tile[c0..],
+                                ldc,
+                                accumulate,
+                            );
                         }
                     }
+                    accumulate = true;
+                    q0 += kc;
+                }
+            }
+            if !accumulate {
+                // Every row of this tap reads padding: its gradient is zero.
+                tile.fill(0.0);
+            }
+            let c_lo = cb0 * nr;
+            let c_hi = (cb1 * nr).min(ag);
+            for kb in kb0..kb1 {
+                for m in 0..mr.min(bg - kb * mr) {
+                    let k = gi * bg + kb * mr + m;
+                    let src = &tile[(kb - kb0) * mr * ldc + m * ldc..][..c_hi - c_lo];
+                    // SAFETY: this task alone sums tap `tap` of output channel `k` for input
+                    // channels `c_lo..c_hi` (tasks partition group × tap × k-block range ×
+                    // column range), and `out` wraps `tap_major`, borrowed for the whole run.
+                    unsafe { out.write_row((tap * cb + k) * ag + c_lo, src, 0.0) };
                 }
             }
         });
-    let cols = ag.div_ceil(nr) * nr;
-    // B rows: one per output column, `sw · cp` floats apart in the NHWC input.
-    let offs = RowOffsets::new((0..ow).map(|k| k * sw * cp).collect());
-    let tasks: Vec<(usize, usize, usize, usize)> = (0..groups)
-        .flat_map(|gi| {
-            (0..kblocks).flat_map(move |kb| {
-                (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (gi, kb, ky, kx)))
-            })
-        })
-        .collect();
-    let tiles: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(gi, kb, ky, kx)| {
-            let mut tile = vec![0f32; mr * cols];
-            for ni in 0..n {
-                for oy in 0..oh {
-                    let iy = oy * sh + ky * dh;
-                    let a0 = ((ni * hp + iy) * wp + kx * dw) * cp + gi * ag;
-                    let p0 = (((ni * oh + oy) * groups + gi) * kblocks + kb) * panel;
-                    let apanel = &bp[p0..p0 + panel];
-                    for cblk in (0..cols).step_by(nr) {
-                        ukr.run(
-                            ow,
-                            apanel,
-                            &an[a0 + cblk..],
-                            &offs,
-                            0,
-                            &mut tile[cblk..],
-                            cols,
-                            true,
-                        );
-                    }
-                }
-            }
-            tile
-        })
-        .collect();
-    let mut out = Array4::<f32>::zeros((cb, ag, kh, kw));
-    for (&(gi, kb, ky, kx), tile) in tasks.iter().zip(&tiles) {
-        for m in 0..mr.min(bg - kb * mr) {
-            for c in 0..ag {
-                out[[gi * bg + kb * mr + m, c, ky, kx]] = tile[m * cols + c];
-            }
+    });
+    if taps == 1 {
+        out.as_slice_mut()
+            .expect("fresh array")
+            .copy_from_slice(&tap_major);
+    } else {
+        for ((k, c, ky, kx), v) in out.indexed_iter_mut() {
+            *v = tap_major[((ky * kw + kx) * cb + k) * ag + c];
         }
     }
     Ok(out)
+}
+
+/// The output rows `oy_lo..oy_hi` whose input row `oy·s + tap − top` (`tap` = ky·d) lies
+/// inside the `h` input rows; the others see only zero padding.
+fn live_rows(tap: usize, s: usize, top: usize, h: usize, oh: usize) -> (usize, usize) {
+    // First row with oy·s + tap ≥ top, last with oy·s + tap ≤ top + h − 1.
+    let lo = top.saturating_sub(tap).div_ceil(s).min(oh);
+    let hi = match (top + h - 1).checked_sub(tap) {
+        Some(v) => (v / s + 1).min(oh),
+        None => 0,
+    };
+    (lo, hi.max(lo))
+}
+
+/// Row `row = (n, yp)` of the padded NHWC copy of the NCHW `a` (`ca` channels of `h × w`,
+/// `cp` floats per pixel; padded height `hp`, `top` and `left` padding): zeros outside the
+/// input, channels contiguous per pixel (the `cp − ca` spare floats are left as they are).
+fn nhwc_row(
+    a: &[f32],
+    dst: &mut [f32],
+    row: usize,
+    [ca, cp, h, w]: [usize; 4],
+    [hp, top, left]: [usize; 3],
+) {
+    let (ni, yp) = (row / hp, row % hp);
+    if yp < top || yp >= top + h {
+        dst.fill(0.0);
+        return;
+    }
+    let y = yp - top;
+    let (before, rest) = dst.split_at_mut(left * cp);
+    before.fill(0.0);
+    let (body, after) = rest.split_at_mut(w * cp);
+    after.fill(0.0);
+    // Channels × pixels of row y, transposed into pixels × channels.
+    transpose(&a[(ni * ca * h + y) * w..], h * w, body, cp, ca, w);
 }
 
 #[cfg(test)]
@@ -209,6 +373,26 @@ mod tests {
                 [3, 3],
                 3,
             ),
+            // Taps that read only padding (ky = 0 and 2 never reach the 3 input rows).
+            (
+                [1, 3, 3, 3],
+                [5, 3, 3],
+                [4, 4, 4, 4],
+                [3, 3],
+                [1, 1],
+                [4, 4],
+                1,
+            ),
+            // Strided and dilated, several tasks per tap.
+            (
+                [2, 40, 11, 13],
+                [70, 4, 5],
+                [1, 2, 0, 1],
+                [3, 2],
+                [2, 3],
+                [2, 1],
+                1,
+            ),
             (
                 [3, 64, 6, 5],
                 [17, 6, 5],
@@ -228,8 +412,8 @@ mod tests {
             let a = Array4::from_shape_simple_fn(ash, &mut rnd);
             let b = Array4::from_shape_simple_fn([ash[0], cb, oh, ow], &mut rnd);
             let want = naive(&a, &b, pad, k, s, d, g);
-            for isa in Isa::available_levels() {
-                let ukr = Microkernel::for_isa(isa).unwrap();
+            for ukr in Microkernel::available() {
+                let isa = format!("{ukr:?}");
                 let got = correlate(a.view(), b.view(), pad, k, s, d, g, ukr).unwrap();
                 assert_eq!(got.shape(), want.shape());
                 for (x, y) in got.iter().zip(want.iter()) {
