@@ -43,12 +43,15 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `len` floats of `v`, grown if needed (contents unspecified: callers overwrite them).
+/// `len` floats of `v` starting on a 64-byte boundary, grown if needed (contents unspecified:
+/// callers overwrite them). Aligned so that every pixel of the NHWC copy starts a cache line
+/// and an NR-wide read touches NR/16 lines, not one more.
 fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
+    if v.len() < len + 16 {
+        v.resize(len + 16, 0.0);
     }
-    &mut v[..len]
+    let skip = v.as_ptr().align_offset(64).min(15);
+    &mut v[skip..skip + len]
 }
 
 fn overflow(what: &'static str) -> ConvError {
