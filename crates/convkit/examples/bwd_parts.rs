@@ -45,7 +45,13 @@ fn main() {
     let (n, c, h, w, k, kk, s, p, d, g, runs) = (
         a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10],
     );
-    let spec = ConvSpec::conv2d(c, k, kk)
+    // TRANSPOSED=1 in the environment times the transposed layer instead.
+    let spec = if std::env::var_os("TRANSPOSED").is_some() {
+        ConvSpec::conv_transpose2d(c, k, kk)
+    } else {
+        ConvSpec::conv2d(c, k, kk)
+    };
+    let spec = spec
         .stride(s)
         .padding(p)
         .dilation(d)

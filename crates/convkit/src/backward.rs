@@ -428,6 +428,23 @@ mod tests {
         check(ConvSpec::conv1d(4, 6, 3).padding(1), [2, 4, 1, 30]).unwrap();
     }
 
+    /// Regression: the engines' per-thread scratch buffers must survive nesting. Backward
+    /// passes (weight gradients, sub-pixel grad inputs) started from inside a parallel loop
+    /// run while rayon steals the other iterations onto the waiting threads; a scratch held
+    /// borrowed across that wait would be re-borrowed and panic.
+    #[test]
+    fn backward_passes_nest_inside_parallel_loops() {
+        use rayon::prelude::*;
+        (0..12).into_par_iter().for_each(|i| {
+            let spec = if i % 2 == 0 {
+                ConvSpec::conv2d(8, 16, 3).stride(2).padding(1)
+            } else {
+                ConvSpec::conv_transpose2d(8, 6, 4).stride(2).padding(1)
+            };
+            check(spec, [1 + i % 3, 8, 9 + i, 7]).unwrap();
+        });
+    }
+
     #[test]
     fn matches_reference_with_every_padding_mode() {
         for mode in [

@@ -17,6 +17,12 @@ use crate::spec::{ConvSpec, Padding};
 use ndarray::{s, Array4, ArrayView1, ArrayView4, ArrayViewMut4};
 use rayon::prelude::*;
 
+thread_local! {
+    /// The phase outputs of the last multi-phase run on this thread, reused (no fresh pages
+    /// per call).
+    static PHASE_OUT: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// One phase along one axis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AxisPhase {
@@ -285,43 +291,110 @@ impl Subpixel {
                 return plan.run(xi, y);
             }
         }
-        // Every phase on its own (in parallel; each plan is parallel inside too), then the
-        // outputs interleaved row by row into `y`.
-        let outs: Vec<Option<Array4<f32>>> = self
+        // Every phase on its own (in parallel; each plan is parallel inside too) into one
+        // reused scratch buffer, then the outputs interleaved row by row into `y`.
+        let lens: Vec<usize> = self
             .phases
-            .par_iter()
-            .map(|p| -> Result<Option<Array4<f32>>> {
-                let Some(plan) = &p.conv else {
-                    return Ok(None);
-                };
-                let xi = x.slice(s![
-                    ..,
-                    ..,
-                    p.ys.input.0..p.ys.input.1,
-                    p.xs.input.0..p.xs.input.1
-                ]);
-                let mut o = Array4::<f32>::zeros(plan.geometry().output_shape());
-                plan.run(xi, o.view_mut())?;
-                Ok(Some(o))
+            .iter()
+            .map(|p| {
+                p.conv
+                    .as_ref()
+                    .map_or(0, |c| c.geometry().output_shape().iter().product())
             })
-            .collect::<Result<_>>()?;
+            .collect();
+        // Taken out of the thread-local for the run (and put back after), so that a nested
+        // run on this thread (rayon may steal one while we wait) finds it empty instead of
+        // borrowed.
+        let mut buf = PHASE_OUT.with(|cell| cell.take());
+        let done = (|| -> Result<()> {
+            let total: usize = lens.iter().sum();
+            if buf.len() < total {
+                buf.resize(total, 0.0);
+            }
+            let mut outs: Vec<&mut [f32]> = Vec::with_capacity(lens.len());
+            let mut rest = &mut buf[..total];
+            for &len in &lens {
+                let (head, tail) = rest.split_at_mut(len);
+                outs.push(head);
+                rest = tail;
+            }
+            self.phases
+                .par_iter()
+                .zip(outs.par_iter_mut())
+                .try_for_each(|(p, o)| -> Result<()> {
+                    let Some(plan) = &p.conv else {
+                        return Ok(());
+                    };
+                    let xi = x.slice(s![
+                        ..,
+                        ..,
+                        p.ys.input.0..p.ys.input.1,
+                        p.xs.input.0..p.xs.input.1
+                    ]);
+                    let shape = plan.geometry().output_shape();
+                    let view = ArrayViewMut4::from_shape(shape, &mut **o)
+                        .expect("the slice has the phase's output size");
+                    plan.run(xi, view)
+                })?;
+            let outs: Vec<&[f32]> = outs.into_iter().map(|o| &*o).collect();
+            self.interleave_all(&outs, y.view_mut());
+            Ok(())
+        })();
+        PHASE_OUT.with(|cell| cell.set(buf));
+        done?;
+        Ok(())
+    }
+
+    /// Writes the phase outputs (`outs[p]`: phase `p`'s (N, K, rows, cols) output, empty for
+    /// bias-only phases) into their interleaved places in `y`.
+    fn interleave_all(&self, outs: &[&[f32]], mut y: ArrayViewMut4<f32>) {
+        let g = &self.geom;
         let (k, oh, ow, sw) = (g.k, g.oh, g.ow, g.spec.stride()[1]);
+        // Two width phases at columns 0, 2, 4, … and 1, 3, 5, … (stride 2, the common case):
+        // pairs written together, which the compiler turns into vector shuffles.
+        let pairs = self.nx == 2
+            && sw == 2
+            && self.phases[0].xs.out_start == 0
+            && self.phases[1].xs.out_start == 1;
         let interleave = |row: usize, yrow: &mut [f32]| {
             let (nk, oy) = (row / oh, row % oh);
             let (n, kk) = (nk / k, nk % k);
             let (iy, qy) = self.row_phase[oy];
+            let bias = self.bias.as_ref().map_or(0.0, |b| b[kk]);
+            let src = |ix: usize| -> Option<&[f32]> {
+                let p = iy * self.nx + ix;
+                let plan = self.phases[p].conv.as_ref()?;
+                let [_, pk, ph, pw] = plan.geometry().output_shape();
+                Some(&outs[p][((n * pk + kk) * ph + qy) * pw..][..pw])
+            };
+            if pairs {
+                if let (Some(a), Some(b)) = (src(0), src(1)) {
+                    let (even, odd) = (
+                        self.phases[iy * 2].xs.out_count,
+                        self.phases[iy * 2 + 1].xs.out_count,
+                    );
+                    let both = odd.min(even);
+                    for ((d, &va), &vb) in yrow.chunks_exact_mut(2).zip(a).zip(b).take(both) {
+                        d[0] = va;
+                        d[1] = vb;
+                    }
+                    if even > both {
+                        yrow[2 * both] = a[both];
+                    }
+                    return;
+                }
+            }
             for ix in 0..self.nx {
                 let p = iy * self.nx + ix;
                 let (start, count) = (self.phases[p].xs.out_start, self.phases[p].xs.out_count);
-                match &outs[p] {
+                match src(ix) {
                     None => {
-                        let b = self.bias.as_ref().map_or(0.0, |b| b[kk]);
                         for q in 0..count {
-                            yrow[start + q * sw] = b;
+                            yrow[start + q * sw] = bias;
                         }
                     }
                     Some(o) => {
-                        for (q, v) in o.slice(s![n, kk, qy, ..]).iter().enumerate() {
+                        for (q, v) in o.iter().enumerate() {
                             yrow[start + q * sw] = *v;
                         }
                     }
@@ -346,7 +419,6 @@ impl Subpixel {
                 }
             }
         }
-        Ok(())
     }
 }
 

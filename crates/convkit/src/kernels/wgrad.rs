@@ -26,7 +26,7 @@ use super::transpose::transpose;
 use crate::error::{ConvError, Result};
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::cell::Cell;
 
 /// Pixels (GEMM depth) per microkernel call: a `KC × NR` micro-panel of the NHWC input is
 /// 24 KiB at NR = 48, resident in L1 while the task's `A` panels stream over it.
@@ -40,7 +40,7 @@ const MIN_TASKS: usize = 8;
 
 thread_local! {
     /// The NHWC copy of `a` and the packed `b` of the last call on this thread, reused.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// `len` floats of `v` starting on a 64-byte boundary, grown if needed (contents unspecified:
@@ -177,11 +177,12 @@ pub fn correlate(
     let ldc = cbt * nr;
     // Tap-major result `[tap][k][c]`, permuted into PyTorch's layout at the end.
     let mut tap_major = vec![0f32; taps * cb * ag];
-    SCRATCH.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        let (an_buf, bp_buf) = &mut *guard;
-        let an = scratch(an_buf, an_len);
-        let bp = scratch(bp_buf, bp_len);
+    // Taken out of the thread-local for the call and put back after, so that a nested call
+    // on this thread (rayon may steal one while this one waits) finds it empty, not borrowed.
+    let (mut an_buf, mut bp_buf) = SCRATCH.with(Cell::take);
+    {
+        let an = scratch(&mut an_buf, an_len);
+        let bp = scratch(&mut bp_buf, bp_len);
         let (body, slack) = an.split_at_mut(an_len - nr);
         slack.fill(0.0);
         body.par_chunks_mut(wp * cp)
@@ -260,7 +261,8 @@ pub fn correlate(
                 }
             }
         });
-    });
+    }
+    SCRATCH.with(|cell| cell.set((an_buf, bp_buf)));
     if taps == 1 {
         out.as_slice_mut()
             .expect("fresh array")
