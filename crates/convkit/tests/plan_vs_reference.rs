@@ -80,6 +80,7 @@ fn check_all(spec: &ValidSpec, input: [usize; 4], seed: u64) -> Result<(), Strin
             Algo::Auto,
             Algo::ImplicitGemm,
             Algo::Gemm1x1,
+            Algo::Direct,
             Algo::Depthwise,
         ] {
             check(spec, input, algo, isa, seed)?;
@@ -461,5 +462,46 @@ fn winograd_error_is_bounded() {
             "{spec}: max |err|/sum|x*w|: winograd {:.2e}, direct {:.2e}",
             worst[0], worst[1]
         );
+    }
+}
+
+/// The direct kernel on strided layers (phase-split bands): the RGB stem, stride 3 with
+/// dilation, a 1×1 stride-2 subsample, every padding mode, odd sizes; each must apply.
+#[test]
+fn direct_runs_strided_layers() {
+    let modes = [
+        PaddingMode::Zeros,
+        PaddingMode::Reflect,
+        PaddingMode::Replicate,
+        PaddingMode::Circular,
+    ];
+    let cases: Vec<(ConvSpec, [usize; 4])> = vec![
+        (
+            ConvSpec::conv2d(3, 64, 7).stride(2).padding(3),
+            [1, 3, 37, 41],
+        ),
+        (
+            ConvSpec::conv2d(6, 10, [3, 2])
+                .stride([3, 2])
+                .dilation([2, 3])
+                .padding_sides([2, 1, 0, 3]),
+            [2, 6, 19, 17],
+        ),
+        (ConvSpec::conv2d(20, 13, 1).stride(2), [1, 20, 9, 11]),
+        (
+            ConvSpec::conv2d(8, 8, 3).stride(2).padding(1).groups(2),
+            [1, 8, 12, 9],
+        ),
+    ];
+    for (i, (spec, input)) in cases.into_iter().enumerate() {
+        for mode in modes {
+            let Ok(spec) = spec.clone().padding_mode(mode).build() else {
+                continue;
+            };
+            for isa in Isa::available_levels() {
+                let ran = check(&spec, input, Algo::Direct, isa, 40 + i as u64).unwrap();
+                assert!(ran, "{spec}: direct refused");
+            }
+        }
     }
 }

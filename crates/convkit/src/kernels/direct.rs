@@ -1,22 +1,26 @@
-//! Direct convolution for stride-1 layers: the microkernel reads the input in place, no
+//! Direct convolution: the microkernel reads a padded copy of the input band in place, no
 //! im2col at all.
 //!
-//! A task copies a band of input rows (all `Cg` channels of a group, `R + (kh−1)·dh` rows,
-//! `ow_b + (kw−1)·dw` columns, border modes applied) into its workspace, ≤ ~400 KiB, so the
-//! band is padded and L2-resident. In that band, output pixel `(r, ox)` sits at the flat
-//! position `f = r·Wb + ox`, and the input it needs for tap `(c, ky, kx)` at `f + off`, with
-//! `off = c·BR·Wb + ky·dh·Wb + kx·dw` the same for every pixel. So an `NR`-wide run of flat
-//! positions is one microkernel tile whose B rows are `band[f + off(kk)..]`: the indirect
-//! convolution of Dukhan (2019), with row offsets instead of pointers. The flat run also
-//! covers the `(kw−1)·dw` gap columns between output rows, which are computed and dropped
-//! (`(kw−1)·dw / Wb` of the work: 3.4 % for a 3×3 on a 56-wide map), so the plan only picks
-//! this for narrow kernels on wide maps.
+//! A task copies a band of input rows (all `Cg` channels of a group, border modes applied)
+//! into its workspace, ≤ ~400 KiB, so the band is padded and L2-resident. For stride `s`
+//! the band is split into its `s_h × s_w` stride phases (phase `(py, px)` holds the padded
+//! input rows `≡ py` and columns `≡ px` mod s), so that every tap reads a phase at unit
+//! stride: input row `(oy0 + r)·s_h + ky·d_h` is row `r + ⌊ky·d_h / s_h⌋` of phase
+//! `ky·d_h mod s_h` (likewise for columns). Only the phases some tap reads are stored (a 1×1
+//! stride-2 layer keeps one, a plain subsample). In that band, output pixel `(r, ox)` sits at
+//! the flat position `f = r·Wb + ox`, and the input it needs for tap `(c, ky, kx)` at
+//! `f + off`, with `off = (c·P + phase)·BR·Wb + ⌊ky·d_h/s_h⌋·Wb + ⌊kx·d_w/s_w⌋` the same for
+//! every pixel. So an `NR`-wide run of flat positions is one microkernel tile whose B rows are
+//! `band[f + off(kk)..]`: the indirect convolution of Dukhan (2019), with row offsets instead
+//! of pointers. The flat run also covers the `⌊(kw−1)·d_w / s_w⌋` gap columns between output
+//! rows, which are computed and dropped (3.4 % for a 3×3 on a 56-wide map, 2.6 % for the 7×7
+//! stride-2 stem on 224×224), so the plan only picks this for narrow kernels on wide maps.
 //!
 //! Each output element is produced by exactly one task over a fixed chunk sequence, so the
 //! result does not depend on the number of threads.
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::igemm::pack_weights;
+use super::igemm::{gather_strided, pack_weights};
 use super::round_up;
 use super::store::{for_each_task, SharedOut};
 use crate::border::Border;
@@ -53,9 +57,11 @@ pub struct DirectConv {
     rows: usize,
     /// Output columns per band.
     cols: usize,
-    /// Band buffer rows `BR` and columns `Wb`.
+    /// Band buffer rows `BR` and columns `Wb` (per stored phase).
     br: usize,
     wb: usize,
+    /// The stored stride phases `(py, px)`, in band order.
+    phases: Vec<(usize, usize)>,
     nbx: usize,
     nby: usize,
     offs: RowOffsets,
@@ -64,32 +70,55 @@ pub struct DirectConv {
 }
 
 impl DirectConv {
-    /// Plans `geom` (which must have stride 1), packing `w` for `ukr`.
+    /// Plans `geom`, packing `w` for `ukr`.
     pub fn new(
         geom: &Geometry,
         w: ArrayView4<f32>,
         bias: Option<ArrayView1<f32>>,
         ukr: Microkernel,
     ) -> DirectConv {
+        let mut d = Self::layout(geom, ukr);
+        d.a = pack_weights(w, d.groups, ukr.mr);
+        d.bias = bias.map_or_else(|| vec![0.0; geom.k], |b| b.to_vec());
+        d
+    }
+
+    /// Multiply-accumulates the plan would run with `ukr`, counting the padding of bands to
+    /// whole `NR`-wide tiles and of output channels to whole `MR` panels (what a caller
+    /// compares to choose a microkernel width).
+    pub fn padded_macs(geom: &Geometry, ukr: Microkernel) -> f64 {
+        let d = Self::layout(geom, ukr);
+        let flat = round_up((d.rows - 1) * d.wb + d.cols, ukr.nr);
+        let bands = (geom.n * d.groups * d.nbx * d.nby) as f64;
+        bands * flat as f64 * (d.mpanels * ukr.mr) as f64 * d.ktot as f64
+    }
+
+    /// The band layout, task split and tap offsets for `ukr` (weights not yet packed).
+    fn layout(geom: &Geometry, ukr: Microkernel) -> DirectConv {
         let s = &geom.spec;
-        assert_eq!(s.stride(), [1, 1], "direct convolution needs stride 1");
         let groups = s.groups();
         let (cg, kg) = (geom.c / groups, geom.k / groups);
         let [kh, kw] = s.kernel();
         let [dh, dw] = s.dilation();
+        let [sh, sw] = s.stride();
         let ktot = cg * kh * kw;
         let (mr, nr) = (ukr.mr, ukr.nr);
         let mpanels = kg.div_ceil(mr);
-        let a = pack_weights(w, groups, mr);
-        let bias = bias.map_or_else(|| vec![0.0; geom.k], |b| b.to_vec());
-        let (eh, ew) = ((kh - 1) * dh, (kw - 1) * dw);
+        // Phases some tap reads, and the extra rows / columns a phase needs past the outputs.
+        let mut phases: Vec<(usize, usize)> = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| ((ky * dh) % sh, (kx * dw) % sw)))
+            .collect();
+        phases.sort_unstable();
+        phases.dedup();
+        let np = phases.len();
+        let (eh, ew) = ((kh - 1) * dh / sh, (kw - 1) * dw / sw);
         // Columns per band: the whole row if the one-row band fits the buffer, else cut.
-        let max_cols = (MAX_BAND_BYTES / (4 * cg * (1 + eh))).saturating_sub(ew);
+        let max_cols = (MAX_BAND_BYTES / (4 * cg * np * (1 + eh))).saturating_sub(ew);
         let max_cols = max_cols.clamp(nr, MAX_BAND_COLS);
         let nbx = geom.ow.div_ceil(max_cols);
         let cols = geom.ow.div_ceil(nbx);
         let wb = cols + ew;
-        let band_bytes = |r: usize| 4 * cg * (r + eh) * wb;
+        let band_bytes = |r: usize| 4 * cg * np * (r + eh) * wb;
         let mut rows = (BAND_PIXELS / wb).clamp(1, geom.oh);
         while rows > 1 && band_bytes(rows) > MAX_BAND_BYTES {
             rows -= 1;
@@ -111,8 +140,13 @@ impl DirectConv {
         let mut offs = vec![0; ktot];
         for ky in 0..kh {
             for kx in 0..kw {
+                let ph = (ky * dh % sh, kx * dw % sw);
+                let p = phases
+                    .binary_search(&ph)
+                    .expect("every tap's phase is stored");
                 for c in 0..cg {
-                    offs[(ky * kw + kx) * cg + c] = c * br * wb + ky * dh * wb + kx * dw;
+                    offs[(ky * kw + kx) * cg + c] =
+                        (c * np + p) * br * wb + ky * dh / sh * wb + kx * dw / sw;
                 }
             }
         }
@@ -131,11 +165,12 @@ impl DirectConv {
             cols,
             br,
             wb,
+            phases,
             nbx,
             nby: geom.oh.div_ceil(rows),
             offs: RowOffsets::new(offs),
-            a,
-            bias,
+            a: Vec::new(),
+            bias: Vec::new(),
         }
     }
 
@@ -145,7 +180,7 @@ impl DirectConv {
     }
 
     fn band_len(&self) -> usize {
-        self.cg * self.br * self.wb + self.ukr.nr
+        self.cg * self.phases.len() * self.br * self.wb + self.ukr.nr
     }
 
     fn ldc(&self) -> usize {
@@ -177,7 +212,8 @@ impl DirectConv {
         });
     }
 
-    /// Copies the band (all channels of the group, border rule applied) into `band`.
+    /// Copies the band (all channels of the group, each stored stride phase, border rule
+    /// applied) into `band`.
     fn fill_band(
         &self,
         xg: &[f32],
@@ -191,28 +227,46 @@ impl DirectConv {
         let [pt, _, pl, _] = g.pad;
         let [kh, kw] = g.spec.kernel();
         let [dh, dw] = g.spec.dilation();
-        let (nrow, ncol) = (rv + (kh - 1) * dh, cv + (kw - 1) * dw);
-        // Columns [j0, j1) of the band come straight from the input row.
-        let first = ox0 as isize - pl as isize;
-        let j0 = (-first).clamp(0, ncol as isize) as usize;
-        let j1 = (g.w as isize - first).clamp(j0 as isize, ncol as isize) as usize;
+        let [sh, sw] = g.spec.stride();
+        let (nrow, ncol) = (rv + (kh - 1) * dh / sh, cv + (kw - 1) * dw / sw);
         let hw = g.h * g.w;
+        let np = self.phases.len();
         for c in 0..self.cg {
             let plane = &xg[c * hw..(c + 1) * hw];
-            for r in 0..nrow {
-                let dst = &mut band[(c * self.br + r) * self.wb..][..ncol];
-                let Some(iy) = self.border.source((oy0 + r) as isize - pt as isize, g.h) else {
-                    dst.fill(0.0);
-                    continue;
+            for (p, &(py, px)) in self.phases.iter().enumerate() {
+                // Band column j of this phase reads input column (ox0 + j)·sw + px − pl;
+                // columns [j0, j1) of those lie inside the input.
+                let first = ((ox0 * sw + px) as isize) - pl as isize;
+                let j0 = ((-first).max(0) as usize).div_ceil(sw).min(ncol);
+                let j1 = if (g.w as isize) > first {
+                    ((g.w as isize - first) as usize)
+                        .div_ceil(sw)
+                        .clamp(j0, ncol)
+                } else {
+                    j0
                 };
-                let row = &plane[iy * g.w..(iy + 1) * g.w];
-                let s0 = (first + j0 as isize) as usize;
-                dst[j0..j1].copy_from_slice(&row[s0..s0 + (j1 - j0)]);
-                for j in (0..j0).chain(j1..ncol) {
-                    dst[j] = self
-                        .border
-                        .source(first + j as isize, g.w)
-                        .map_or(0.0, |ix| row[ix]);
+                for r in 0..nrow {
+                    let dst = &mut band[((c * np + p) * self.br + r) * self.wb..][..ncol];
+                    let iy = ((oy0 + r) * sh + py) as isize - pt as isize;
+                    let Some(iy) = self.border.source(iy, g.h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let row = &plane[iy * g.w..(iy + 1) * g.w];
+                    if j1 > j0 {
+                        let s0 = (first + (j0 * sw) as isize) as usize;
+                        if sw == 1 {
+                            dst[j0..j1].copy_from_slice(&row[s0..s0 + (j1 - j0)]);
+                        } else {
+                            gather_strided(&mut dst[j0..j1], &row[s0..], sw);
+                        }
+                    }
+                    for j in (0..j0).chain(j1..ncol) {
+                        dst[j] = self
+                            .border
+                            .source(first + (j * sw) as isize, g.w)
+                            .map_or(0.0, |ix| row[ix]);
+                    }
                 }
             }
         }

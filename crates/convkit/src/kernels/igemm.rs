@@ -105,7 +105,7 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
 /// `dst[i] = src[i·stride]`; stride 2 (the common strided layers) in blocks of 8 that the
 /// compiler turns into shuffles.
 #[inline]
-fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
+pub(crate) fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
     if stride == 2 {
         let n8 = (dst.len() / 8).min(src.len() / 16);
         for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(16)).take(n8) {

@@ -332,7 +332,7 @@ impl Subpixel {
                         p.xs.input.0..p.xs.input.1
                     ]);
                     let shape = plan.geometry().output_shape();
-                    let view = ArrayViewMut4::from_shape(shape, &mut **o)
+                    let view = ArrayViewMut4::from_shape(shape, o)
                         .expect("the slice has the phase's output size");
                     plan.run(xi, view)
                 })?;
