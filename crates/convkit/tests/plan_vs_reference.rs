@@ -495,7 +495,7 @@ fn direct_runs_strided_layers() {
     ];
     for (i, (spec, input)) in cases.into_iter().enumerate() {
         for mode in modes {
-            let Ok(spec) = spec.clone().padding_mode(mode).build() else {
+            let Ok(spec) = spec.padding_mode(mode).build() else {
                 continue;
             };
             for isa in Isa::available_levels() {
