@@ -115,8 +115,15 @@ impl DirectConv {
         // Columns per band: the whole row if the one-row band fits the buffer, else cut.
         let max_cols = (MAX_BAND_BYTES / (4 * cg * np * (1 + eh))).saturating_sub(ew);
         let max_cols = max_cols.clamp(nr, MAX_BAND_COLS);
-        let nbx = geom.ow.div_ceil(max_cols);
-        let cols = geom.ow.div_ceil(nbx);
+        // A cut row is cut into bands a whole number of tiles wide (the last one narrower):
+        // 3000 columns in 144-wide bands fill 99 % of their tiles, in 17 balanced 177-wide
+        // ones 92 %.
+        let cols = if geom.ow <= max_cols {
+            geom.ow
+        } else {
+            (max_cols / nr * nr).max(nr)
+        };
+        let nbx = geom.ow.div_ceil(cols);
         let wb = cols + ew;
         let band_bytes = |r: usize| 4 * cg * np * (r + eh) * wb;
         let mut rows = (BAND_PIXELS / wb).clamp(1, geom.oh);
