@@ -176,7 +176,13 @@ pub fn correlate(
     let (nkr, ncr) = (kblocks.div_ceil(kbt), cblocks.div_ceil(cbt));
     let ldc = cbt * nr;
     // Tap-major result `[tap][k][c]`, permuted into PyTorch's layout at the end.
-    let mut tap_major = vec![0f32; taps * cb * ag];
+    // Tasks write tap-major rows `[tap][k][c]`: straight into `out` for one tap, else into a
+    // buffer transposed into PyTorch's `[k][c][tap]` at the end.
+    let mut tap_major = if taps == 1 {
+        Vec::new()
+    } else {
+        vec![0f32; taps * cb * ag]
+    };
     // Taken out of the thread-local for the call and put back after, so that a nested call
     // on this thread (rayon may steal one while this one waits) finds it empty, not borrowed.
     let (mut an_buf, mut bp_buf) = SCRATCH.with(Cell::take);
@@ -203,7 +209,12 @@ pub fn correlate(
             });
         let (an, bp) = (&*an, &*bp);
         let ntasks = groups * taps * nkr * ncr;
-        for_each_task(&mut tap_major, ntasks, kbt * mr * ldc, |t, out, tile| {
+        let dst = if taps == 1 {
+            out.as_slice_mut().expect("fresh array")
+        } else {
+            &mut tap_major[..]
+        };
+        for_each_task(dst, ntasks, kbt * mr * ldc, |t, out, tile| {
             let cr = t % ncr;
             let kr = (t / ncr) % nkr;
             let tap = (t / (ncr * nkr)) % taps;
@@ -256,21 +267,16 @@ pub fn correlate(
                     let src = &tile[(kb - kb0) * mr * ldc + m * ldc..][..c_hi - c_lo];
                     // SAFETY: this task alone sums tap `tap` of output channel `k` for input
                     // channels `c_lo..c_hi` (tasks partition group × tap × k-block range ×
-                    // column range), and `out` wraps `tap_major`, borrowed for the whole run.
+                    // column range), and `out` wraps `dst`, borrowed for the whole run.
                     unsafe { out.write_row((tap * cb + k) * ag + c_lo, src, 0.0) };
                 }
             }
         });
     }
     SCRATCH.with(|cell| cell.set((an_buf, bp_buf)));
-    if taps == 1 {
-        out.as_slice_mut()
-            .expect("fresh array")
-            .copy_from_slice(&tap_major);
-    } else {
-        for ((k, c, ky, kx), v) in out.indexed_iter_mut() {
-            *v = tap_major[((ky * kw + kx) * cb + k) * ag + c];
-        }
+    if taps > 1 {
+        let o = out.as_slice_mut().expect("fresh array");
+        transpose(&tap_major, cb * ag, o, taps, taps, cb * ag);
     }
     Ok(out)
 }
