@@ -135,6 +135,16 @@ pub struct Row {
     /// memory bandwidth for that working-set size (the issue's target is ≤ 1.5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_ratio: Option<f64>,
+    /// Forward rows: MiB the heap's peak grew by while the plan ran, over the operands and the
+    /// plan (packed weights) already allocated (per-thread workspaces kept from an earlier row
+    /// of the same process are not counted again; `compare.py` runs each row in its own
+    /// process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_extra_mib: Option<f64>,
+    /// Forward rows: the plan's bound for that growth, MiB: per-thread workspaces × threads
+    /// + run scratch (issue 3: peak ≤ operands + packed weights + bounded workspace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bound_mib: Option<f64>,
     /// Algorithm the plan chose.
     pub algo: String,
     /// Microkernel ISA level.
@@ -416,6 +426,7 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
     let x = Array4::from_shape_vec(input, fill(input.iter().product(), 1)).expect("sized");
     let geom = spec.geometry(input)?;
     let out = geom.output_shape();
+    let mut memory = None;
     let (timing, flops, algo_name, isa_name) = if s.pass == "backward" {
         let dy = Array4::from_shape_vec(out, fill(out.iter().product(), 4)).expect("sized");
         let want = GradRequest {
@@ -434,9 +445,18 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
         };
         (t, 2 * geom.flops(), name.to_string(), Some(isa.to_string()))
     } else {
-        let plan = Plan::with_isa(&spec, input, w.view(), Some(b.view()), algo, isa)?;
         let mut y = Array4::<f32>::zeros(out);
+        let plan = Plan::with_isa(&spec, input, w.view(), Some(b.view()), algo, isa)?;
+        // The plan (packed weights) and every operand exist before the peak is reset, so the
+        // peak's growth is what running adds: per-thread workspaces and run scratch.
+        let base = reset_peak_heap();
         let t = time_runs(runs, || Ok(plan.run(x.view(), y.view_mut())?))?;
+        memory = base.zip(peak_heap()).map(|(b, p)| {
+            (
+                p.saturating_sub(b) as f64 / MIB,
+                (threads * plan.workspace_bytes() + plan.scratch_bytes()) as f64 / MIB,
+            )
+        });
         (
             t,
             geom.flops(),
@@ -468,10 +488,26 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
         pass: s.pass.clone(),
         gbytes_per_s,
         stream_ratio,
+        peak_extra_mib: memory.map(|m| m.0),
+        memory_bound_mib: memory.map(|m| m.1),
         algo: algo_name,
         isa: isa_name,
         threads,
     })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Resets the heap's peak to its current size and returns that size, bytes (the CLI's
+/// counting global allocator).
+fn reset_peak_heap() -> Option<usize> {
+    crate::ALLOC.reset_peak_usage();
+    Some(crate::ALLOC.current_usage())
+}
+
+/// The heap's peak size since the last reset, bytes.
+fn peak_heap() -> Option<usize> {
+    Some(crate::ALLOC.peak_usage())
 }
 
 /// `convkit bench --suite filters`: the image-filter table (wall medians and CPU time).
@@ -610,6 +646,9 @@ pub fn run(args: Args) -> CliResult {
             row.peak_pct.map_or("-".into(), |p| format!("{p:.0}%")),
             match (row.gbytes_per_s, row.stream_ratio) {
                 (Some(g), Some(r)) => format!("{g:.1} GB/s, {r:.2}x the streaming time"),
+                _ => String::new(),
+            } + &match (row.peak_extra_mib, row.memory_bound_mib) {
+                (Some(e), Some(b)) => format!("  run +{e:.1} MiB (bound {b:.1})"),
                 _ => String::new(),
             }
         );

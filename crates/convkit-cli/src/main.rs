@@ -15,6 +15,11 @@ mod tour;
 
 use clap::{Parser, Subcommand};
 
+/// The system allocator, counting live and peak heap bytes so that `convkit bench` can report
+/// each plan's peak memory (two relaxed atomics per allocation).
+#[global_allocator]
+static ALLOC: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
+
 /// convkit: every convolution of deep learning, exact PyTorch semantics, fast on CPU.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]

@@ -360,6 +360,21 @@ impl Plan {
         }
     }
 
+    /// Bytes of scratch one `run` keeps besides the per-thread workspaces (the sub-pixel
+    /// phase outputs before they are interleaved; 0 for the other algorithms).
+    pub fn scratch_bytes(&self) -> usize {
+        match &self.imp {
+            Imp::Subpixel(sp) => sp.scratch_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Upper bound of the memory a run adds to its operands, with `threads` workers: packed
+    /// weights + per-thread workspaces + run scratch (issue 3's peak-memory budget).
+    pub fn memory_bound_bytes(&self, threads: usize) -> usize {
+        self.packed_weight_bytes() + threads * self.workspace_bytes() + self.scratch_bytes()
+    }
+
     /// Bytes of packed weights held by the plan.
     pub fn packed_weight_bytes(&self) -> usize {
         match &self.imp {

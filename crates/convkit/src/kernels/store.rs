@@ -28,6 +28,10 @@ pub fn for_each_task(
         WORKSPACE.with(|ws| {
             let mut ws = ws.borrow_mut();
             if ws.len() < wlen {
+                // Exactly the size asked for (a plain resize may double the capacity, which
+                // would break the plans' workspace bound).
+                let grow = wlen - ws.len();
+                ws.reserve_exact(grow);
                 ws.resize(wlen, 0.0);
             }
             task(t, out, &mut ws[..wlen]);

@@ -233,6 +233,19 @@ impl Subpixel {
             .unwrap_or(0)
     }
 
+    /// Bytes of the phase outputs a multi-phase run keeps (in a reused per-thread buffer)
+    /// before interleaving them; 0 for a single stride-1 phase, which writes `y` directly.
+    pub fn scratch_bytes(&self) -> usize {
+        if self.geom.spec.stride() == [1, 1] && self.phases.len() == 1 {
+            return 0;
+        }
+        self.phases
+            .iter()
+            .filter_map(|p| p.conv.as_ref())
+            .map(|c| 4 * c.geometry().output_shape().iter().product::<usize>())
+            .sum()
+    }
+
     /// Bytes of packed weights over all phases (together, the layer's weights once).
     pub fn packed_weight_bytes(&self) -> usize {
         self.phases
