@@ -16,7 +16,8 @@
 //! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
 //! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
 
-use super::simd::{dot_block, running_sum, store_fence, Isa, Taps, MAX_ROWS};
+use super::boxsum::{self, Row};
+use super::simd::{dot_block, store_fence, widen, Isa, Taps, MAX_ROWS};
 use super::{FilterBorder, Image, Sample};
 use rayon::prelude::*;
 
@@ -212,47 +213,94 @@ impl<T: Sample> Ctx<'_, T> {
         }
     }
 
-    /// [`Stage::Box`]: unit-tap row sums into a ring of `kh + 1` rows; the column sum
-    /// `S` (f64) starts from the first `kh − 1` rows and then, per output row, gains the
-    /// newest row and loses the one that left the window (dilation is 1 here).
+    /// [`Stage::Box`] ([`super::boxsum`]): running column sums over the window's rows, read
+    /// straight from the image, then per output row the padded row of sums summed over `kw`
+    /// columns (dilation is 1 here). Integer images whose window sums fit in 32 bits sum
+    /// exactly in u32; others in f64 down the columns and f32 across.
     fn box_band(&self, y0: usize, out: &mut [f32], scale: f64) {
-        let (w, c) = (self.src.width, self.src.channels);
+        let (w, h, c) = (self.src.width, self.src.height, self.src.channels);
         let wc = w * c;
-        let kh = self.shape.kh;
+        let (kh, kw) = (self.shape.kh, self.shape.kw);
+        let left = self.lsrc.len() * c;
         let padded_len = (w + self.lsrc.len() + self.rsrc.len()) * c;
-        let ring_len = kh + 1;
-        let mut ring = vec![0.0f32; ring_len * wc];
-        let mut pad = vec![0.0f32; padded_len];
-        let shifts: Vec<usize> = (0..self.shape.kw).map(|j| j * c).collect();
-        let ones = vec![1.0f32; self.shape.kw];
-        let mut sum = vec![0.0f64; wc];
         let first = y0 as isize - self.top as isize;
-        let slot = |v: isize| (v - first) as usize % ring_len;
-        let mut row_sums = |v: isize, ring: &mut [f32]| {
-            self.fill_padded(v, &mut pad);
-            let s = slot(v) * wc;
-            let t = Taps {
-                rows: &[0],
-                cols: &shifts,
-                weights: &ones,
+        let value = self.border.value();
+        let int_max = T::INT_MAX.filter(|&m| {
+            let fits = (kh as u128) * (kw as u128) * (m as u128) < 1u128 << 32;
+            let constant_ok = match self.border {
+                FilterBorder::Constant(v) => v.fract() == 0.0 && v >= 0.0 && v <= m as f32,
+                _ => true,
             };
-            dot_block(self.isa, &pad, &t, &mut ring[s..s + wc], wc, false);
+            fits && constant_ok
+        });
+        let src_row = |v: isize| {
+            self.border
+                .source(v, h)
+                .map(|sy| &self.src.data[sy * wc..(sy + 1) * wc])
         };
-        for v in first..first + kh as isize - 1 {
-            row_sums(v, &mut ring);
-            let s = slot(v) * wc;
-            running_sum(self.isa, &mut sum, &ring[s..s + wc], None, scale, None);
+        if int_max.is_some() {
+            // In range and integral (checked above).
+            let cv = value as u32;
+            let row = |v: isize| src_row(v).map_or(Row::Const(cv), Row::Src);
+            let mut pad = vec![0u32; padded_len];
+            let mut q = vec![0u32; padded_len + c];
+            for v in first..first + kh as isize - 1 {
+                boxsum::vstep_u32(self.isa, &mut pad[left..left + wc], row(v), Row::Const(0));
+            }
+            for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+                let newest = first + (r + kh - 1) as isize;
+                let old = if r > 0 {
+                    row(newest - kh as isize)
+                } else {
+                    Row::Const(0)
+                };
+                boxsum::vstep_u32(self.isa, &mut pad[left..left + wc], row(newest), old);
+                self.pad_edges(&mut pad, (kh as u32).wrapping_mul(cv));
+                boxsum::window_prefix(self.isa, &pad, kw, c, &mut q, o, scale);
+            }
+        } else {
+            let cv = value as f64;
+            let row = |v: isize| src_row(v).map_or(Row::Const(cv), Row::Src);
+            let mut sum = vec![0.0f64; wc];
+            let mut pad = vec![0.0f32; padded_len];
+            let sl = boxsum::scratch_len(kw, c);
+            let (mut a, mut b, mut acc) = (vec![0.0f32; sl], vec![0.0f32; sl], vec![0.0f32; sl]);
+            for v in first..first + kh as isize - 1 {
+                let mid = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, &mut sum, row(v), Row::Const(0.0), mid);
+            }
+            for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+                let newest = first + (r + kh - 1) as isize;
+                let old = if r > 0 {
+                    row(newest - kh as isize)
+                } else {
+                    Row::Const(0.0)
+                };
+                let mid = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, &mut sum, row(newest), old, mid);
+                self.pad_edges(&mut pad, (kh as f64 * cv) as f32);
+                boxsum::window(self.isa, &pad, kw, c, (&mut a, &mut b, &mut acc), o, scale);
+            }
         }
-        for (r, o) in out.chunks_exact_mut(wc).enumerate() {
-            let newest = first + (r + kh - 1) as isize;
-            row_sums(newest, &mut ring);
-            let s = slot(newest) * wc;
-            let add = &ring[s..s + wc];
-            let old = (r > 0).then(|| {
-                let s = slot(newest - kh as isize) * wc;
-                &ring[s..s + wc]
-            });
-            running_sum(self.isa, &mut sum, add, old, scale, Some(o));
+    }
+
+    /// Fills the horizontal pads of a padded row from its middle by the border index lists
+    /// (`fill` where the border is constant).
+    fn pad_edges<E: Copy>(&self, pad: &mut [E], fill: E) {
+        let c = self.src.channels;
+        let left = self.lsrc.len() * c;
+        for (p, s) in self.lsrc.iter().enumerate() {
+            match s {
+                Some(x) => pad.copy_within(left + x * c..left + (x + 1) * c, p * c),
+                None => pad[p * c..(p + 1) * c].fill(fill),
+            }
+        }
+        let r0 = left + self.src.width * c;
+        for (p, s) in self.rsrc.iter().enumerate() {
+            match s {
+                Some(x) => pad.copy_within(left + x * c..left + (x + 1) * c, r0 + p * c),
+                None => pad[r0 + p * c..r0 + (p + 1) * c].fill(fill),
+            }
         }
     }
 
@@ -265,7 +313,7 @@ impl<T: Sample> Ctx<'_, T> {
         };
         let left = self.lsrc.len() * c;
         let row = &self.src.data[sy * w * c..(sy + 1) * w * c];
-        T::widen(row, &mut dst[left..left + w * c]);
+        widen(self.isa, row, &mut dst[left..left + w * c]);
         for (p, s) in self.lsrc.iter().enumerate() {
             self.copy_pixel(row, *s, &mut dst[p * c..(p + 1) * c]);
         }

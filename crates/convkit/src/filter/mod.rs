@@ -31,6 +31,7 @@
 //! run time and bit-identical) for every pass.
 
 pub mod bench;
+mod boxsum;
 mod engine;
 pub mod kernels;
 pub mod naive;
@@ -157,15 +158,32 @@ impl fmt::Display for FilterBorder {
 pub trait Sample: Copy + Send + Sync + 'static {
     /// The depth, for OpenCV's depth-dependent rules.
     const DEPTH: Depth;
+    /// The largest sample value for integer depths (their box sums run exactly in u32),
+    /// `None` for float depths.
+    const INT_MAX: Option<u32>;
     /// `dst[i] = src[i] as f32` (equal lengths).
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// The sample as an unsigned integer: exact for integer depths (`INT_MAX` is `Some`);
+    /// float depths saturate and truncate (not used for them).
+    fn to_u32(self) -> u32;
+    /// The sample as f64 (exact for every depth).
+    fn to_f64(self) -> f64;
 }
 
 macro_rules! sample {
-    ($t:ty, $d:expr) => {
+    ($t:ty, $d:expr, $max:expr) => {
         impl Sample for $t {
             const DEPTH: Depth = $d;
-            #[inline]
+            const INT_MAX: Option<u32> = $max;
+            #[inline(always)]
+            fn to_u32(self) -> u32 {
+                self as u32
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
             fn widen(src: &[Self], dst: &mut [f32]) {
                 for (d, &s) in dst.iter_mut().zip(src) {
                     *d = s as f32;
@@ -174,9 +192,9 @@ macro_rules! sample {
         }
     };
 }
-sample!(u8, Depth::U8);
-sample!(u16, Depth::U16);
-sample!(f32, Depth::F32);
+sample!(u8, Depth::U8, Some(u8::MAX as u32));
+sample!(u16, Depth::U16, Some(u16::MAX as u32));
+sample!(f32, Depth::F32, None);
 
 /// A borrowed `height × width × channels` image, rows contiguous, channels interleaved.
 #[derive(Debug, Clone, Copy)]
