@@ -10,12 +10,16 @@
 //! * Integer images (u8, u16) whose window sums fit in 32 bits: everything in wrapping u32
 //!   arithmetic, hence exact (the true sums are below 2³²); the output is `sum · scale`
 //!   rounded once from f64, the correctly rounded mean.
-//! * Otherwise (f32 images, or a fractional constant border): `S` in f64 (as before: no drift
-//!   along the column), rounded to f32 for the horizontal tree.
+//! * Otherwise (f32 images, or a fractional constant border): `S` in f64 (no drift along the
+//!   column); across, on AVX-512 with ≤ 8 channels, f64 per-channel prefix sums (an
+//!   in-register scan) and one difference per output, else `S` rounded to f32 for the
+//!   doubling tree. The two float variants differ in the last bits (both far inside the
+//!   tolerances; tested against plain sums).
 //!
-//! The bodies are plain safe loops (auto-vectorised inside each level's `target_feature`
-//! wrapper); they use only element-wise operations in a fixed order, so every level gives the
-//! same bits (tested).
+//! The integer passes are exact on every level. The tree and column-step bodies are plain
+//! safe loops (auto-vectorised inside each level's `target_feature` wrapper) of element-wise
+//! operations in a fixed order, so every level gives the same bits (tested); the scans and
+//! difference passes are AVX-512 intrinsics, tested against the scalar bodies.
 
 use super::simd::Isa;
 use super::Sample;
@@ -91,33 +95,39 @@ fn vstep_u32_body<T: Sample>(sum: &mut [u32], add: Row<T, u32>, sub: Row<T, u32>
     }
 }
 
-/// `sum[x] += add[x] − sub[x]` in f64, and `mid[x] = sum[x]` rounded to f32.
+/// `sum[x] += add[x] − sub[x]` in f64, then (when given) `mid[x] = sum[x]` rounded to f32.
 #[inline(always)]
-fn vstep_f64_body<T: Sample>(sum: &mut [f64], add: Row<T, f64>, sub: Row<T, f64>, mid: &mut [f32]) {
+fn vstep_f64_body<T: Sample>(
+    sum: &mut [f64],
+    add: Row<T, f64>,
+    sub: Row<T, f64>,
+    mid: Option<&mut [f32]>,
+) {
     match (add, sub) {
         (Row::Src(a), Row::Src(b)) => {
-            for (((s, m), a), b) in sum.iter_mut().zip(mid.iter_mut()).zip(a).zip(b) {
+            for ((s, a), b) in sum.iter_mut().zip(a).zip(b) {
                 *s += a.to_f64() - b.to_f64();
-                *m = *s as f32;
             }
         }
         (Row::Src(a), Row::Const(b)) => {
-            for ((s, m), a) in sum.iter_mut().zip(mid.iter_mut()).zip(a) {
+            for (s, a) in sum.iter_mut().zip(a) {
                 *s += a.to_f64() - b;
-                *m = *s as f32;
             }
         }
         (Row::Const(a), Row::Src(b)) => {
-            for ((s, m), b) in sum.iter_mut().zip(mid.iter_mut()).zip(b) {
+            for (s, b) in sum.iter_mut().zip(b) {
                 *s += a - b.to_f64();
-                *m = *s as f32;
             }
         }
         (Row::Const(a), Row::Const(b)) => {
-            for (s, m) in sum.iter_mut().zip(mid.iter_mut()) {
+            for s in sum.iter_mut() {
                 *s += a - b;
-                *m = *s as f32;
             }
+        }
+    }
+    if let Some(mid) = mid {
+        for (m, s) in mid.iter_mut().zip(sum.iter()) {
+            *m = *s as f32;
         }
     }
 }
@@ -273,8 +283,8 @@ pub(crate) fn vstep_u32<T: Sample>(isa: Isa, sum: &mut [u32], add: Row<T, u32>, 
     }
 }
 
-/// One step of the float column sums: `sum[x] += add[x] − sub[x]` (f64), `mid[x] = sum[x]`
-/// rounded to f32.
+/// One step of the float column sums: `sum[x] += add[x] − sub[x]` (f64), then (when given)
+/// `mid[x] = sum[x]` rounded to f32.
 ///
 /// # Panics
 /// If a row is shorter than `sum`, or `isa` is not supported by this CPU.
@@ -283,9 +293,12 @@ pub(crate) fn vstep_f64<T: Sample>(
     sum: &mut [f64],
     add: Row<T, f64>,
     sub: Row<T, f64>,
-    mid: &mut [f32],
+    mid: Option<&mut [f32]>,
 ) {
-    assert!(mid.len() >= sum.len(), "output row too short");
+    assert!(
+        mid.as_ref().is_none_or(|m| m.len() >= sum.len()),
+        "output row too short"
+    );
     for r in [add, sub] {
         if let Row::Src(s) = r {
             assert!(s.len() >= sum.len(), "source row too short");
@@ -330,7 +343,8 @@ fn diff_body(q: &[u32], span: usize, out: &mut [f32], scale: f64) {
 /// The integer box's horizontal pass over one padded row of column sums `pad`:
 /// `out[x] = (Σ_{j < kw} pad[x + j·c]) · scale`, by per-channel prefix sums into `q` (AVX-512:
 /// an in-register scan, 16 lanes, for `c ≤ 16`; else a scalar scan) and one vectorised
-/// difference pass.
+/// difference pass (`stream`: with non-temporal stores on AVX-512; call
+/// [`super::simd::store_fence`] after).
 ///
 /// # Panics
 /// If `pad` is shorter than `out.len() + (kw − 1)·c`, `q` shorter than `pad.len() + c`,
@@ -343,6 +357,7 @@ pub(crate) fn window_prefix(
     q: &mut [u32],
     out: &mut [f32],
     scale: f64,
+    stream: bool,
 ) {
     assert!(kw > 0 && c > 0, "a kernel column and a channel");
     let n = out.len();
@@ -362,7 +377,7 @@ pub(crate) fn window_prefix(
                 } else {
                     x86::prefix_scalar_avx512(pad, q, c);
                 }
-                x86::diff_avx512(q, span, out, scale);
+                x86::diff_u32_avx512(q, span, out, scale, stream);
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -376,6 +391,46 @@ pub(crate) fn window_prefix(
             prefix_body(pad, q, c, 0);
             diff_body(q, span, out, scale);
         }
+    }
+}
+
+/// Whether [`window_prefix_f64`] runs on this level and channel count (AVX-512, `c ≤ 8`);
+/// elsewhere float boxes use the f32 doubling tree ([`window`]).
+pub(crate) fn f64_prefix_ok(isa: Isa, c: usize) -> bool {
+    isa == Isa::Avx512 && (1..=8).contains(&c)
+}
+
+/// The float box's horizontal pass on AVX-512 ([`f64_prefix_ok`]): per-channel f64 prefix
+/// sums of the padded row of f64 column sums (in-register scan, 8 lanes), then
+/// `out[x] = (q[x + kw·c] − q[x]) · scale` rounded to f32; no f32 rounding before the end.
+/// `stream` writes `out` with non-temporal stores (call [`super::simd::store_fence`] after).
+///
+/// # Panics
+/// If `pad` is shorter than `out.len() + (kw − 1)·c`, `q` shorter than `pad.len() + c`,
+/// `kw` is 0, or `!f64_prefix_ok(isa, c)`.
+pub(crate) fn window_prefix_f64(
+    isa: Isa,
+    pad: &[f64],
+    kw: usize,
+    c: usize,
+    q: &mut [f64],
+    out: &mut [f32],
+    scale: f64,
+    stream: bool,
+) {
+    assert!(kw > 0 && f64_prefix_ok(isa, c), "AVX-512, 1..=8 channels");
+    let span = kw * c;
+    assert!(pad.len() + c >= out.len() + span, "padded row too short");
+    assert!(q.len() >= pad.len() + c, "prefix row too short");
+    assert!(Isa::Avx512.supported());
+    q[..c].fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU supports AVX-512F (checked above); `prefix_f64_avx512` reads
+    // `pad[..pad.len()]` and writes `q[..pad.len() + c]`; `diff_f64_avx512` reads
+    // `q[..out.len() + span]` and writes `out`: all in bounds (checked above).
+    unsafe {
+        x86::prefix_f64_avx512(pad, q, c);
+        x86::diff_f64_avx512(q, span, out, scale, stream);
     }
 }
 
@@ -419,7 +474,7 @@ mod x86 {
                 sum: &mut [f64],
                 add: Row<T, f64>,
                 sub: Row<T, f64>,
-                mid: &mut [f32],
+                mid: Option<&mut [f32]>,
             ) {
                 super::vstep_f64_body(sum, add, sub, mid)
             }
@@ -434,13 +489,160 @@ mod x86 {
     );
     level!(window_avx2, vstep_u32_avx2, vstep_f64_avx2, "avx2,fma");
 
-    /// [`super::diff_body`] compiled for AVX-512.
+    /// Columns before the first 64-byte aligned output (all of them when not streaming).
+    fn peel(out: &[f32], stream: bool) -> usize {
+        if stream {
+            ((64 - out.as_ptr() as usize % 64) % 64 / 4).min(out.len())
+        } else {
+            0
+        }
+    }
+
+    /// `[lo, hi]` as one vector (AVX-512F only; `_mm512_insertf32x8` would need DQ).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn join(
+        lo: std::arch::x86_64::__m256,
+        hi: std::arch::x86_64::__m256,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let v = _mm512_castps_pd(_mm512_castps256_ps512(lo));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(v, _mm256_castps_pd(hi)))
+    }
+
+    /// [`super::diff_body`] in AVX-512 intrinsics (the same operations: exact u32→f64,
+    /// one f64 multiply, round to f32), with non-temporal stores when `stream`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F.
+    /// The CPU must support AVX-512F; `q.len() ≥ out.len() + span`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn diff_avx512(q: &[u32], span: usize, out: &mut [f32], scale: f64) {
-        super::diff_body(q, span, out, scale)
+    pub unsafe fn diff_u32_avx512(
+        q: &[u32],
+        span: usize,
+        out: &mut [f32],
+        scale: f64,
+        stream: bool,
+    ) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        debug_assert!(q.len() >= n + span);
+        let p = peel(out, stream);
+        super::diff_body(&q[..p + span], span, &mut out[..p], scale);
+        let sv = _mm512_set1_pd(scale);
+        let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
+        let mut x = p;
+        while x + 16 <= n {
+            // SAFETY: x + 16 + span ≤ q.len() and x + 16 ≤ out.len(); when streaming,
+            // `op + x` is 64-byte aligned (x ≥ peel, steps of 16 floats).
+            let lo = _mm512_loadu_si512(qp.add(x).cast());
+            let hi = _mm512_loadu_si512(qp.add(x + span).cast());
+            let d = _mm512_sub_epi32(hi, lo);
+            let d0 = _mm512_cvtepu32_pd(_mm512_castsi512_si256(d));
+            let d1 = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64::<1>(d));
+            let f0 = _mm512_cvtpd_ps(_mm512_mul_pd(d0, sv));
+            let f1 = _mm512_cvtpd_ps(_mm512_mul_pd(d1, sv));
+            let f = join(f0, f1);
+            if stream {
+                _mm512_stream_ps(op.add(x), f);
+            } else {
+                _mm512_storeu_ps(op.add(x), f);
+            }
+            x += 16;
+        }
+        super::diff_body(&q[x..], span, &mut out[x..], scale);
+    }
+
+    /// The f64 difference pass: `out[x] = ((q[x + span] − q[x]) · scale) as f32`, with
+    /// non-temporal stores when `stream`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `q.len() ≥ out.len() + span`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn diff_f64_avx512(
+        q: &[f64],
+        span: usize,
+        out: &mut [f32],
+        scale: f64,
+        stream: bool,
+    ) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        debug_assert!(q.len() >= n + span);
+        let scalar = |q: &[f64], out: &mut [f32]| {
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = ((q[x + span] - q[x]) * scale) as f32;
+            }
+        };
+        let p = peel(out, stream);
+        scalar(&q[..p + span], &mut out[..p]);
+        let sv = _mm512_set1_pd(scale);
+        let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
+        let mut x = p;
+        while x + 16 <= n {
+            // SAFETY: as in `diff_u32_avx512`.
+            let d0 = _mm512_sub_pd(
+                _mm512_loadu_pd(qp.add(x + span)),
+                _mm512_loadu_pd(qp.add(x)),
+            );
+            let d1 = _mm512_sub_pd(
+                _mm512_loadu_pd(qp.add(x + 8 + span)),
+                _mm512_loadu_pd(qp.add(x + 8)),
+            );
+            let f0 = _mm512_cvtpd_ps(_mm512_mul_pd(d0, sv));
+            let f1 = _mm512_cvtpd_ps(_mm512_mul_pd(d1, sv));
+            let f = join(f0, f1);
+            if stream {
+                _mm512_stream_ps(op.add(x), f);
+            } else {
+                _mm512_storeu_ps(op.add(x), f);
+            }
+            x += 16;
+        }
+        scalar(&q[x..], &mut out[x..]);
+    }
+
+    /// Per-channel f64 prefix sums, `q[..c]` already zero, `q[i + c] = q[i] + a[i]`: the
+    /// in-register scan of [`prefix_avx512`] on 8 lanes (`1 ≤ c ≤ 8`), the tail scalar.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `1 ≤ c ≤ 8` and `q.len() ≥ a.len() + c`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn prefix_f64_avx512(a: &[f64], q: &mut [f64], c: usize) {
+        use std::arch::x86_64::*;
+        debug_assert!((1..=8).contains(&c) && q.len() >= a.len() + c);
+        let mut shifts: [(__m512i, __mmask8); 3] = [(_mm512_setzero_si512(), 0); 3];
+        let mut levels = 0;
+        let mut s = c;
+        while s < 8 {
+            let idx: [i64; 8] = std::array::from_fn(|i| (i as i64 - s as i64).max(0));
+            // SAFETY: `idx` is 8 i64s; unaligned loads are allowed.
+            shifts[levels] = (
+                _mm512_loadu_si512(idx.as_ptr().cast()),
+                (0xffu32 << s) as u8,
+            );
+            levels += 1;
+            s *= 2;
+        }
+        let cidx: [i64; 8] = std::array::from_fn(|i| (8 - c + i % c) as i64);
+        let cv = _mm512_loadu_si512(cidx.as_ptr().cast());
+        let mut prev = _mm512_setzero_pd();
+        let n = a.len();
+        let (ap, qp) = (a.as_ptr(), q.as_mut_ptr());
+        let mut x = 0;
+        while x + 8 <= n {
+            // SAFETY: x + 8 ≤ a.len(), and x + c + 8 ≤ q.len() (caller's contract).
+            let mut v = _mm512_loadu_pd(ap.add(x));
+            for &(iv, m) in &shifts[..levels] {
+                v = _mm512_add_pd(v, _mm512_maskz_permutexvar_pd(m, iv, v));
+            }
+            v = _mm512_add_pd(v, _mm512_permutexvar_pd(cv, prev));
+            _mm512_storeu_pd(qp.add(x + c), v);
+            prev = v;
+            x += 8;
+        }
+        for i in x..n {
+            q[i + c] = q[i] + a[i];
+        }
     }
 
     /// [`super::diff_body`] compiled for AVX2.
@@ -544,8 +746,13 @@ mod tests {
                         assert_eq!(got, want_u, "u32 n={n} kw={kw} c={c} {isa:?}");
                         let mut q = vec![7; len + c];
                         let mut gp = vec![f32::NAN; n];
-                        window_prefix(isa, &pu, kw, c, &mut q, &mut gp, scale);
+                        window_prefix(isa, &pu, kw, c, &mut q, &mut gp, scale, false);
                         assert_eq!(gp, want_u, "prefix n={n} kw={kw} c={c} {isa:?}");
+                        // Streaming stores from a misaligned start (peeled columns).
+                        let mut gs = vec![f32::NAN; n + 3];
+                        window_prefix(isa, &pu, kw, c, &mut q, &mut gs[3..], scale, true);
+                        crate::filter::simd::store_fence();
+                        assert_eq!(&gs[3..], &want_u[..], "stream n={n} kw={kw} c={c} {isa:?}");
                         let (mut a, mut b, mut acc) = (vec![0.0; sl], vec![0.0; sl], vec![0.0; sl]);
                         let mut gf = vec![f32::NAN; n];
                         window(isa, &pf, kw, c, (&mut a, &mut b, &mut acc), &mut gf, scale);
@@ -560,6 +767,45 @@ mod tests {
                         match &first_f {
                             None => first_f = Some(bits),
                             Some(f) => assert_eq!(&bits, f, "f32 levels agree: {isa:?}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 f64 prefix path equals plain f64 sums for every channel count it takes and
+    /// every tail length, with and without streaming stores.
+    #[test]
+    fn f64_prefix_window_matches_plain_sums() {
+        if !Isa::Avx512.supported() {
+            return;
+        }
+        let mut seed = 5u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64 * 200.0 - 100.0
+        };
+        for n in [1, 5, 8, 15, 16, 17, 100, 1001] {
+            for kw in [1, 2, 3, 7, 31] {
+                for c in 1..=8 {
+                    let len = n + (kw - 1) * c;
+                    let pad: Vec<f64> = (0..len).map(|_| rnd()).collect();
+                    let scale = 1.0 / kw as f64;
+                    for (stream, skew) in [(false, 0), (true, 0), (true, 1), (true, 5)] {
+                        let mut q = vec![f64::NAN; len + c];
+                        let mut got = vec![f32::NAN; n + skew];
+                        let o = &mut got[skew..];
+                        window_prefix_f64(Isa::Avx512, &pad, kw, c, &mut q, o, scale, stream);
+                        crate::filter::simd::store_fence();
+                        for (x, g) in got[skew..].iter().enumerate() {
+                            let e: f64 = (0..kw).map(|j| pad[x + j * c]).sum::<f64>() * scale;
+                            assert!(
+                                (*g as f64 - e).abs() <= 1e-6 * (1.0 + e.abs()),
+                                "n={n} kw={kw} c={c} x={x}: {g} vs {e}"
+                            );
                         }
                     }
                 }
@@ -596,7 +842,7 @@ mod tests {
                 for (ib, rb) in rows_b.iter().enumerate() {
                     let mut s: Vec<f64> = (0..n).map(|i| i as f64 * 0.1).collect();
                     let mut mid = vec![f32::NAN; n];
-                    vstep_f64(isa, &mut s, *ra, *rb, &mut mid);
+                    vstep_f64(isa, &mut s, *ra, *rb, Some(&mut mid));
                     for x in 0..n {
                         let va = if ia == 0 { af[x] as f64 } else { 2.5 };
                         let vb = if ib == 0 { bf[x] as f64 } else { -0.25 };

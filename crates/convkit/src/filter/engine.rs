@@ -216,7 +216,8 @@ impl<T: Sample> Ctx<'_, T> {
     /// [`Stage::Box`] ([`super::boxsum`]): running column sums over the window's rows, read
     /// straight from the image, then per output row the padded row of sums summed over `kw`
     /// columns (dilation is 1 here). Integer images whose window sums fit in 32 bits sum
-    /// exactly in u32; others in f64 down the columns and f32 across.
+    /// exactly in u32; others in f64 down the columns, then across by f64 prefix sums
+    /// (AVX-512, ≤ 8 channels) or an f32 doubling tree.
     fn box_band(&self, y0: usize, out: &mut [f32], scale: f64) {
         let (w, h, c) = (self.src.width, self.src.height, self.src.channels);
         let wc = w * c;
@@ -256,7 +257,28 @@ impl<T: Sample> Ctx<'_, T> {
                 };
                 boxsum::vstep_u32(self.isa, &mut pad[left..left + wc], row(newest), old);
                 self.pad_edges(&mut pad, (kh as u32).wrapping_mul(cv));
-                boxsum::window_prefix(self.isa, &pad, kw, c, &mut q, o, scale);
+                boxsum::window_prefix(self.isa, &pad, kw, c, &mut q, o, scale, self.stream);
+            }
+        } else if boxsum::f64_prefix_ok(self.isa, c) {
+            let cv = value as f64;
+            let row = |v: isize| src_row(v).map_or(Row::Const(cv), Row::Src);
+            let mut pad = vec![0.0f64; padded_len];
+            let mut q = vec![0.0f64; padded_len + c];
+            for v in first..first + kh as isize - 1 {
+                let sum = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, sum, row(v), Row::Const(0.0), None);
+            }
+            for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+                let newest = first + (r + kh - 1) as isize;
+                let old = if r > 0 {
+                    row(newest - kh as isize)
+                } else {
+                    Row::Const(0.0)
+                };
+                let sum = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, sum, row(newest), old, None);
+                self.pad_edges(&mut pad, kh as f64 * cv);
+                boxsum::window_prefix_f64(self.isa, &pad, kw, c, &mut q, o, scale, self.stream);
             }
         } else {
             let cv = value as f64;
@@ -267,7 +289,7 @@ impl<T: Sample> Ctx<'_, T> {
             let (mut a, mut b, mut acc) = (vec![0.0f32; sl], vec![0.0f32; sl], vec![0.0f32; sl]);
             for v in first..first + kh as isize - 1 {
                 let mid = &mut pad[left..left + wc];
-                boxsum::vstep_f64(self.isa, &mut sum, row(v), Row::Const(0.0), mid);
+                boxsum::vstep_f64(self.isa, &mut sum, row(v), Row::Const(0.0), Some(mid));
             }
             for (r, o) in out.chunks_exact_mut(wc).enumerate() {
                 let newest = first + (r + kh - 1) as isize;
@@ -277,10 +299,13 @@ impl<T: Sample> Ctx<'_, T> {
                     Row::Const(0.0)
                 };
                 let mid = &mut pad[left..left + wc];
-                boxsum::vstep_f64(self.isa, &mut sum, row(newest), old, mid);
+                boxsum::vstep_f64(self.isa, &mut sum, row(newest), old, Some(mid));
                 self.pad_edges(&mut pad, (kh as f64 * cv) as f32);
                 boxsum::window(self.isa, &pad, kw, c, (&mut a, &mut b, &mut acc), o, scale);
             }
+        }
+        if self.stream {
+            store_fence();
         }
     }
 
