@@ -161,8 +161,39 @@ impl<T: Sample> Ctx<'_, T> {
                     .flat_map(|i| t.iter().map(move |(col, _)| col[i]))
                     .collect(),
             ),
-            Stage::Direct(k) => (shifts.clone(), k.clone()),
+            Stage::Direct(k) => {
+                // Kernel columns that are zero in every row (Sobel's middle one) are skipped.
+                let kw = self.shape.kw;
+                let live: Vec<usize> = (0..kw)
+                    .filter(|&j| (0..self.shape.kh).any(|i| k[i * kw + j] != 0.0))
+                    .collect();
+                let live = if live.is_empty() { vec![0] } else { live };
+                (
+                    live.iter().map(|&j| shifts[j]).collect(),
+                    (0..self.shape.kh)
+                        .flat_map(|i| live.iter().map(move |&j| k[i * kw + j]))
+                        .collect(),
+                )
+            }
             Stage::Box { .. } => unreachable!("boxes run in box_band"),
+        };
+        // Row-pass taps per separable term, zero weights skipped (Sobel's [-1, 0, 1]: 2 taps).
+        let htaps: Vec<(Vec<usize>, Vec<f32>)> = match self.stage {
+            Stage::Separable(t) => t
+                .iter()
+                .map(|(_, row)| {
+                    let (c, w): (Vec<usize>, Vec<f32>) = (0..self.shape.kw)
+                        .filter(|&j| row[j] != 0.0)
+                        .map(|j| (shifts[j], row[j]))
+                        .unzip();
+                    if c.is_empty() {
+                        (vec![0], vec![0.0])
+                    } else {
+                        (c, w)
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         // Virtual input rows start at y0 − top; slot of virtual row v = (v − first) mod len.
         let first = y0 as isize - self.top as isize;
@@ -181,12 +212,12 @@ impl<T: Sample> Ctx<'_, T> {
                 match self.stage {
                     Stage::Separable(t) => {
                         self.fill_padded(next, &mut pad);
-                        for (k, (_, row)) in t.iter().enumerate() {
+                        for (k, (cols, weights)) in htaps.iter().enumerate().take(t.len()) {
                             let o = &mut dst[k * wc..(k + 1) * wc];
                             let t = Taps {
                                 rows: &[0],
-                                cols: &shifts,
-                                weights: row,
+                                cols,
+                                weights,
                             };
                             dot_block(self.isa, &pad, &t, o, wc, false);
                         }
