@@ -211,15 +211,18 @@ impl<T: Sample> Ctx<'_, T> {
                 let dst = &mut ring[s * ring_row..(s + 1) * ring_row];
                 match self.stage {
                     Stage::Separable(t) => {
-                        self.fill_padded(next, &mut pad);
-                        for (k, (cols, weights)) in htaps.iter().enumerate().take(t.len()) {
-                            let o = &mut dst[k * wc..(k + 1) * wc];
-                            let t = Taps {
-                                rows: &[0],
-                                cols,
-                                weights,
-                            };
-                            dot_block(self.isa, &pad, &t, o, wc, false);
+                        let t = &htaps[..t.len()];
+                        if !self.row_pass_in_place(next, t, dst, &mut pad) {
+                            self.fill_padded(next, &mut pad);
+                            for (k, (cols, weights)) in t.iter().enumerate() {
+                                let o = &mut dst[k * wc..(k + 1) * wc];
+                                let t = Taps {
+                                    rows: &[0],
+                                    cols,
+                                    weights,
+                                };
+                                dot_block(self.isa, &pad, &t, o, wc, false);
+                            }
                         }
                     }
                     _ => self.fill_padded(next, dst),
@@ -357,6 +360,83 @@ impl<T: Sample> Ctx<'_, T> {
                 Some(x) => pad.copy_within(left + x * c..left + (x + 1) * c, r0 + p * c),
                 None => pad[r0 + p * c..r0 + (p + 1) * c].fill(fill),
             }
+        }
+    }
+
+    /// The separable row pass of virtual row `v` read straight from an f32 image row (no
+    /// padded copy): the interior outputs from the row itself, the `L` left and `R` right
+    /// outputs from short padded edge buffers (in `scratch`); the same taps on the same
+    /// values as the padded path, so the same bits. `false` (nothing done) for other depths,
+    /// constant-border rows and rows no wider than the kernel.
+    fn row_pass_in_place(
+        &self,
+        v: isize,
+        terms: &[(Vec<usize>, Vec<f32>)],
+        dst: &mut [f32],
+        scratch: &mut [f32],
+    ) -> bool {
+        let (w, h, c) = (self.src.width, self.src.height, self.src.channels);
+        let wc = w * c;
+        let (l, r) = (self.lsrc.len() * c, self.rsrc.len() * c);
+        let Some(all) = T::as_f32(self.src.data) else {
+            return false;
+        };
+        let Some(sy) = self.border.source(v, h) else {
+            return false;
+        };
+        if wc <= l + r || scratch.len() < 3 * (l + r) {
+            return false;
+        }
+        let row = &all[sy * wc..(sy + 1) * wc];
+        let src = &self.src.data[sy * wc..(sy + 1) * wc];
+        // Left outputs [0, l) read padded [0, 2l + r); right outputs [wc − r, wc) read padded
+        // [wc − r, wc + l + r).
+        let (left_buf, rest) = scratch.split_at_mut(2 * l + r);
+        let right_buf = &mut rest[..l + 2 * r];
+        if l > 0 {
+            self.fill_padded_range(src, 0, left_buf);
+        }
+        if r > 0 {
+            self.fill_padded_range(src, wc - r, right_buf);
+        }
+        for (k, (cols, weights)) in terms.iter().enumerate() {
+            let o = &mut dst[k * wc..(k + 1) * wc];
+            let t = Taps {
+                rows: &[0],
+                cols,
+                weights,
+            };
+            dot_block(self.isa, row, &t, &mut o[l..wc - r], wc - l - r, false);
+            if l > 0 {
+                dot_block(self.isa, left_buf, &t, &mut o[..l], l, false);
+            }
+            if r > 0 {
+                dot_block(self.isa, right_buf, &t, &mut o[wc - r..], r, false);
+            }
+        }
+        true
+    }
+
+    /// Writes padded positions `p0 .. p0 + dst.len()` of image row `row` (widened; the
+    /// padded row is `L` border samples, the row, `R` border samples).
+    fn fill_padded_range(&self, row: &[T], p0: usize, dst: &mut [f32]) {
+        let c = self.src.channels;
+        let wc = self.src.width * c;
+        let l = self.lsrc.len() * c;
+        for (i, d) in dst.iter_mut().enumerate() {
+            let p = p0 + i;
+            let s = if p < l {
+                self.lsrc[p / c].map(|x| x * c + p % c)
+            } else if p < l + wc {
+                Some(p - l)
+            } else {
+                let q = p - l - wc;
+                self.rsrc[q / c].map(|x| x * c + q % c)
+            };
+            *d = match s {
+                Some(i) => row[i].to_f64() as f32,
+                None => self.border.value(),
+            };
         }
     }
 

@@ -168,13 +168,20 @@ pub trait Sample: Copy + Send + Sync + 'static {
     fn to_u32(self) -> u32;
     /// The sample as f64 (exact for every depth).
     fn to_f64(self) -> f64;
+    /// The samples themselves when they already are f32 (rows are then filtered in place,
+    /// without a widened copy); `None` for other depths.
+    fn as_f32(src: &[Self]) -> Option<&[f32]>;
 }
 
 macro_rules! sample {
-    ($t:ty, $d:expr, $max:expr) => {
+    ($t:ty, $d:expr, $max:expr, $as_f32:expr) => {
         impl Sample for $t {
             const DEPTH: Depth = $d;
             const INT_MAX: Option<u32> = $max;
+            #[inline(always)]
+            fn as_f32(src: &[Self]) -> Option<&[f32]> {
+                $as_f32(src)
+            }
             #[inline(always)]
             fn to_u32(self) -> u32 {
                 self as u32
@@ -192,9 +199,9 @@ macro_rules! sample {
         }
     };
 }
-sample!(u8, Depth::U8, Some(u8::MAX as u32));
-sample!(u16, Depth::U16, Some(u16::MAX as u32));
-sample!(f32, Depth::F32, None);
+sample!(u8, Depth::U8, Some(u8::MAX as u32), |_| None);
+sample!(u16, Depth::U16, Some(u16::MAX as u32), |_| None);
+sample!(f32, Depth::F32, None, Some);
 
 /// A borrowed `height × width × channels` image, rows contiguous, channels interleaved.
 #[derive(Debug, Clone, Copy)]
