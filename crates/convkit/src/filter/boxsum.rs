@@ -340,7 +340,8 @@ fn diff_body(q: &[u32], span: usize, out: &mut [f32], scale: f64) {
     }
 }
 
-/// The integer box's horizontal pass over one padded row of column sums `pad`:
+/// The integer box's horizontal pass (window `(kw, c)`: taps, channels) over one padded row
+/// of column sums `pad`:
 /// `out[x] = (Σ_{j < kw} pad[x + j·c]) · scale`, by per-channel prefix sums into `q` (AVX-512:
 /// an in-register scan, 16 lanes, for `c ≤ 16`; else a scalar scan) and one vectorised
 /// difference pass (`stream`: with non-temporal stores on AVX-512; call
@@ -352,8 +353,7 @@ fn diff_body(q: &[u32], span: usize, out: &mut [f32], scale: f64) {
 pub(crate) fn window_prefix(
     isa: Isa,
     pad: &[u32],
-    kw: usize,
-    c: usize,
+    (kw, c): (usize, usize),
     q: &mut [u32],
     out: &mut [f32],
     scale: f64,
@@ -400,8 +400,8 @@ pub(crate) fn f64_prefix_ok(isa: Isa, c: usize) -> bool {
     isa == Isa::Avx512 && (1..=8).contains(&c)
 }
 
-/// The float box's horizontal pass on AVX-512 ([`f64_prefix_ok`]): per-channel f64 prefix
-/// sums of the padded row of f64 column sums (in-register scan, 8 lanes), then
+/// The float box's horizontal pass (window `(kw, c)`) on AVX-512 ([`f64_prefix_ok`]):
+/// per-channel f64 prefix sums of the padded row of f64 column sums (in-register scan, 8 lanes), then
 /// `out[x] = (q[x + kw·c] − q[x]) · scale` rounded to f32; no f32 rounding before the end.
 /// `stream` writes `out` with non-temporal stores (call [`super::simd::store_fence`] after).
 ///
@@ -411,8 +411,7 @@ pub(crate) fn f64_prefix_ok(isa: Isa, c: usize) -> bool {
 pub(crate) fn window_prefix_f64(
     isa: Isa,
     pad: &[f64],
-    kw: usize,
-    c: usize,
+    (kw, c): (usize, usize),
     q: &mut [f64],
     out: &mut [f32],
     scale: f64,
@@ -746,11 +745,11 @@ mod tests {
                         assert_eq!(got, want_u, "u32 n={n} kw={kw} c={c} {isa:?}");
                         let mut q = vec![7; len + c];
                         let mut gp = vec![f32::NAN; n];
-                        window_prefix(isa, &pu, kw, c, &mut q, &mut gp, scale, false);
+                        window_prefix(isa, &pu, (kw, c), &mut q, &mut gp, scale, false);
                         assert_eq!(gp, want_u, "prefix n={n} kw={kw} c={c} {isa:?}");
                         // Streaming stores from a misaligned start (peeled columns).
                         let mut gs = vec![f32::NAN; n + 3];
-                        window_prefix(isa, &pu, kw, c, &mut q, &mut gs[3..], scale, true);
+                        window_prefix(isa, &pu, (kw, c), &mut q, &mut gs[3..], scale, true);
                         crate::filter::simd::store_fence();
                         assert_eq!(&gs[3..], &want_u[..], "stream n={n} kw={kw} c={c} {isa:?}");
                         let (mut a, mut b, mut acc) = (vec![0.0; sl], vec![0.0; sl], vec![0.0; sl]);
@@ -798,7 +797,7 @@ mod tests {
                         let mut q = vec![f64::NAN; len + c];
                         let mut got = vec![f32::NAN; n + skew];
                         let o = &mut got[skew..];
-                        window_prefix_f64(Isa::Avx512, &pad, kw, c, &mut q, o, scale, stream);
+                        window_prefix_f64(Isa::Avx512, &pad, (kw, c), &mut q, o, scale, stream);
                         crate::filter::simd::store_fence();
                         for (x, g) in got[skew..].iter().enumerate() {
                             let e: f64 = (0..kw).map(|j| pad[x + j * c]).sum::<f64>() * scale;

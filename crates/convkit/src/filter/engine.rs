@@ -93,11 +93,17 @@ pub(crate) fn run<T: Sample>(
         ext_h,
         stream: dst.len() * 4 >= STREAM_BYTES,
     };
-    // Bands: a multiple of the thread count, each ≥ 4 ring heights when possible so the
-    // (ext_h − 1) rows recomputed per band stay cheap.
+    // Bands: one per thread or a small multiple (for load balance on a busy machine), as long
+    // as the (ext_h − 1) rows each extra band recomputes stay under ~3 % of the rows; a
+    // single thread runs one band.
     let threads = rayon::current_num_threads().max(1);
-    let per = (h / (threads * 4 * ext_h)).clamp(1, 4);
-    let bands = (threads * per).min(h);
+    let max_bands = 1 + h * 3 / 100 / (ext_h - 1).max(1);
+    let per = (max_bands / threads).clamp(1, 4);
+    let bands = if threads == 1 {
+        1
+    } else {
+        (threads * per).min(h)
+    };
     let band_rows = h.div_ceil(bands);
     if bands == 1 {
         ctx.band(0, dst);
@@ -291,7 +297,7 @@ impl<T: Sample> Ctx<'_, T> {
                 };
                 boxsum::vstep_u32(self.isa, &mut pad[left..left + wc], row(newest), old);
                 self.pad_edges(&mut pad, (kh as u32).wrapping_mul(cv));
-                boxsum::window_prefix(self.isa, &pad, kw, c, &mut q, o, scale, self.stream);
+                boxsum::window_prefix(self.isa, &pad, (kw, c), &mut q, o, scale, self.stream);
             }
         } else if boxsum::f64_prefix_ok(self.isa, c) {
             let cv = value as f64;
@@ -312,7 +318,7 @@ impl<T: Sample> Ctx<'_, T> {
                 let sum = &mut pad[left..left + wc];
                 boxsum::vstep_f64(self.isa, sum, row(newest), old, None);
                 self.pad_edges(&mut pad, kh as f64 * cv);
-                boxsum::window_prefix_f64(self.isa, &pad, kw, c, &mut q, o, scale, self.stream);
+                boxsum::window_prefix_f64(self.isa, &pad, (kw, c), &mut q, o, scale, self.stream);
             }
         } else {
             let cv = value as f64;
