@@ -424,25 +424,29 @@ impl<T: Sample> Ctx<'_, T> {
     }
 
     /// Writes padded positions `p0 .. p0 + dst.len()` of image row `row` (widened; the
-    /// padded row is `L` border samples, the row, `R` border samples).
+    /// padded row is `L` border samples, the row, `R` border samples); `p0` and the length
+    /// are whole pixels.
     fn fill_padded_range(&self, row: &[T], p0: usize, dst: &mut [f32]) {
         let c = self.src.channels;
-        let wc = self.src.width * c;
-        let l = self.lsrc.len() * c;
-        for (i, d) in dst.iter_mut().enumerate() {
-            let p = p0 + i;
-            let s = if p < l {
-                self.lsrc[p / c].map(|x| x * c + p % c)
-            } else if p < l + wc {
-                Some(p - l)
+        let (w, left) = (self.src.width, self.lsrc.len());
+        debug_assert!(p0 % c == 0 && dst.len() % c == 0);
+        for (i, px) in dst.chunks_exact_mut(c).enumerate() {
+            let pp = p0 / c + i;
+            let s = if pp < left {
+                self.lsrc[pp]
+            } else if pp < left + w {
+                Some(pp - left)
             } else {
-                let q = p - l - wc;
-                self.rsrc[q / c].map(|x| x * c + q % c)
+                self.rsrc[pp - left - w]
             };
-            *d = match s {
-                Some(i) => row[i].to_f64() as f32,
-                None => self.border.value(),
-            };
+            match s {
+                Some(x) => {
+                    for (d, v) in px.iter_mut().zip(&row[x * c..(x + 1) * c]) {
+                        *d = v.to_f64() as f32;
+                    }
+                }
+                None => px.fill(self.border.value()),
+            }
         }
     }
 
