@@ -3,9 +3,10 @@
 //! Columns first: a running column sum `S[x]` over the `kh` rows of the window (one row of
 //! sums per band, updated per output row by adding the row that enters and subtracting the
 //! row that leaves, read straight from the image, widened on the fly). Then each row of `S`
-//! is padded by the horizontal border rule and summed over `kw` columns by a doubling tree
-//! (`L₂ₖ[x] = Lₖ[x] + Lₖ[x + k·C]`, the set bits of `kw` added up), `log₂ kw` vector passes
-//! with no loop-carried dependence, on chunks of columns that stay in L1.
+//! is padded by the horizontal border rule and summed over `kw` columns: by per-channel
+//! prefix sums `Q` (`out[x] = Q[x + kw·C] − Q[x]`; on AVX-512 an in-register scan), or, for
+//! float images off AVX-512, by a doubling tree (`L₂ₖ[x] = Lₖ[x] + Lₖ[x + k·C]`, the set
+//! bits of `kw` added up: `log₂ kw` vector passes on chunks of columns that stay in L1).
 //!
 //! * Integer images (u8, u16) whose window sums fit in 32 bits: everything in wrapping u32
 //!   arithmetic, hence exact (the true sums are below 2³²); the output is `sum · scale`
@@ -401,8 +402,9 @@ pub(crate) fn f64_prefix_ok(isa: Isa, c: usize) -> bool {
 }
 
 /// The float box's horizontal pass (window `(kw, c)`) on AVX-512 ([`f64_prefix_ok`]):
-/// per-channel f64 prefix sums of the padded row of f64 column sums (in-register scan, 8 lanes), then
-/// `out[x] = (q[x + kw·c] − q[x]) · scale` rounded to f32; no f32 rounding before the end.
+/// per-channel f64 prefix sums of the padded row of f64 column sums (in-register scan,
+/// 8 lanes), then `out[x] = (q[x + kw·c] − q[x]) · scale` rounded to f32 (no f32 rounding
+/// before the end).
 /// `stream` writes `out` with non-temporal stores (call [`super::simd::store_fence`] after).
 ///
 /// # Panics

@@ -28,8 +28,8 @@ pub(crate) enum Stage {
     Separable(Vec<(Vec<f32>, Vec<f32>)>),
     /// A dense `kh × kw` row-major kernel.
     Direct(Vec<f32>),
-    /// A `kh × kw` box with every weight `scale`: rows summed with unit taps (exact for
-    /// integer samples), columns by running sums in f64, then one multiply.
+    /// A `kh × kw` box with every weight `scale`: running column sums, then window sums
+    /// across ([`super::boxsum`]), then one multiply.
     Box {
         /// The common weight.
         scale: f64,

@@ -18,8 +18,8 @@
 //!
 //! Path choice ([`FilterPlan::new`]): the kernel is factorised ([`crate::separable`]); a rank-r
 //! kernel runs as r pairs of 1D passes when `r·(kh + kw) < kh·kw` MACs per pixel, else as a
-//! direct 2D filter; a box at least 4 rows tall sums its columns with running sums
-//! ([`Path::BoxSums`], O(1) per pixel vertically). The factorisation is exact;
+//! direct 2D filter; a box at least 4 rows tall runs as running column sums and per-row
+//! prefix sums ([`Path::BoxSums`], O(1) per pixel whatever the size). The factorisation is exact;
 //! `FilterOptions::rank` forces a rank-r approximation and the plan reports its error. No FFT
 //! path: for the kernel sizes of image filtering the separable and register-blocked 2D paths
 //! are cheaper.
@@ -28,7 +28,9 @@
 //! parallel (rayon), each streaming its input rows through a ring buffer (row pass once per
 //! row, border handled while widening a row, so the inner loops have no bounds tests), and
 //! one register-blocked SIMD kernel ([`simd::dot_block`]: AVX-512, AVX2, scalar, chosen at
-//! run time and bit-identical) for every pass.
+//! run time and bit-identical) for every pass; zero taps are skipped, and f32 images run the
+//! separable row pass on the image rows themselves. Boxes have their own O(1) passes
+//! (private module `boxsum`: running column sums, then prefix sums across each row).
 
 pub mod bench;
 mod boxsum;
@@ -305,8 +307,9 @@ pub enum Path {
     },
     /// Direct 2D correlation.
     Direct2D,
-    /// A box (all weights equal): horizontal sums, then running sums down the columns in f64
-    /// (`S += new row − old row`, O(1) per pixel whatever the height), scaled once.
+    /// A box (all weights equal): running sums down the columns (`S += new row − old row`),
+    /// then window sums across each row of `S` (prefix sums: one subtraction per output),
+    /// scaled once; O(1) per pixel whatever the size, exact in u32 for u8/u16 images.
     BoxSums,
 }
 
@@ -533,7 +536,8 @@ impl FilterPlan {
                 }
                 Path::Direct2D => "direct 2D".to_string(),
                 Path::BoxSums => {
-                    "separable box: row sums, then running sums down the columns".to_string()
+                    "separable box: running sums down the columns, then prefix sums across"
+                        .to_string()
                 }
             };
             s += &format!(
@@ -620,7 +624,8 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
             && kh >= BOX_MIN_ROWS
     });
     let (stage, path, macs) = if let Some(scale) = boxed {
-        (Stage::Box { scale }, Path::BoxSums, kw + 2)
+        // Two adds down the columns, a prefix add and a difference across.
+        (Stage::Box { scale }, Path::BoxSums, 4)
     } else if use_sep {
         let t32 = terms
             .iter()
