@@ -429,7 +429,7 @@ impl<T: Sample> Ctx<'_, T> {
     fn fill_padded_range(&self, row: &[T], p0: usize, dst: &mut [f32]) {
         let c = self.src.channels;
         let (w, left) = (self.src.width, self.lsrc.len());
-        debug_assert!(p0 % c == 0 && dst.len() % c == 0);
+        debug_assert!(p0.is_multiple_of(c) && dst.len().is_multiple_of(c));
         for (i, px) in dst.chunks_exact_mut(c).enumerate() {
             let pp = p0 / c + i;
             let s = if pp < left {
