@@ -16,7 +16,8 @@
 //! Interleaved channels (RGB) need no special case: a row is `W·C` floats and a horizontal tap
 //! step is `d·C` floats, so each channel is filtered independently in the same vector loop.
 
-use super::simd::{dot_block, running_sum, store_fence, Isa, Taps, MAX_ROWS};
+use super::boxsum::{self, Row};
+use super::simd::{dot_block, store_fence, widen, Isa, Taps, MAX_ROWS};
 use super::{FilterBorder, Image, Sample};
 use rayon::prelude::*;
 
@@ -27,8 +28,8 @@ pub(crate) enum Stage {
     Separable(Vec<(Vec<f32>, Vec<f32>)>),
     /// A dense `kh × kw` row-major kernel.
     Direct(Vec<f32>),
-    /// A `kh × kw` box with every weight `scale`: rows summed with unit taps (exact for
-    /// integer samples), columns by running sums in f64, then one multiply.
+    /// A `kh × kw` box with every weight `scale`: running column sums, then window sums
+    /// across ([`super::boxsum`]), then one multiply.
     Box {
         /// The common weight.
         scale: f64,
@@ -92,11 +93,17 @@ pub(crate) fn run<T: Sample>(
         ext_h,
         stream: dst.len() * 4 >= STREAM_BYTES,
     };
-    // Bands: a multiple of the thread count, each ≥ 4 ring heights when possible so the
-    // (ext_h − 1) rows recomputed per band stay cheap.
+    // Bands: one per thread or a small multiple (for load balance on a busy machine), as long
+    // as the (ext_h − 1) rows each extra band recomputes stay under ~3 % of the rows; a
+    // single thread runs one band.
     let threads = rayon::current_num_threads().max(1);
-    let per = (h / (threads * 4 * ext_h)).clamp(1, 4);
-    let bands = (threads * per).min(h);
+    let max_bands = 1 + h * 3 / 100 / (ext_h - 1).max(1);
+    let per = (max_bands / threads).clamp(1, 4);
+    let bands = if threads == 1 {
+        1
+    } else {
+        (threads * per).min(h)
+    };
     let band_rows = h.div_ceil(bands);
     if bands == 1 {
         ctx.band(0, dst);
@@ -160,8 +167,39 @@ impl<T: Sample> Ctx<'_, T> {
                     .flat_map(|i| t.iter().map(move |(col, _)| col[i]))
                     .collect(),
             ),
-            Stage::Direct(k) => (shifts.clone(), k.clone()),
+            Stage::Direct(k) => {
+                // Kernel columns that are zero in every row (Sobel's middle one) are skipped.
+                let kw = self.shape.kw;
+                let live: Vec<usize> = (0..kw)
+                    .filter(|&j| (0..self.shape.kh).any(|i| k[i * kw + j] != 0.0))
+                    .collect();
+                let live = if live.is_empty() { vec![0] } else { live };
+                (
+                    live.iter().map(|&j| shifts[j]).collect(),
+                    (0..self.shape.kh)
+                        .flat_map(|i| live.iter().map(move |&j| k[i * kw + j]))
+                        .collect(),
+                )
+            }
             Stage::Box { .. } => unreachable!("boxes run in box_band"),
+        };
+        // Row-pass taps per separable term, zero weights skipped (Sobel's [-1, 0, 1]: 2 taps).
+        let htaps: Vec<(Vec<usize>, Vec<f32>)> = match self.stage {
+            Stage::Separable(t) => t
+                .iter()
+                .map(|(_, row)| {
+                    let (c, w): (Vec<usize>, Vec<f32>) = (0..self.shape.kw)
+                        .filter(|&j| row[j] != 0.0)
+                        .map(|j| (shifts[j], row[j]))
+                        .unzip();
+                    if c.is_empty() {
+                        (vec![0], vec![0.0])
+                    } else {
+                        (c, w)
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         // Virtual input rows start at y0 − top; slot of virtual row v = (v − first) mod len.
         let first = y0 as isize - self.top as isize;
@@ -179,15 +217,18 @@ impl<T: Sample> Ctx<'_, T> {
                 let dst = &mut ring[s * ring_row..(s + 1) * ring_row];
                 match self.stage {
                     Stage::Separable(t) => {
-                        self.fill_padded(next, &mut pad);
-                        for (k, (_, row)) in t.iter().enumerate() {
-                            let o = &mut dst[k * wc..(k + 1) * wc];
-                            let t = Taps {
-                                rows: &[0],
-                                cols: &shifts,
-                                weights: row,
-                            };
-                            dot_block(self.isa, &pad, &t, o, wc, false);
+                        let t = &htaps[..t.len()];
+                        if !self.row_pass_in_place(next, t, dst, &mut pad) {
+                            self.fill_padded(next, &mut pad);
+                            for (k, (cols, weights)) in t.iter().enumerate() {
+                                let o = &mut dst[k * wc..(k + 1) * wc];
+                                let t = Taps {
+                                    rows: &[0],
+                                    cols,
+                                    weights,
+                                };
+                                dot_block(self.isa, &pad, &t, o, wc, false);
+                            }
                         }
                     }
                     _ => self.fill_padded(next, dst),
@@ -212,47 +253,200 @@ impl<T: Sample> Ctx<'_, T> {
         }
     }
 
-    /// [`Stage::Box`]: unit-tap row sums into a ring of `kh + 1` rows; the column sum
-    /// `S` (f64) starts from the first `kh − 1` rows and then, per output row, gains the
-    /// newest row and loses the one that left the window (dilation is 1 here).
+    /// [`Stage::Box`] ([`super::boxsum`]): running column sums over the window's rows, read
+    /// straight from the image, then per output row the padded row of sums summed over `kw`
+    /// columns (dilation is 1 here). Integer images whose window sums fit in 32 bits sum
+    /// exactly in u32; others in f64 down the columns, then across by f64 prefix sums
+    /// (AVX-512, ≤ 8 channels) or an f32 doubling tree.
     fn box_band(&self, y0: usize, out: &mut [f32], scale: f64) {
-        let (w, c) = (self.src.width, self.src.channels);
+        let (w, h, c) = (self.src.width, self.src.height, self.src.channels);
         let wc = w * c;
-        let kh = self.shape.kh;
+        let (kh, kw) = (self.shape.kh, self.shape.kw);
+        let left = self.lsrc.len() * c;
         let padded_len = (w + self.lsrc.len() + self.rsrc.len()) * c;
-        let ring_len = kh + 1;
-        let mut ring = vec![0.0f32; ring_len * wc];
-        let mut pad = vec![0.0f32; padded_len];
-        let shifts: Vec<usize> = (0..self.shape.kw).map(|j| j * c).collect();
-        let ones = vec![1.0f32; self.shape.kw];
-        let mut sum = vec![0.0f64; wc];
         let first = y0 as isize - self.top as isize;
-        let slot = |v: isize| (v - first) as usize % ring_len;
-        let mut row_sums = |v: isize, ring: &mut [f32]| {
-            self.fill_padded(v, &mut pad);
-            let s = slot(v) * wc;
+        let value = self.border.value();
+        let int_max = T::INT_MAX.filter(|&m| {
+            let fits = (kh as u128) * (kw as u128) * (m as u128) < 1u128 << 32;
+            let constant_ok = match self.border {
+                FilterBorder::Constant(v) => v.fract() == 0.0 && v >= 0.0 && v <= m as f32,
+                _ => true,
+            };
+            fits && constant_ok
+        });
+        let src_row = |v: isize| {
+            self.border
+                .source(v, h)
+                .map(|sy| &self.src.data[sy * wc..(sy + 1) * wc])
+        };
+        if int_max.is_some() {
+            // In range and integral (checked above).
+            let cv = value as u32;
+            let row = |v: isize| src_row(v).map_or(Row::Const(cv), Row::Src);
+            let mut pad = vec![0u32; padded_len];
+            let mut q = vec![0u32; padded_len + c];
+            for v in first..first + kh as isize - 1 {
+                boxsum::vstep_u32(self.isa, &mut pad[left..left + wc], row(v), Row::Const(0));
+            }
+            for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+                let newest = first + (r + kh - 1) as isize;
+                let old = if r > 0 {
+                    row(newest - kh as isize)
+                } else {
+                    Row::Const(0)
+                };
+                boxsum::vstep_u32(self.isa, &mut pad[left..left + wc], row(newest), old);
+                self.pad_edges(&mut pad, (kh as u32).wrapping_mul(cv));
+                boxsum::window_prefix(self.isa, &pad, (kw, c), &mut q, o, scale, self.stream);
+            }
+        } else if boxsum::f64_prefix_ok(self.isa, c) {
+            let cv = value as f64;
+            let row = |v: isize| src_row(v).map_or(Row::Const(cv), Row::Src);
+            let mut pad = vec![0.0f64; padded_len];
+            let mut q = vec![0.0f64; padded_len + c];
+            for v in first..first + kh as isize - 1 {
+                let sum = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, sum, row(v), Row::Const(0.0), None);
+            }
+            for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+                let newest = first + (r + kh - 1) as isize;
+                let old = if r > 0 {
+                    row(newest - kh as isize)
+                } else {
+                    Row::Const(0.0)
+                };
+                let sum = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, sum, row(newest), old, None);
+                self.pad_edges(&mut pad, kh as f64 * cv);
+                boxsum::window_prefix_f64(self.isa, &pad, (kw, c), &mut q, o, scale, self.stream);
+            }
+        } else {
+            let cv = value as f64;
+            let row = |v: isize| src_row(v).map_or(Row::Const(cv), Row::Src);
+            let mut sum = vec![0.0f64; wc];
+            let mut pad = vec![0.0f32; padded_len];
+            let sl = boxsum::scratch_len(kw, c);
+            let (mut a, mut b, mut acc) = (vec![0.0f32; sl], vec![0.0f32; sl], vec![0.0f32; sl]);
+            for v in first..first + kh as isize - 1 {
+                let mid = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, &mut sum, row(v), Row::Const(0.0), Some(mid));
+            }
+            for (r, o) in out.chunks_exact_mut(wc).enumerate() {
+                let newest = first + (r + kh - 1) as isize;
+                let old = if r > 0 {
+                    row(newest - kh as isize)
+                } else {
+                    Row::Const(0.0)
+                };
+                let mid = &mut pad[left..left + wc];
+                boxsum::vstep_f64(self.isa, &mut sum, row(newest), old, Some(mid));
+                self.pad_edges(&mut pad, (kh as f64 * cv) as f32);
+                boxsum::window(self.isa, &pad, kw, c, (&mut a, &mut b, &mut acc), o, scale);
+            }
+        }
+        if self.stream {
+            store_fence();
+        }
+    }
+
+    /// Fills the horizontal pads of a padded row from its middle by the border index lists
+    /// (`fill` where the border is constant).
+    fn pad_edges<E: Copy>(&self, pad: &mut [E], fill: E) {
+        let c = self.src.channels;
+        let left = self.lsrc.len() * c;
+        for (p, s) in self.lsrc.iter().enumerate() {
+            match s {
+                Some(x) => pad.copy_within(left + x * c..left + (x + 1) * c, p * c),
+                None => pad[p * c..(p + 1) * c].fill(fill),
+            }
+        }
+        let r0 = left + self.src.width * c;
+        for (p, s) in self.rsrc.iter().enumerate() {
+            match s {
+                Some(x) => pad.copy_within(left + x * c..left + (x + 1) * c, r0 + p * c),
+                None => pad[r0 + p * c..r0 + (p + 1) * c].fill(fill),
+            }
+        }
+    }
+
+    /// The separable row pass of virtual row `v` read straight from an f32 image row (no
+    /// padded copy): the interior outputs from the row itself, the `L` left and `R` right
+    /// outputs from short padded edge buffers (in `scratch`); the same taps on the same
+    /// values as the padded path, so the same bits. `false` (nothing done) for other depths,
+    /// constant-border rows and rows no wider than the kernel.
+    fn row_pass_in_place(
+        &self,
+        v: isize,
+        terms: &[(Vec<usize>, Vec<f32>)],
+        dst: &mut [f32],
+        scratch: &mut [f32],
+    ) -> bool {
+        let (w, h, c) = (self.src.width, self.src.height, self.src.channels);
+        let wc = w * c;
+        let (l, r) = (self.lsrc.len() * c, self.rsrc.len() * c);
+        let Some(all) = T::as_f32(self.src.data) else {
+            return false;
+        };
+        let Some(sy) = self.border.source(v, h) else {
+            return false;
+        };
+        if wc <= l + r || scratch.len() < 3 * (l + r) {
+            return false;
+        }
+        let row = &all[sy * wc..(sy + 1) * wc];
+        let src = &self.src.data[sy * wc..(sy + 1) * wc];
+        // Left outputs [0, l) read padded [0, 2l + r); right outputs [wc − r, wc) read padded
+        // [wc − r, wc + l + r).
+        let (left_buf, rest) = scratch.split_at_mut(2 * l + r);
+        let right_buf = &mut rest[..l + 2 * r];
+        if l > 0 {
+            self.fill_padded_range(src, 0, left_buf);
+        }
+        if r > 0 {
+            self.fill_padded_range(src, wc - r, right_buf);
+        }
+        for (k, (cols, weights)) in terms.iter().enumerate() {
+            let o = &mut dst[k * wc..(k + 1) * wc];
             let t = Taps {
                 rows: &[0],
-                cols: &shifts,
-                weights: &ones,
+                cols,
+                weights,
             };
-            dot_block(self.isa, &pad, &t, &mut ring[s..s + wc], wc, false);
-        };
-        for v in first..first + kh as isize - 1 {
-            row_sums(v, &mut ring);
-            let s = slot(v) * wc;
-            running_sum(self.isa, &mut sum, &ring[s..s + wc], None, scale, None);
+            dot_block(self.isa, row, &t, &mut o[l..wc - r], wc - l - r, false);
+            if l > 0 {
+                dot_block(self.isa, left_buf, &t, &mut o[..l], l, false);
+            }
+            if r > 0 {
+                dot_block(self.isa, right_buf, &t, &mut o[wc - r..], r, false);
+            }
         }
-        for (r, o) in out.chunks_exact_mut(wc).enumerate() {
-            let newest = first + (r + kh - 1) as isize;
-            row_sums(newest, &mut ring);
-            let s = slot(newest) * wc;
-            let add = &ring[s..s + wc];
-            let old = (r > 0).then(|| {
-                let s = slot(newest - kh as isize) * wc;
-                &ring[s..s + wc]
-            });
-            running_sum(self.isa, &mut sum, add, old, scale, Some(o));
+        true
+    }
+
+    /// Writes padded positions `p0 .. p0 + dst.len()` of image row `row` (widened; the
+    /// padded row is `L` border samples, the row, `R` border samples); `p0` and the length
+    /// are whole pixels.
+    fn fill_padded_range(&self, row: &[T], p0: usize, dst: &mut [f32]) {
+        let c = self.src.channels;
+        let (w, left) = (self.src.width, self.lsrc.len());
+        debug_assert!(p0.is_multiple_of(c) && dst.len().is_multiple_of(c));
+        for (i, px) in dst.chunks_exact_mut(c).enumerate() {
+            let pp = p0 / c + i;
+            let s = if pp < left {
+                self.lsrc[pp]
+            } else if pp < left + w {
+                Some(pp - left)
+            } else {
+                self.rsrc[pp - left - w]
+            };
+            match s {
+                Some(x) => {
+                    for (d, v) in px.iter_mut().zip(&row[x * c..(x + 1) * c]) {
+                        *d = v.to_f64() as f32;
+                    }
+                }
+                None => px.fill(self.border.value()),
+            }
         }
     }
 
@@ -265,7 +459,7 @@ impl<T: Sample> Ctx<'_, T> {
         };
         let left = self.lsrc.len() * c;
         let row = &self.src.data[sy * w * c..(sy + 1) * w * c];
-        T::widen(row, &mut dst[left..left + w * c]);
+        widen(self.isa, row, &mut dst[left..left + w * c]);
         for (p, s) in self.lsrc.iter().enumerate() {
             self.copy_pixel(row, *s, &mut dst[p * c..(p + 1) * c]);
         }

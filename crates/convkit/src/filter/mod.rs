@@ -18,8 +18,8 @@
 //!
 //! Path choice ([`FilterPlan::new`]): the kernel is factorised ([`crate::separable`]); a rank-r
 //! kernel runs as r pairs of 1D passes when `r·(kh + kw) < kh·kw` MACs per pixel, else as a
-//! direct 2D filter; a box at least 4 rows tall sums its columns with running sums
-//! ([`Path::BoxSums`], O(1) per pixel vertically). The factorisation is exact;
+//! direct 2D filter; a box at least 4 rows tall runs as running column sums and per-row
+//! prefix sums ([`Path::BoxSums`], O(1) per pixel whatever the size). The factorisation is exact;
 //! `FilterOptions::rank` forces a rank-r approximation and the plan reports its error. No FFT
 //! path: for the kernel sizes of image filtering the separable and register-blocked 2D paths
 //! are cheaper.
@@ -28,9 +28,12 @@
 //! parallel (rayon), each streaming its input rows through a ring buffer (row pass once per
 //! row, border handled while widening a row, so the inner loops have no bounds tests), and
 //! one register-blocked SIMD kernel ([`simd::dot_block`]: AVX-512, AVX2, scalar, chosen at
-//! run time and bit-identical) for every pass.
+//! run time and bit-identical) for every pass; zero taps are skipped, and f32 images run the
+//! separable row pass on the image rows themselves. Boxes have their own O(1) passes
+//! (private module `boxsum`: running column sums, then prefix sums across each row).
 
 pub mod bench;
+mod boxsum;
 mod engine;
 pub mod kernels;
 pub mod naive;
@@ -157,15 +160,39 @@ impl fmt::Display for FilterBorder {
 pub trait Sample: Copy + Send + Sync + 'static {
     /// The depth, for OpenCV's depth-dependent rules.
     const DEPTH: Depth;
+    /// The largest sample value for integer depths (their box sums run exactly in u32),
+    /// `None` for float depths.
+    const INT_MAX: Option<u32>;
     /// `dst[i] = src[i] as f32` (equal lengths).
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// The sample as an unsigned integer: exact for integer depths (`INT_MAX` is `Some`);
+    /// float depths saturate and truncate (not used for them).
+    fn to_u32(self) -> u32;
+    /// The sample as f64 (exact for every depth).
+    fn to_f64(self) -> f64;
+    /// The samples themselves when they already are f32 (rows are then filtered in place,
+    /// without a widened copy); `None` for other depths.
+    fn as_f32(src: &[Self]) -> Option<&[f32]>;
 }
 
 macro_rules! sample {
-    ($t:ty, $d:expr) => {
+    ($t:ty, $d:expr, $max:expr, $as_f32:expr) => {
         impl Sample for $t {
             const DEPTH: Depth = $d;
-            #[inline]
+            const INT_MAX: Option<u32> = $max;
+            #[inline(always)]
+            fn as_f32(src: &[Self]) -> Option<&[f32]> {
+                $as_f32(src)
+            }
+            #[inline(always)]
+            fn to_u32(self) -> u32 {
+                self as u32
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
             fn widen(src: &[Self], dst: &mut [f32]) {
                 for (d, &s) in dst.iter_mut().zip(src) {
                     *d = s as f32;
@@ -174,9 +201,9 @@ macro_rules! sample {
         }
     };
 }
-sample!(u8, Depth::U8);
-sample!(u16, Depth::U16);
-sample!(f32, Depth::F32);
+sample!(u8, Depth::U8, Some(u8::MAX as u32), |_| None);
+sample!(u16, Depth::U16, Some(u16::MAX as u32), |_| None);
+sample!(f32, Depth::F32, None, Some);
 
 /// A borrowed `height × width × channels` image, rows contiguous, channels interleaved.
 #[derive(Debug, Clone, Copy)]
@@ -280,8 +307,9 @@ pub enum Path {
     },
     /// Direct 2D correlation.
     Direct2D,
-    /// A box (all weights equal): horizontal sums, then running sums down the columns in f64
-    /// (`S += new row − old row`, O(1) per pixel whatever the height), scaled once.
+    /// A box (all weights equal): running sums down the columns (`S += new row − old row`),
+    /// then window sums across each row of `S` (prefix sums: one subtraction per output),
+    /// scaled once; O(1) per pixel whatever the size, exact in u32 for u8/u16 images.
     BoxSums,
 }
 
@@ -508,7 +536,8 @@ impl FilterPlan {
                 }
                 Path::Direct2D => "direct 2D".to_string(),
                 Path::BoxSums => {
-                    "separable box: row sums, then running sums down the columns".to_string()
+                    "separable box: running sums down the columns, then prefix sums across"
+                        .to_string()
                 }
             };
             s += &format!(
@@ -595,7 +624,8 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
             && kh >= BOX_MIN_ROWS
     });
     let (stage, path, macs) = if let Some(scale) = boxed {
-        (Stage::Box { scale }, Path::BoxSums, kw + 2)
+        // Two adds down the columns, a prefix add and a difference across.
+        (Stage::Box { scale }, Path::BoxSums, 4)
     } else if use_sep {
         let t32 = terms
             .iter()

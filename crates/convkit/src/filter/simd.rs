@@ -187,6 +187,29 @@ pub fn running_sum(
     }
 }
 
+/// `dst[i] = src[i] as f32` ([`Sample::widen`](super::Sample::widen)) compiled for `isa`, so
+/// the conversion runs in full-width vectors.
+///
+/// # Panics
+/// If `isa` is not supported by this CPU.
+pub fn widen<T: super::Sample>(isa: Isa, src: &[T], dst: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            assert!(Isa::Avx512.supported());
+            // SAFETY: the CPU supports the features (checked above); the body is safe code.
+            unsafe { x86::widen_avx512(src, dst) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            assert!(Isa::Avx2.supported());
+            // SAFETY: as above.
+            unsafe { x86::widen_avx2(src, dst) }
+        }
+        _ => T::widen(src, dst),
+    }
+}
+
 /// The safe body of [`running_sum`], written for auto-vectorisation (inlined into each
 /// level's `target_feature` wrapper).
 #[inline(always)]
@@ -242,6 +265,24 @@ fn scalar(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// [`Sample::widen`](super::super::Sample::widen) compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn widen_avx512<T: super::super::Sample>(src: &[T], dst: &mut [f32]) {
+        T::widen(src, dst)
+    }
+
+    /// [`Sample::widen`](super::super::Sample::widen) compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn widen_avx2<T: super::super::Sample>(src: &[T], dst: &mut [f32]) {
+        T::widen(src, dst)
+    }
 
     /// [`super::running_sum_body`] compiled for AVX-512.
     ///
