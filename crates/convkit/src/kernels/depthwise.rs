@@ -16,6 +16,34 @@ pub use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+#[cfg(target_arch = "x86_64")]
+mod fast;
+
+/// The shapes with a dedicated AVX-512 kernel ([`fast`]): square taps, equal strides, no
+/// dilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastShape {
+    K3S1,
+    K3S2,
+    K5S1,
+    K5S2,
+}
+
+impl FastShape {
+    fn of(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Option<Self> {
+        if dilation != [1, 1] {
+            return None;
+        }
+        match (kernel, stride) {
+            ([3, 3], [1, 1]) => Some(FastShape::K3S1),
+            ([3, 3], [2, 2]) => Some(FastShape::K3S2),
+            ([5, 5], [1, 1]) => Some(FastShape::K5S1),
+            ([5, 5], [2, 2]) => Some(FastShape::K5S2),
+            _ => None,
+        }
+    }
+}
+
 /// Floats a 16-wide vector block may read past the last output column.
 const SLACK: usize = 16;
 
@@ -42,6 +70,8 @@ pub struct Depthwise {
     /// Per tap `kx`: offset of its first input in a buffered row.
     col_off: Vec<usize>,
     isa: Isa,
+    /// The dedicated AVX-512 kernel for this shape, if any (only with `Isa::Avx512`).
+    fast: Option<FastShape>,
     /// Layout identity (see [`NEXT_TAG`]).
     tag: u64,
 }
@@ -126,6 +156,8 @@ impl Depthwise {
             mult: geom.k / geom.c,
             col_off,
             isa,
+            fast: FastShape::of(s.kernel(), s.stride(), s.dilation())
+                .filter(|_| cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && nphase == sw),
             tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -267,6 +299,18 @@ impl Depthwise {
             ow: g.ow,
             bias,
         };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(shape) = self.fast {
+            // SAFETY: `fast` is only set with `Isa::Avx512`, which `new` checked against the
+            // CPU; `buf` was filled for this layer (every padded row; each phase is
+            // `pstride` ≥ 16·⌈ow/16⌉ + 16 floats when a tap is shifted, see `new`); `wk`
+            // holds kh·kw taps and `out` oh·ow floats (its length is asserted).
+            unsafe {
+                assert_eq!(out.len(), g.oh * g.ow);
+                fast::forward(shape, &self.fast_plane(buf), wk.as_ptr(), bias, out.as_mut_ptr(), false);
+            }
+            return;
+        }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Depthwise::new` checked that the CPU has AVX-512F; `buf` holds every
@@ -277,6 +321,21 @@ impl Depthwise {
             // SAFETY: as above, for AVX2 + FMA.
             Isa::Avx2 => unsafe { x86::plane_avx2(&args, g.oh) },
             _ => plane_scalar(buf, &self.col_off, wk, bias, &args, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Depthwise {
+    /// The fast kernels' view of a filled buffer.
+    fn fast_plane(&self, buf: &[f32]) -> fast::Plane {
+        assert!(buf.len() >= self.rows.len() * self.row_len(), "buffer too short");
+        fast::Plane {
+            buf: buf.as_ptr(),
+            rl: self.row_len(),
+            pstride: self.pstride,
+            oh: self.geom.oh,
+            ow: self.geom.ow,
         }
     }
 }
@@ -330,73 +389,156 @@ impl Depthwise {
             }
         }
         let (in_plane, out_plane, m) = (g.h * g.w, g.oh * g.ow, self.mult);
-        let rl = self.row_len();
-        if let Some(dx) = dx {
-            dx.par_chunks_mut(in_plane)
-                .enumerate()
-                .for_each(|(nc, dxs)| {
-                    let (n, c) = (nc / g.c, nc % g.c);
-                    GBUF.with(|cell| {
-                        let mut gbuf = cell.borrow_mut();
-                        gbuf.clear();
-                        gbuf.resize(self.rows.len() * rl, 0.0);
-                        for j in 0..m {
-                            let k = c * m + j;
-                            let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
-                            self.scatter_isa(dys, &w[k * taps..(k + 1) * taps], &mut gbuf);
-                        }
-                        self.unfill(&gbuf, dxs);
-                    });
-                });
-        }
-        if dw.is_some() || db.is_some() {
-            let want_w = dw.is_some();
-            // Per channel: its m filters' weight and bias gradients, batch reduced in order.
-            let per_c: Vec<(Vec<f32>, Vec<f32>)> = (0..g.c)
-                .into_par_iter()
-                .map(|c| {
-                    let mut gw = vec![0f32; m * taps];
-                    let mut gb = vec![0f32; m];
-                    let mut buf = Buffer {
-                        tag: 0,
-                        off: 0,
-                        data: Vec::new(),
+        let (want_w, want_b) = (dw.is_some(), db.is_some());
+        let adj = if dx.is_some() { self.adjoint() } else { None };
+        // The adjoint runs the taps rotated by 180°.
+        let wflip: Vec<f32> = if adj.is_some() {
+            w.chunks_exact(taps)
+                .flat_map(|t| t.iter().rev().copied())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dx_out = dx.map(|d| SyncPtr(d.as_mut_ptr()));
+        // One task per channel: the batch's dx planes of that channel and its m filters'
+        // weight and bias gradients, reduced over the batch in order.
+        let per_c: Vec<(Vec<f32>, Vec<f32>)> = (0..g.c)
+            .into_par_iter()
+            .map(|c| {
+                let mut gw = vec![0f32; if want_w { m * taps } else { 0 }];
+                let mut gb = vec![0f32; if want_b { m } else { 0 }];
+                for n in 0..g.n {
+                    let dy_of = |j: usize| {
+                        let k = c * m + j;
+                        &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane]
                     };
-                    for n in 0..g.n {
-                        if want_w {
-                            self.fill(
-                                &x[(n * g.c + c) * in_plane..(n * g.c + c + 1) * in_plane],
-                                &mut buf,
-                            );
-                        }
-                        for j in 0..m {
-                            let k = c * m + j;
-                            let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
-                            gb[j] += sum_lanes(dys);
-                            if want_w {
+                    if want_w {
+                        BUF.with(|cell| {
+                            let mut buf = cell.borrow_mut();
+                            self.fill(&x[(n * g.c + c) * in_plane..][..in_plane], &mut buf);
+                            for j in 0..m {
                                 self.weight_taps_isa(
-                                    dys,
+                                    dy_of(j),
                                     buf.view(),
                                     &mut gw[j * taps..(j + 1) * taps],
                                 );
                             }
+                        });
+                    }
+                    for (j, b) in gb.iter_mut().enumerate() {
+                        *b += sum_lanes(dy_of(j));
+                    }
+                    if let Some(out) = dx_out {
+                        // SAFETY: dx holds N·C planes of `in_plane` floats; plane (n, c) is
+                        // written by this task only (one task per channel), and nothing else
+                        // reads or writes dx while the tasks run.
+                        let dxs = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.get().add((n * g.c + c) * in_plane),
+                                in_plane,
+                            )
+                        };
+                        match &adj {
+                            Some(adj) => ABUF.with(|cell| {
+                                let mut abuf = cell.borrow_mut();
+                                for j in 0..m {
+                                    let k = c * m + j;
+                                    adj.fill(dy_of(j), &mut abuf);
+                                    adj.plane_into(
+                                        abuf.view(),
+                                        &wflip[k * taps..(k + 1) * taps],
+                                        dxs,
+                                        j > 0,
+                                    );
+                                }
+                            }),
+                            None => GBUF.with(|cell| {
+                                let mut gbuf = cell.borrow_mut();
+                                gbuf.clear();
+                                gbuf.resize(self.rows.len() * self.row_len(), 0.0);
+                                for j in 0..m {
+                                    let k = c * m + j;
+                                    self.scatter_isa(
+                                        dy_of(j),
+                                        &w[k * taps..(k + 1) * taps],
+                                        &mut gbuf,
+                                    );
+                                }
+                                self.unfill(&gbuf, dxs);
+                            }),
                         }
                     }
-                    (gw, gb)
-                })
-                .collect();
-            if let Some(dw) = dw {
-                for (c, (gw, _)) in per_c.iter().enumerate() {
-                    dw[c * m * taps..(c + 1) * m * taps].copy_from_slice(gw);
                 }
+                (gw, gb)
+            })
+            .collect();
+        if let Some(dw) = dw {
+            for (c, (gw, _)) in per_c.iter().enumerate() {
+                dw[c * m * taps..(c + 1) * m * taps].copy_from_slice(gw);
             }
-            if let Some(db) = db {
-                for (c, (_, gb)) in per_c.iter().enumerate() {
-                    db[c * m..(c + 1) * m].copy_from_slice(gb);
-                }
+        }
+        if let Some(db) = db {
+            for (c, (_, gb)) in per_c.iter().enumerate() {
+                db[c * m..(c + 1) * m].copy_from_slice(gb);
             }
         }
         Ok(())
+    }
+
+    /// For stride 1 with zero padding and a fast kernel: the layer whose forward pass is this
+    /// layer's grad input (a depthwise convolution of dy with the taps rotated by 180° and
+    /// padding `(k − 1) − p` per side), with K channels (the m filters of a channel are summed).
+    fn adjoint(&self) -> Option<Depthwise> {
+        let g = &self.geom;
+        let s = &g.spec;
+        self.fast?;
+        if s.stride() != [1, 1] || Border::from(s.padding_mode()) != Border::Zeros {
+            return None;
+        }
+        let [kh, kw] = s.kernel();
+        let p = &g.pad;
+        let sides = [
+            (kh - 1).checked_sub(p[0])?,
+            (kh - 1).checked_sub(p[1])?,
+            (kw - 1).checked_sub(p[2])?,
+            (kw - 1).checked_sub(p[3])?,
+        ];
+        let spec = crate::spec::ConvSpec::conv2d(g.k, g.k, [kh, kw])
+            .padding_rule(crate::spec::Padding::Explicit(sides))
+            .groups(g.k)
+            .bias(false)
+            .build()
+            .ok()?;
+        let ag = spec.geometry([g.n, g.k, g.oh, g.ow]).ok()?;
+        if ag.oh != g.h || ag.ow != g.w {
+            return None;
+        }
+        let adj = Depthwise::new(&ag, self.isa).ok()?;
+        adj.fast.is_some().then_some(adj)
+    }
+
+    /// `out (+)= taps(buf)` with the fast kernel (`accumulate`: add to `out`, no bias).
+    fn plane_into(&self, buf: &[f32], wk: &[f32], out: &mut [f32], accumulate: bool) {
+        let g = &self.geom;
+        assert_eq!(out.len(), g.oh * g.ow);
+        assert_eq!(wk.len(), g.spec.kernel()[0] * g.spec.kernel()[1]);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(shape) = self.fast {
+            // SAFETY: as in `plane`: `fast` implies AVX-512F was detected, `buf` was filled
+            // for this layer, and the lengths of `wk` and `out` were asserted above.
+            unsafe {
+                fast::forward(
+                    shape,
+                    &self.fast_plane(buf),
+                    wk.as_ptr(),
+                    0.0,
+                    out.as_mut_ptr(),
+                    accumulate,
+                )
+            };
+            return;
+        }
+        unreachable!("plane_into is only used on layers with a fast kernel");
     }
 
     /// Weight gradient of a *grouped* convolution with this layer's spatial geometry (same
@@ -475,6 +617,16 @@ impl Depthwise {
 
     /// [`Depthwise::weight_taps`] compiled for this kernel's instruction set.
     fn weight_taps_isa(&self, dys: &[f32], buf: &[f32], gw: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(shape) = self.fast {
+            let [kh, kw] = self.geom.spec.kernel();
+            assert_eq!(dys.len(), self.geom.oh * self.geom.ow);
+            assert_eq!(gw.len(), kh * kw);
+            // SAFETY: `fast` implies AVX-512F was detected; `buf` was filled for this layer
+            // (see `plane`) and the lengths of `dys` and `gw` were asserted above.
+            unsafe { fast::weight_grad(shape, &self.fast_plane(buf), dys.as_ptr(), gw) };
+            return;
+        }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `new` checked that the CPU has AVX-512F.
@@ -559,8 +711,46 @@ impl Depthwise {
 
     /// Adjoint of [`Depthwise::fill`]: adds each buffer slot into the input cell it was read from.
     fn unfill(&self, gbuf: &[f32], dxs: &mut [f32]) {
-        dxs.fill(0.0);
         let (w, sw, rl) = (self.geom.w, self.geom.spec.stride()[1], self.row_len());
+        if self.border_slots.is_empty()
+            && Border::from(self.geom.spec.padding_mode()) == Border::Zeros
+        {
+            // Zero padding: every input cell is read from exactly one slot, so the adjoint
+            // is a copy (stride 1) or an interleave of the phases.
+            for (r, src) in self.rows.iter().enumerate() {
+                let Some(sr) = src else { continue };
+                let grow = &gbuf[r * rl..(r + 1) * rl];
+                let drow = &mut dxs[*sr as usize * w..(*sr as usize + 1) * w];
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if sw == 2 && self.isa == Isa::Avx512 && self.interior.len() == 2 {
+                    let (e, o) = if self.interior[0].3 == 0 {
+                        (self.interior[0], self.interior[1])
+                    } else {
+                        (self.interior[1], self.interior[0])
+                    };
+                    let even = &grow[e.0 * self.pstride + e.1..e.0 * self.pstride + e.2];
+                    let odd = &grow[o.0 * self.pstride + o.1..o.0 * self.pstride + o.2];
+                    // SAFETY: `new` checked the CPU has AVX-512F; the function reads and
+                    // writes only within the slices it is given.
+                    done = unsafe { fast::interleave(even, odd, drow) };
+                }
+                for &(p, t0, t1, j0) in &self.interior {
+                    let src = &grow[p * self.pstride + t0..p * self.pstride + t1];
+                    if sw == 1 {
+                        drow[j0..j0 + src.len()].copy_from_slice(src);
+                        continue;
+                    }
+                    // Columns j0 + t·sw not yet written by the vector interleave.
+                    let skip = done.saturating_sub(j0).div_ceil(sw);
+                    for (t, v) in src.iter().enumerate().skip(skip) {
+                        drow[j0 + t * sw] = *v;
+                    }
+                }
+            }
+            return;
+        }
+        dxs.fill(0.0);
         for (r, src) in self.rows.iter().enumerate() {
             let Some(sr) = src else { continue };
             let grow = &gbuf[r * rl..(r + 1) * rl];
@@ -686,7 +876,24 @@ impl Buffer {
     }
 }
 
+/// dx's base pointer, shared by the backward tasks (each writes its own planes).
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+
+// SAFETY: only a pointer; the backward tasks write disjoint planes through it (see there).
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 thread_local! {
+    /// Per-thread buffer of the grad-input adjoint (dy planes, its own layout).
+    static ABUF: RefCell<Buffer> = const { RefCell::new(Buffer { tag: 0, off: 0, data: Vec::new() }) };
     /// Per-thread gradient buffer of the backward pass (reused, zeroed per plane).
     static GBUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static BUF: RefCell<Buffer> = const { RefCell::new(Buffer { tag: 0, off: 0, data: Vec::new() }) };
@@ -1030,6 +1237,40 @@ mod tests {
             ConvSpec::conv1d(3, 3, 3).padding(1).groups(3),
             [2, 3, 1, 50],
         );
+    }
+
+    /// The fast kernels' shapes on widths around the vector length, heights around the row
+    /// block, asymmetric and over-wide padding, multipliers and both strides.
+    #[test]
+    fn fast_shapes_match_reference_forward_and_backward() {
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            for (h, w) in [(1, 1), (5, 15), (7, 16), (9, 17), (6, 32), (11, 33), (4, 47)] {
+                for pad in [
+                    Padding::Explicit([k / 2; 4]),
+                    Padding::Explicit([0; 4]),
+                    Padding::Explicit([1, 0, 0, 2]),
+                    Padding::Explicit([k, k - 1, k + 1, 1]),
+                ] {
+                    let (ph, pw) = match pad {
+                        Padding::Explicit([t, b, l, r]) => (h + t + b, w + l + r),
+                        _ => unreachable!(),
+                    };
+                    if ph < k || pw < k {
+                        continue;
+                    }
+                    for m in [1, 2] {
+                        let spec = || {
+                            ConvSpec::conv2d(3, 3 * m, k)
+                                .stride(s)
+                                .padding_rule(pad)
+                                .groups(3)
+                        };
+                        check(spec(), [1, 3, h, w]);
+                        check_backward(spec(), [2, 3, h, w]);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
