@@ -70,7 +70,8 @@ pub struct Depthwise {
     /// Per tap `kx`: offset of its first input in a buffered row.
     col_off: Vec<usize>,
     isa: Isa,
-    /// The dedicated AVX-512 kernel for this shape, if any (only with `Isa::Avx512`).
+    /// The dedicated AVX-512 kernel for this shape, if any (only with `Isa::Avx512` and zero
+    /// padding; it reads the input planes in place, without the buffer).
     fast: Option<FastShape>,
     /// Layout identity (see [`NEXT_TAG`]).
     tag: u64,
@@ -157,7 +158,9 @@ impl Depthwise {
             col_off,
             isa,
             fast: FastShape::of(s.kernel(), s.stride(), s.dilation())
-                .filter(|_| cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && nphase == sw),
+                .filter(|_| {
+                    cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
+                }),
             tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -203,6 +206,19 @@ impl Depthwise {
             .for_each(|(nc, ys)| {
                 let c = nc % g.c;
                 let xs = &x[nc * in_plane..(nc + 1) * in_plane];
+                // The next plane (usually this thread's next task).
+                let next = x.get((nc + 1) * in_plane..(nc + 2) * in_plane).unwrap_or(&[]);
+                if self.fast.is_some() {
+                    for j in 0..self.mult {
+                        let k = c * self.mult + j;
+                        let wk = &w[k * kh * kw..(k + 1) * kh * kw];
+                        let b = bias.map_or(0.0, |b| b[k]);
+                        let pf = if j == 0 { next } else { &[] };
+                        let ys = &mut ys[j * out_plane..(j + 1) * out_plane];
+                        self.fast_forward(xs, wk, b, ys, false, pf);
+                    }
+                    return;
+                }
                 BUF.with(|cell| {
                     let mut buf = cell.borrow_mut();
                     self.fill(xs, &mut buf);
@@ -299,18 +315,6 @@ impl Depthwise {
             ow: g.ow,
             bias,
         };
-        #[cfg(target_arch = "x86_64")]
-        if let Some(shape) = self.fast {
-            // SAFETY: `fast` is only set with `Isa::Avx512`, which `new` checked against the
-            // CPU; `buf` was filled for this layer (every padded row; each phase is
-            // `pstride` ≥ 16·⌈ow/16⌉ + 16 floats when a tap is shifted, see `new`); `wk`
-            // holds kh·kw taps and `out` oh·ow floats (its length is asserted).
-            unsafe {
-                assert_eq!(out.len(), g.oh * g.ow);
-                fast::forward(shape, &self.fast_plane(buf), wk.as_ptr(), bias, out.as_mut_ptr(), false);
-            }
-            return;
-        }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Depthwise::new` checked that the CPU has AVX-512F; `buf` holds every
@@ -325,17 +329,72 @@ impl Depthwise {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Depthwise {
-    /// The fast kernels' view of a filled buffer.
-    fn fast_plane(&self, buf: &[f32]) -> fast::Plane {
-        assert!(buf.len() >= self.rows.len() * self.row_len(), "buffer too short");
+    /// The fast kernels' view of input plane `xs`; `pf` is prefetched meanwhile.
+    #[cfg(target_arch = "x86_64")]
+    fn fast_plane(&self, xs: &[f32], pf: &[f32]) -> fast::Plane {
+        let g = &self.geom;
+        assert_eq!(xs.len(), g.h * g.w, "input plane size");
         fast::Plane {
-            buf: buf.as_ptr(),
-            rl: self.row_len(),
-            pstride: self.pstride,
-            oh: self.geom.oh,
-            ow: self.geom.ow,
+            x: xs.as_ptr(),
+            h: g.h,
+            w: g.w,
+            pt: g.pad[0],
+            pl: g.pad[2],
+            oh: g.oh,
+            ow: g.ow,
+            pf: pf.as_ptr(),
+            pf_len: pf.len(),
+        }
+    }
+
+    /// `out (+)= taps(xs)` for input plane `xs` with the fast kernel, if this layer has one
+    /// (`accumulate`: add to `out`, no bias); false if not.
+    fn fast_forward(
+        &self,
+        xs: &[f32],
+        wk: &[f32],
+        bias: f32,
+        out: &mut [f32],
+        accumulate: bool,
+        pf: &[f32],
+    ) -> bool {
+        let Some(shape) = self.fast else { return false };
+        let g = &self.geom;
+        assert_eq!(out.len(), g.oh * g.ow, "output plane size");
+        assert_eq!(wk.len(), g.spec.kernel()[0] * g.spec.kernel()[1], "taps");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.fast_plane(xs, pf);
+            // SAFETY: `fast` is only set with `Isa::Avx512`, which `new` checked against the
+            // CPU; the plane sizes were asserted above and oh, ow are the geometry's for h, w.
+            unsafe { fast::forward(shape, &p, wk.as_ptr(), bias, out.as_mut_ptr(), accumulate) };
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (shape, xs, bias, accumulate, pf);
+            false
+        }
+    }
+
+    /// `gw += Σ dy · shifted(xs)` with the fast kernel, if this layer has one; false if not.
+    fn fast_weight_grad(&self, xs: &[f32], dys: &[f32], gw: &mut [f32], pf: &[f32]) -> bool {
+        let Some(shape) = self.fast else { return false };
+        let g = &self.geom;
+        assert_eq!(dys.len(), g.oh * g.ow, "grad output plane size");
+        assert_eq!(gw.len(), g.spec.kernel()[0] * g.spec.kernel()[1], "taps");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.fast_plane(xs, pf);
+            // SAFETY: as in `fast_forward`; `dys` holds oh·ow floats (asserted).
+            unsafe { fast::weight_grad(shape, &p, dys.as_ptr(), gw) };
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (shape, xs, pf);
+            false
         }
     }
 }
@@ -412,7 +471,21 @@ impl Depthwise {
                         let k = c * m + j;
                         &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane]
                     };
-                    if want_w {
+                    // The next (n, c) this thread is likely to read: prefetched meanwhile.
+                    let (nn, nc) = if n + 1 < g.n { (n + 1, c) } else { (0, c + 1) };
+                    let next_x = x
+                        .get((nn * g.c + nc) * in_plane..(nn * g.c + nc + 1) * in_plane)
+                        .unwrap_or(&[]);
+                    let next_dy = dy
+                        .get((nn * g.k + nc * m) * out_plane..(nn * g.k + nc * m + m) * out_plane)
+                        .unwrap_or(&[]);
+                    let xs = &x[(n * g.c + c) * in_plane..][..in_plane];
+                    if want_w && self.fast.is_some() {
+                        for j in 0..m {
+                            let pf = if j == 0 { next_x } else { &[] };
+                            self.fast_weight_grad(xs, dy_of(j), &mut gw[j * taps..][..taps], pf);
+                        }
+                    } else if want_w {
                         BUF.with(|cell| {
                             let mut buf = cell.borrow_mut();
                             self.fill(&x[(n * g.c + c) * in_plane..][..in_plane], &mut buf);
@@ -439,19 +512,14 @@ impl Depthwise {
                             )
                         };
                         match &adj {
-                            Some(adj) => ABUF.with(|cell| {
-                                let mut abuf = cell.borrow_mut();
+                            Some(adj) => {
                                 for j in 0..m {
                                     let k = c * m + j;
-                                    adj.fill(dy_of(j), &mut abuf);
-                                    adj.plane_into(
-                                        abuf.view(),
-                                        &wflip[k * taps..(k + 1) * taps],
-                                        dxs,
-                                        j > 0,
-                                    );
+                                    let wk = &wflip[k * taps..(k + 1) * taps];
+                                    let pf = if j == 0 { next_dy } else { &[] };
+                                    adj.fast_forward(dy_of(j), wk, 0.0, dxs, j > 0, pf);
                                 }
-                            }),
+                            }
                             None => GBUF.with(|cell| {
                                 let mut gbuf = cell.borrow_mut();
                                 gbuf.clear();
@@ -517,30 +585,6 @@ impl Depthwise {
         adj.fast.is_some().then_some(adj)
     }
 
-    /// `out (+)= taps(buf)` with the fast kernel (`accumulate`: add to `out`, no bias).
-    fn plane_into(&self, buf: &[f32], wk: &[f32], out: &mut [f32], accumulate: bool) {
-        let g = &self.geom;
-        assert_eq!(out.len(), g.oh * g.ow);
-        assert_eq!(wk.len(), g.spec.kernel()[0] * g.spec.kernel()[1]);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(shape) = self.fast {
-            // SAFETY: as in `plane`: `fast` implies AVX-512F was detected, `buf` was filled
-            // for this layer, and the lengths of `wk` and `out` were asserted above.
-            unsafe {
-                fast::forward(
-                    shape,
-                    &self.fast_plane(buf),
-                    wk.as_ptr(),
-                    0.0,
-                    out.as_mut_ptr(),
-                    accumulate,
-                )
-            };
-            return;
-        }
-        unreachable!("plane_into is only used on layers with a fast kernel");
-    }
-
     /// Weight gradient of a *grouped* convolution with this layer's spatial geometry (same
     /// kernel, stride, dilation, padding and mode; `groups` groups, `k_total` output channels):
     /// `out[k, c', ky, kx] = Σ_{n,oy,ox} dy[n,k,oy,ox] · x_pad[n, c, oy·s+ky·d, ox·s+kx·d]` for
@@ -582,11 +626,17 @@ impl Depthwise {
                     data: Vec::new(),
                 };
                 for n in 0..g.n {
-                    self.fill(&x[(n * g.c + c) * in_plane..][..in_plane], &mut buf);
+                    let xs = &x[(n * g.c + c) * in_plane..][..in_plane];
+                    if self.fast.is_none() {
+                        self.fill(xs, &mut buf);
+                    }
                     for j in 0..bg {
                         let k = gi * bg + j;
                         let dys = &dy[(n * k_total + k) * out_plane..][..out_plane];
-                        self.weight_taps_isa(dys, buf.view(), &mut acc[j * taps..(j + 1) * taps]);
+                        let gw = &mut acc[j * taps..(j + 1) * taps];
+                        if !self.fast_weight_grad(xs, dys, gw, &[]) {
+                            self.weight_taps_isa(dys, buf.view(), gw);
+                        }
                     }
                 }
                 acc
@@ -617,16 +667,6 @@ impl Depthwise {
 
     /// [`Depthwise::weight_taps`] compiled for this kernel's instruction set.
     fn weight_taps_isa(&self, dys: &[f32], buf: &[f32], gw: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(shape) = self.fast {
-            let [kh, kw] = self.geom.spec.kernel();
-            assert_eq!(dys.len(), self.geom.oh * self.geom.ow);
-            assert_eq!(gw.len(), kh * kw);
-            // SAFETY: `fast` implies AVX-512F was detected; `buf` was filled for this layer
-            // (see `plane`) and the lengths of `dys` and `gw` were asserted above.
-            unsafe { fast::weight_grad(shape, &self.fast_plane(buf), dys.as_ptr(), gw) };
-            return;
-        }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `new` checked that the CPU has AVX-512F.
@@ -892,8 +932,6 @@ impl SyncPtr {
 }
 
 thread_local! {
-    /// Per-thread buffer of the grad-input adjoint (dy planes, its own layout).
-    static ABUF: RefCell<Buffer> = const { RefCell::new(Buffer { tag: 0, off: 0, data: Vec::new() }) };
     /// Per-thread gradient buffer of the backward pass (reused, zeroed per plane).
     static GBUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static BUF: RefCell<Buffer> = const { RefCell::new(Buffer { tag: 0, off: 0, data: Vec::new() }) };

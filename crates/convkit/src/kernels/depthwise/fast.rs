@@ -10,16 +10,32 @@
 use super::FastShape;
 use std::arch::x86_64::*;
 
-/// A buffered plane as the kernels see it.
+/// One input plane read in place (zero padding) and the output plane's size.
 pub(super) struct Plane {
-    /// First float of the 64-byte-aligned buffer.
-    pub buf: *const f32,
-    /// Floats per buffered row.
-    pub rl: usize,
-    /// Floats per phase of a buffered row.
-    pub pstride: usize,
+    /// First float of the (h, w) input plane.
+    pub x: *const f32,
+    pub h: usize,
+    pub w: usize,
+    /// Zero padding above and left of the input.
+    pub pt: usize,
+    pub pl: usize,
     pub oh: usize,
     pub ow: usize,
+    /// Memory to prefetch into L2 while the plane is computed (the next plane's input):
+    /// start and length in floats (any address; prefetches do not fault).
+    pub pf: *const f32,
+    pub pf_len: usize,
+}
+
+/// Prefetches lines `*next..*next + count` of `p.pf` (stopping at its end) into L2.
+#[inline(always)]
+unsafe fn prefetch_some(p: &Plane, next: &mut usize, count: usize) {
+    let lines = (p.pf_len * 4).div_ceil(64);
+    let end = (*next + count).min(lines);
+    while *next < end {
+        _mm_prefetch::<_MM_HINT_T1>(p.pf.wrapping_add(*next * 16) as *const i8);
+        *next += 1;
+    }
 }
 
 /// `[a[s..16], b[..s]]`: the row vector starting `s` floats after `a`'s.
@@ -35,35 +51,96 @@ unsafe fn shift(a: __m512, b: __m512, s: usize) -> __m512 {
     })
 }
 
-/// Mask of the lanes of the last vector of a row of `ow` floats.
+/// Mask of the lanes `k < n` of a vector.
 #[inline(always)]
-fn last_mask(ow: usize) -> __mmask16 {
-    let n = ow - (ow.div_ceil(16) - 1) * 16;
-    ((1u32 << n) - 1) as __mmask16
+fn lanes_below(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
 }
 
-/// The `KW` shifted vectors of buffered row `row` at column `ox`.
+/// Lanes `k` with `0 ≤ c + k < w`: the in-row part of a 16-float load at column `c`.
+#[inline(always)]
+fn row_mask(c: isize, w: usize) -> __mmask16 {
+    let below = lanes_below((w as isize - c).max(0) as usize);
+    let before = lanes_below((-c).max(0) as usize);
+    below & !before
+}
+
+/// The loads one input row needs for one output vector: their column offsets from the
+/// vector's first input column (`SW·ox − pl`) and the masks that keep them inside the row.
+struct Loads {
+    mask: [__mmask16; 6],
+}
+
+impl Loads {
+    /// Load `i` of a row is at offset `(i / 2)·2 + (i % 2)·16` (stride 2) or `16·i` (stride 1).
+    #[inline(always)]
+    fn offset<const SW: usize>(i: usize) -> isize {
+        if SW == 1 {
+            16 * i as isize
+        } else {
+            (i / 2 * 2 + i % 2 * 16) as isize
+        }
+    }
+
+    #[inline(always)]
+    fn new<const KW: usize, const SW: usize>(c0: isize, w: usize) -> Self {
+        let mut mask = [0; 6];
+        for (i, m) in mask.iter_mut().enumerate().take(Self::count::<KW, SW>()) {
+            *m = row_mask(c0 + Self::offset::<SW>(i), w);
+        }
+        Loads { mask }
+    }
+
+    /// Loads per row.
+    #[inline(always)]
+    const fn count<const KW: usize, const SW: usize>() -> usize {
+        if SW == 1 {
+            if KW > 1 {
+                2
+            } else {
+                1
+            }
+        } else {
+            2 * KW.div_ceil(2)
+        }
+    }
+}
+
+/// The `KW` tap vectors of input row `row` for the output vector whose first input column is
+/// `c0` (`v[kx][i] = row[c0 + SW·i + kx]`, zero outside the row).
 #[inline(always)]
 unsafe fn taps_of_row<const KW: usize, const SW: usize>(
     row: *const f32,
-    pstride: usize,
+    c0: isize,
+    l: &Loads,
 ) -> [__m512; 5] {
-    let mut sh = [_mm512_setzero_ps(); 5];
-    for ph in 0..SW {
-        let a = _mm512_loadu_ps(row.add(ph * pstride));
-        // A second vector only where a tap of this phase is shifted.
-        let b = if ph + SW < KW {
-            _mm512_loadu_ps(row.add(ph * pstride + 16))
-        } else {
-            a
-        };
-        for (kx, s) in sh.iter_mut().enumerate().take(KW) {
-            if kx % SW == ph {
-                *s = shift(a, b, kx / SW);
+    let mut v = [_mm512_setzero_ps(); 5];
+    let ld = |i: usize| {
+        // Masked-off lanes are not read (no fault), so only in-row floats are touched.
+        _mm512_maskz_loadu_ps(l.mask[i], row.wrapping_offset(c0 + Loads::offset::<SW>(i)))
+    };
+    if SW == 1 {
+        let a = ld(0);
+        let b = if KW > 1 { ld(1) } else { a };
+        for (kx, t) in v.iter_mut().enumerate().take(KW) {
+            *t = shift(a, b, kx);
+        }
+    } else {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for q in 0..KW.div_ceil(2) {
+            let (a, b) = (ld(2 * q), ld(2 * q + 1));
+            v[2 * q] = _mm512_permutex2var_ps(a, even, b);
+            if 2 * q + 1 < KW {
+                v[2 * q + 1] = _mm512_permutex2var_ps(a, odd, b);
             }
         }
     }
-    sh
+    v
 }
 
 /// R output rows from `oy`, all column vectors.
@@ -79,10 +156,11 @@ unsafe fn block<const KH: usize, const KW: usize, const SH: usize, const SW: usi
     oy: usize,
 ) {
     let nv = p.ow.div_ceil(16);
-    let lm = last_mask(p.ow);
     for j in 0..nv {
         let ox = j * 16;
-        let mask = if j + 1 == nv { lm } else { 0xFFFF };
+        let mask = lanes_below(p.ow - ox);
+        let c0 = (SW * ox) as isize - p.pl as isize;
+        let loads = Loads::new::<KW, SW>(c0, p.w);
         let mut acc = [_mm512_set1_ps(bias); R];
         if accumulate {
             for (r, a) in acc.iter_mut().enumerate() {
@@ -90,12 +168,17 @@ unsafe fn block<const KH: usize, const KW: usize, const SH: usize, const SW: usi
             }
         }
         for ir in 0..(R - 1) * SH + KH {
-            let sh = taps_of_row::<KW, SW>(p.buf.add((oy * SH + ir) * p.rl + ox), p.pstride);
+            // Rows of the zero padding add nothing.
+            let iy = (oy * SH + ir) as isize - p.pt as isize;
+            if iy < 0 || iy >= p.h as isize {
+                continue;
+            }
+            let v = taps_of_row::<KW, SW>(p.x.add(iy as usize * p.w), c0, &loads);
             for (r, a) in acc.iter_mut().enumerate() {
                 if ir >= r * SH && ir - r * SH < KH {
                     let ky = ir - r * SH;
-                    for (kx, s) in sh.iter().enumerate().take(KW) {
-                        *a = _mm512_fmadd_ps(*s, wv[ky * KW + kx], *a);
+                    for (kx, t) in v.iter().enumerate().take(KW) {
+                        *a = _mm512_fmadd_ps(*t, wv[ky * KW + kx], *a);
                     }
                 }
             }
@@ -118,24 +201,29 @@ unsafe fn forward_t<const KH: usize, const KW: usize, const SH: usize, const SW:
     for (t, v) in wv.iter_mut().enumerate().take(KH * KW) {
         *v = _mm512_set1_ps(*w.add(t));
     }
+    // Spread the prefetches over the row blocks, so that they overlap the arithmetic.
+    let per = (p.pf_len * 4).div_ceil(64).div_ceil(p.oh.div_ceil(R).max(1));
+    let mut next = 0;
     let mut oy = 0;
     while oy + R <= p.oh {
+        prefetch_some(p, &mut next, per);
         block::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy);
         oy += R;
     }
     while oy < p.oh {
+        prefetch_some(p, &mut next, per);
         block::<KH, KW, SH, SW, 1>(p, &wv, bias, out, accumulate, oy);
         oy += 1;
     }
 }
 
-/// One output plane: `out = bias + taps(buffer)` (or `out += taps(buffer)` when
-/// `accumulate`, bias unused).
+/// One output plane: `out = bias + taps(x)` (or `out += taps(x)` when `accumulate`, bias
+/// unused), zero padding.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `p` must describe a buffer filled by `Depthwise::fill` for a
-/// layer of this shape (every padded row, each phase `pstride ≥ 16·⌈ow/16⌉ + 16` floats when
-/// a tap is shifted), `w` must hold kh·kw taps and `out` oh·ow floats.
+/// The CPU must have AVX-512F; `p.x` must hold h·w floats, `w` kh·kw taps and `out` oh·ow
+/// floats, and the output size must follow from the input size, padding and shape (so that
+/// every valid output reads inside the padded input).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn forward(
     shape: FastShape,
@@ -153,7 +241,7 @@ pub(super) unsafe fn forward(
     }
 }
 
-/// Weight-gradient taps `ky ∈ KY0..KY0+NY`: `gw[ky,kx] += Σ dy[oy,ox] · buf[row(oy,ky), ox+kx]`.
+/// Weight-gradient taps `ky ∈ KY0..KY0+NY`: `gw[ky,kx] += Σ dy[oy,ox] · x_pad[oy·SH+ky, ox·SW+kx]`.
 #[target_feature(enable = "avx512f")]
 unsafe fn wgrad_t<
     const KH: usize,
@@ -169,18 +257,25 @@ unsafe fn wgrad_t<
 ) {
     let mut acc = [_mm512_setzero_ps(); 15];
     let nv = p.ow.div_ceil(16);
-    let lm = last_mask(p.ow);
+    let per = (p.pf_len * 4).div_ceil(64).div_ceil(p.oh.max(1));
+    let mut next = 0;
     for oy in 0..p.oh {
+        prefetch_some(p, &mut next, per);
         for j in 0..nv {
             let ox = j * 16;
-            let mask = if j + 1 == nv { lm } else { 0xFFFF };
+            let mask = lanes_below(p.ow - ox);
+            let c0 = (SW * ox) as isize - p.pl as isize;
+            let loads = Loads::new::<KW, SW>(c0, p.w);
             // Lanes past the row are neither read from dy nor accumulated.
             let d = _mm512_maskz_loadu_ps(mask, dy.add(oy * p.ow + ox));
             for i in 0..NY {
-                let ky = KY0 + i;
-                let sh = taps_of_row::<KW, SW>(p.buf.add((oy * SH + ky) * p.rl + ox), p.pstride);
-                for (kx, s) in sh.iter().enumerate().take(KW) {
-                    acc[i * KW + kx] = _mm512_mask3_fmadd_ps(d, *s, acc[i * KW + kx], mask);
+                let iy = (oy * SH + KY0 + i) as isize - p.pt as isize;
+                if iy < 0 || iy >= p.h as isize {
+                    continue;
+                }
+                let v = taps_of_row::<KW, SW>(p.x.add(iy as usize * p.w), c0, &loads);
+                for (kx, t) in v.iter().enumerate().take(KW) {
+                    acc[i * KW + kx] = _mm512_mask3_fmadd_ps(d, *t, acc[i * KW + kx], mask);
                 }
             }
         }
@@ -230,3 +325,4 @@ pub(super) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [f32]) -> u
     }
     2 * i
 }
+
