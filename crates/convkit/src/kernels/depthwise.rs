@@ -378,6 +378,33 @@ impl Depthwise {
         }
     }
 
+    /// dx plane of a stride-2 fast layer from the channel's dy planes and taps (gather, see
+    /// [`fast::input_grad_s2`]); false (nothing written) for other layers.
+    fn fast_input_grad(&self, dys: &[&[f32]], ws: &[&[f32]], dxs: &mut [f32]) -> bool {
+        let Some(shape) = self.fast else { return false };
+        if !matches!(shape, FastShape::K3S2 | FastShape::K5S2) {
+            return false;
+        }
+        let g = &self.geom;
+        let [kh, kw] = g.spec.kernel();
+        assert_eq!(dxs.len(), g.h * g.w, "grad input plane size");
+        assert!(dys.iter().all(|d| d.len() == g.oh * g.ow), "grad output plane size");
+        assert!(ws.iter().all(|t| t.len() == kh * kw), "taps");
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `fast` implies AVX-512F was detected; the shape is stride 2 and the
+            // plane sizes were asserted above (oh, ow, pads are the geometry's for h, w).
+            unsafe {
+                fast::input_grad_s2(shape, dys, ws, g.oh, g.ow, g.pad[0], g.pad[2], dxs, g.w)
+            };
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     /// `gw += Σ dy · shifted(xs)` with the fast kernel, if this layer has one; false if not.
     fn fast_weight_grad(&self, xs: &[f32], dys: &[f32], gw: &mut [f32], pf: &[f32]) -> bool {
         let Some(shape) = self.fast else { return false };
@@ -459,6 +486,14 @@ impl Depthwise {
             Vec::new()
         };
         let dx_out = dx.map(|d| SyncPtr(d.as_mut_ptr()));
+        let dys_of_c = |n: usize, c: usize| -> Vec<&[f32]> {
+            (0..m)
+                .map(|j| &dy[(n * g.k + c * m + j) * out_plane..][..out_plane])
+                .collect()
+        };
+        let w_of_c = |c: usize| -> Vec<&[f32]> {
+            (0..m).map(|j| &w[(c * m + j) * taps..][..taps]).collect()
+        };
         // One task per channel: the batch's dx planes of that channel and its m filters'
         // weight and bias gradients, reduced over the batch in order.
         let per_c: Vec<(Vec<f32>, Vec<f32>)> = (0..g.c)
@@ -520,6 +555,7 @@ impl Depthwise {
                                     adj.fast_forward(dy_of(j), wk, 0.0, dxs, j > 0, pf);
                                 }
                             }
+                            None if self.fast_input_grad(&dys_of_c(n, c), &w_of_c(c), dxs) => {}
                             None => GBUF.with(|cell| {
                                 let mut gbuf = cell.borrow_mut();
                                 gbuf.clear();

@@ -326,3 +326,85 @@ pub(super) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [f32]) -> u
     2 * i
 }
 
+
+/// Grad input of a stride-2 layer for one input plane, as a gather: padded column
+/// `q = 2t + e` receives `Σ_{kx ≡ e} w[ky,kx] · dy[oy, t − ⌊kx/2⌋]` from every dy row
+/// `oy = (qy − ky)/2` of a tap row `ky ≡ qy (mod 2)`; the two column phases are computed
+/// as vectors and interleaved into dx, so each dx element is written once (no zeroing,
+/// no scatter). The `m` (dy plane, taps) pairs of the channel are summed.
+#[target_feature(enable = "avx512f")]
+unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
+    dys: &[&[f32]],
+    ws: &[&[f32]],
+    oh: usize,
+    ow: usize,
+    pt: usize,
+    pl: usize,
+    dx: &mut [f32],
+    w: usize,
+) {
+    let h = dx.len() / w;
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let (t_start, t_end) = (pl / 2, (pl + w - 1) / 2 + 1);
+    for iy in 0..h {
+        let qy = iy + pt;
+        let drow = dx.as_mut_ptr().add(iy * w);
+        let mut t0 = t_start;
+        while t0 < t_end {
+            let mut g = [_mm512_setzero_ps(); 2];
+            for (dyp, wk) in dys.iter().zip(ws) {
+                for ky in (qy % 2..KH.min(qy + 1)).step_by(2) {
+                    let oy = (qy - ky) / 2;
+                    if oy >= oh {
+                        continue;
+                    }
+                    let row = dyp.as_ptr().add(oy * ow);
+                    let mut v = [_mm512_setzero_ps(); 3];
+                    for (a, va) in v.iter_mut().enumerate().take(KW.div_ceil(2)) {
+                        let c = t0 as isize - a as isize;
+                        // Masked-off lanes are not read, so only dy's row is touched.
+                        *va = _mm512_maskz_loadu_ps(row_mask(c, ow), row.wrapping_offset(c));
+                    }
+                    for kx in 0..KW {
+                        let wv = _mm512_set1_ps(wk[ky * KW + kx]);
+                        g[kx % 2] = _mm512_fmadd_ps(v[kx / 2], wv, g[kx % 2]);
+                    }
+                }
+            }
+            // Padded columns 2·t0 .. 2·t0 + 32 are dx columns 2·t0 − pl ...
+            let c = (2 * t0) as isize - pl as isize;
+            let a = _mm512_permutex2var_ps(g[0], lo, g[1]);
+            let b = _mm512_permutex2var_ps(g[0], hi, g[1]);
+            _mm512_mask_storeu_ps(drow.wrapping_offset(c), row_mask(c, w), a);
+            _mm512_mask_storeu_ps(drow.wrapping_offset(c + 16), row_mask(c + 16, w), b);
+            t0 += 16;
+        }
+    }
+}
+
+/// dx plane (h·w = `dx.len()`, width `w`) of a stride-2 layer from the channel's dy planes
+/// (oh·ow each) and their taps; overwrites `dx`.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `shape` must be a stride-2 shape; every `dys[i]` must hold
+/// oh·ow floats and `ws[i]` kh·kw taps; oh, ow, pt, pl must be the layer's for h, w.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn input_grad_s2(
+    shape: FastShape,
+    dys: &[&[f32]],
+    ws: &[&[f32]],
+    oh: usize,
+    ow: usize,
+    pt: usize,
+    pl: usize,
+    dx: &mut [f32],
+    w: usize,
+) {
+    match shape {
+        FastShape::K3S2 => dgrad_s2_t::<3, 3>(dys, ws, oh, ow, pt, pl, dx, w),
+        FastShape::K5S2 => dgrad_s2_t::<5, 5>(dys, ws, oh, ow, pt, pl, dx, w),
+        _ => unreachable!("input_grad_s2 needs a stride-2 shape"),
+    }
+}
