@@ -347,38 +347,55 @@ unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let (t_start, t_end) = (pl / 2, (pl + w - 1) / 2 + 1);
+    // Up to 4 blocks of 16 `t` (128 dx columns) per pass, so that each (dy row, taps) pair
+    // is set up once per pass.
+    const NB: usize = 4;
     for iy in 0..h {
         let qy = iy + pt;
         let drow = dx.as_mut_ptr().add(iy * w);
-        let mut t0 = t_start;
-        while t0 < t_end {
-            let mut g = [_mm512_setzero_ps(); 2];
+        let mut tb = t_start;
+        while tb < t_end {
+            let nb = (t_end - tb).div_ceil(16).min(NB);
+            let mut g = [[_mm512_setzero_ps(); 2]; NB];
             for (dyp, wk) in dys.iter().zip(ws) {
-                for ky in (qy % 2..KH.min(qy + 1)).step_by(2) {
+                let mut ky = qy % 2;
+                while ky < KH && ky <= qy {
                     let oy = (qy - ky) / 2;
+                    ky += 2;
                     if oy >= oh {
                         continue;
                     }
                     let row = dyp.as_ptr().add(oy * ow);
-                    let mut v = [_mm512_setzero_ps(); 3];
-                    for (a, va) in v.iter_mut().enumerate().take(KW.div_ceil(2)) {
-                        let c = t0 as isize - a as isize;
-                        // Masked-off lanes are not read, so only dy's row is touched.
-                        *va = _mm512_maskz_loadu_ps(row_mask(c, ow), row.wrapping_offset(c));
+                    let mut wv = [_mm512_setzero_ps(); 5];
+                    for (kx, v) in wv.iter_mut().enumerate().take(KW) {
+                        *v = _mm512_set1_ps(wk[(ky - 2) * KW + kx]);
                     }
-                    for kx in 0..KW {
-                        let wv = _mm512_set1_ps(wk[ky * KW + kx]);
-                        g[kx % 2] = _mm512_fmadd_ps(v[kx / 2], wv, g[kx % 2]);
+                    for (b, gb) in g.iter_mut().enumerate() {
+                        if b >= nb {
+                            break;
+                        }
+                        let t0 = tb + 16 * b;
+                        let mut v = [_mm512_setzero_ps(); 3];
+                        for (a, va) in v.iter_mut().enumerate().take(KW.div_ceil(2)) {
+                            let c = t0 as isize - a as isize;
+                            // Masked-off lanes are not read, so only dy's row is touched.
+                            *va = _mm512_maskz_loadu_ps(row_mask(c, ow), row.wrapping_offset(c));
+                        }
+                        for kx in 0..KW {
+                            gb[kx % 2] = _mm512_fmadd_ps(v[kx / 2], wv[kx], gb[kx % 2]);
+                        }
                     }
                 }
             }
-            // Padded columns 2·t0 .. 2·t0 + 32 are dx columns 2·t0 − pl ...
-            let c = (2 * t0) as isize - pl as isize;
-            let a = _mm512_permutex2var_ps(g[0], lo, g[1]);
-            let b = _mm512_permutex2var_ps(g[0], hi, g[1]);
-            _mm512_mask_storeu_ps(drow.wrapping_offset(c), row_mask(c, w), a);
-            _mm512_mask_storeu_ps(drow.wrapping_offset(c + 16), row_mask(c + 16, w), b);
-            t0 += 16;
+            for (b, gb) in g.iter().enumerate().take(nb) {
+                // Padded columns 2·t0 .. 2·t0 + 32 are dx columns 2·t0 − pl ...
+                let c = (2 * (tb + 16 * b)) as isize - pl as isize;
+                let lo_v = _mm512_permutex2var_ps(gb[0], lo, gb[1]);
+                let hi_v = _mm512_permutex2var_ps(gb[0], hi, gb[1]);
+                _mm512_mask_storeu_ps(drow.wrapping_offset(c), row_mask(c, w), lo_v);
+                _mm512_mask_storeu_ps(drow.wrapping_offset(c + 16), row_mask(c + 16, w), hi_v);
+            }
+            tb += 16 * NB;
         }
     }
 }
