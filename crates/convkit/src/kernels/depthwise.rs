@@ -157,10 +157,9 @@ impl Depthwise {
             mult: geom.k / geom.c,
             col_off,
             isa,
-            fast: FastShape::of(s.kernel(), s.stride(), s.dilation())
-                .filter(|_| {
-                    cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
-                }),
+            fast: FastShape::of(s.kernel(), s.stride(), s.dilation()).filter(|_| {
+                cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
+            }),
             tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -207,7 +206,9 @@ impl Depthwise {
                 let c = nc % g.c;
                 let xs = &x[nc * in_plane..(nc + 1) * in_plane];
                 // The next plane (usually this thread's next task).
-                let next = x.get((nc + 1) * in_plane..(nc + 2) * in_plane).unwrap_or(&[]);
+                let next = x
+                    .get((nc + 1) * in_plane..(nc + 2) * in_plane)
+                    .unwrap_or(&[]);
                 if self.fast.is_some() {
                     for j in 0..self.mult {
                         let k = c * self.mult + j;
@@ -388,7 +389,10 @@ impl Depthwise {
         let g = &self.geom;
         let [kh, kw] = g.spec.kernel();
         assert_eq!(dxs.len(), g.h * g.w, "grad input plane size");
-        assert!(dys.iter().all(|d| d.len() == g.oh * g.ow), "grad output plane size");
+        assert!(
+            dys.iter().all(|d| d.len() == g.oh * g.ow),
+            "grad output plane size"
+        );
         assert!(ws.iter().all(|t| t.len() == kh * kw), "taps");
         #[cfg(target_arch = "x86_64")]
         {
@@ -1318,7 +1322,15 @@ mod tests {
     #[test]
     fn fast_shapes_match_reference_forward_and_backward() {
         for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
-            for (h, w) in [(1, 1), (5, 15), (7, 16), (9, 17), (6, 32), (11, 33), (4, 47)] {
+            for (h, w) in [
+                (1, 1),
+                (5, 15),
+                (7, 16),
+                (9, 17),
+                (6, 32),
+                (11, 33),
+                (4, 47),
+            ] {
                 for pad in [
                     Padding::Explicit([k / 2; 4]),
                     Padding::Explicit([0; 4]),

@@ -147,7 +147,13 @@ unsafe fn taps_of_row<const KW: usize, const SW: usize>(
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<const KH: usize, const KW: usize, const SH: usize, const SW: usize, const R: usize>(
+unsafe fn block<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+>(
     p: &Plane,
     wv: &[__m512; 25],
     bias: f32,
@@ -190,7 +196,13 @@ unsafe fn block<const KH: usize, const KW: usize, const SH: usize, const SW: usi
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_t<const KH: usize, const KW: usize, const SH: usize, const SW: usize, const R: usize>(
+unsafe fn forward_t<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+>(
     p: &Plane,
     w: *const f32,
     bias: f32,
@@ -202,7 +214,9 @@ unsafe fn forward_t<const KH: usize, const KW: usize, const SH: usize, const SW:
         *v = _mm512_set1_ps(*w.add(t));
     }
     // Spread the prefetches over the row blocks, so that they overlap the arithmetic.
-    let per = (p.pf_len * 4).div_ceil(64).div_ceil(p.oh.div_ceil(R).max(1));
+    let per = (p.pf_len * 4)
+        .div_ceil(64)
+        .div_ceil(p.oh.div_ceil(R).max(1));
     let mut next = 0;
     let mut oy = 0;
     while oy + R <= p.oh {
@@ -241,44 +255,80 @@ pub(super) unsafe fn forward(
     }
 }
 
-/// Weight-gradient taps `ky ∈ KY0..KY0+NY`: `gw[ky,kx] += Σ dy[oy,ox] · x_pad[oy·SH+ky, ox·SW+kx]`.
-#[target_feature(enable = "avx512f")]
-unsafe fn wgrad_t<
-    const KH: usize,
+/// Weight-gradient taps `ky ∈ KY0..KY0+NY` of dy rows `oy..oy + R` into `acc`:
+/// `acc[ky − KY0, kx] += Σ dy[oy,ox] · x_pad[oy·SH+ky, ox·SW+kx]` (lanes kept apart). Each
+/// input row is loaded once for all R dy rows it meets. (Inlined into the AVX-512 caller,
+/// so that the accumulators stay in registers.)
+#[inline(always)]
+unsafe fn wgrad_rows<
     const KW: usize,
     const SH: usize,
     const SW: usize,
     const KY0: usize,
     const NY: usize,
+    const R: usize,
+>(
+    p: &Plane,
+    dy: *const f32,
+    oy: usize,
+    acc: &mut [__m512; 15],
+) {
+    let nv = p.ow.div_ceil(16);
+    for j in 0..nv {
+        let ox = j * 16;
+        let mask = lanes_below(p.ow - ox);
+        let c0 = (SW * ox) as isize - p.pl as isize;
+        let loads = Loads::new::<KW, SW>(c0, p.w);
+        // Lanes past the row are neither read from dy nor accumulated.
+        let mut d = [_mm512_setzero_ps(); R];
+        for (r, dr) in d.iter_mut().enumerate() {
+            *dr = _mm512_maskz_loadu_ps(mask, dy.add((oy + r) * p.ow + ox));
+        }
+        for ir in 0..(R - 1) * SH + NY {
+            let iy = (oy * SH + KY0 + ir) as isize - p.pt as isize;
+            if iy < 0 || iy >= p.h as isize {
+                continue;
+            }
+            let v = taps_of_row::<KW, SW>(p.x.add(iy as usize * p.w), c0, &loads);
+            for (r, dr) in d.iter().enumerate() {
+                if ir >= r * SH && ir - r * SH < NY {
+                    let i = ir - r * SH;
+                    for (kx, t) in v.iter().enumerate().take(KW) {
+                        acc[i * KW + kx] = _mm512_mask3_fmadd_ps(*dr, *t, acc[i * KW + kx], mask);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Weight-gradient taps `ky ∈ KY0..KY0+NY`, R dy rows per pass: `gw[ky,kx] += Σ dy[oy,ox] · x_pad[oy·SH+ky, ox·SW+kx]`.
+#[target_feature(enable = "avx512f")]
+unsafe fn wgrad_t<
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const KY0: usize,
+    const NY: usize,
+    const R: usize,
 >(
     p: &Plane,
     dy: *const f32,
     gw: &mut [f32],
 ) {
     let mut acc = [_mm512_setzero_ps(); 15];
-    let nv = p.ow.div_ceil(16);
-    let per = (p.pf_len * 4).div_ceil(64).div_ceil(p.oh.max(1));
+    let per = (p.pf_len * 4).div_ceil(64).div_ceil(p.oh.div_ceil(R).max(1));
     let mut next = 0;
-    for oy in 0..p.oh {
+    let mut oy = 0;
+    while oy + R <= p.oh {
         prefetch_some(p, &mut next, per);
-        for j in 0..nv {
-            let ox = j * 16;
-            let mask = lanes_below(p.ow - ox);
-            let c0 = (SW * ox) as isize - p.pl as isize;
-            let loads = Loads::new::<KW, SW>(c0, p.w);
-            // Lanes past the row are neither read from dy nor accumulated.
-            let d = _mm512_maskz_loadu_ps(mask, dy.add(oy * p.ow + ox));
-            for i in 0..NY {
-                let iy = (oy * SH + KY0 + i) as isize - p.pt as isize;
-                if iy < 0 || iy >= p.h as isize {
-                    continue;
-                }
-                let v = taps_of_row::<KW, SW>(p.x.add(iy as usize * p.w), c0, &loads);
-                for (kx, t) in v.iter().enumerate().take(KW) {
-                    acc[i * KW + kx] = _mm512_mask3_fmadd_ps(d, *t, acc[i * KW + kx], mask);
-                }
-            }
-        }
+        wgrad_rows::<KW, SH, SW, KY0, NY, R>(p, dy, oy, &mut acc);
+        oy += R;
+    }
+    while oy < p.oh {
+        prefetch_some(p, &mut next, per);
+        wgrad_rows::<KW, SH, SW, KY0, NY, 1>(p, dy, oy, &mut acc);
+        oy += 1;
     }
     for (t, a) in acc.iter().enumerate().take(NY * KW) {
         gw[KY0 * KW + t] += _mm512_reduce_add_ps(*a);
@@ -292,15 +342,15 @@ unsafe fn wgrad_t<
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn weight_grad(shape: FastShape, p: &Plane, dy: *const f32, gw: &mut [f32]) {
     match shape {
-        FastShape::K3S1 => wgrad_t::<3, 3, 1, 1, 0, 3>(p, dy, gw),
-        FastShape::K3S2 => wgrad_t::<3, 3, 2, 2, 0, 3>(p, dy, gw),
+        FastShape::K3S1 => wgrad_t::<3, 1, 1, 0, 3, 2>(p, dy, gw),
+        FastShape::K3S2 => wgrad_t::<3, 2, 2, 0, 3, 2>(p, dy, gw),
         FastShape::K5S1 => {
-            wgrad_t::<5, 5, 1, 1, 0, 3>(p, dy, gw);
-            wgrad_t::<5, 5, 1, 1, 3, 2>(p, dy, gw);
+            wgrad_t::<5, 1, 1, 0, 3, 1>(p, dy, gw);
+            wgrad_t::<5, 1, 1, 3, 2, 1>(p, dy, gw);
         }
         FastShape::K5S2 => {
-            wgrad_t::<5, 5, 2, 2, 0, 3>(p, dy, gw);
-            wgrad_t::<5, 5, 2, 2, 3, 2>(p, dy, gw);
+            wgrad_t::<5, 2, 2, 0, 3, 1>(p, dy, gw);
+            wgrad_t::<5, 2, 2, 3, 2, 1>(p, dy, gw);
         }
     }
 }
@@ -326,13 +376,13 @@ pub(super) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [f32]) -> u
     2 * i
 }
 
-
 /// Grad input of a stride-2 layer for one input plane, as a gather: padded column
 /// `q = 2t + e` receives `Σ_{kx ≡ e} w[ky,kx] · dy[oy, t − ⌊kx/2⌋]` from every dy row
 /// `oy = (qy − ky)/2` of a tap row `ky ≡ qy (mod 2)`; the two column phases are computed
 /// as vectors and interleaved into dx, so each dx element is written once (no zeroing,
 /// no scatter). The `m` (dy plane, taps) pairs of the channel are summed.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
     dys: &[&[f32]],
     ws: &[&[f32]],
