@@ -224,6 +224,15 @@ unsafe fn forward_t<
         block::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy);
         oy += R;
     }
+    // The last rows in blocks of 4, 2, 1 (each input row still serves several outputs).
+    if R > 4 && oy + 4 <= p.oh {
+        block::<KH, KW, SH, SW, 4>(p, &wv, bias, out, accumulate, oy);
+        oy += 4;
+    }
+    if R > 2 && oy + 2 <= p.oh {
+        block::<KH, KW, SH, SW, 2>(p, &wv, bias, out, accumulate, oy);
+        oy += 2;
+    }
     while oy < p.oh {
         prefetch_some(p, &mut next, per);
         block::<KH, KW, SH, SW, 1>(p, &wv, bias, out, accumulate, oy);
@@ -248,7 +257,7 @@ pub(super) unsafe fn forward(
     accumulate: bool,
 ) {
     match shape {
-        FastShape::K3S1 => forward_t::<3, 3, 1, 1, 4>(p, w, bias, out, accumulate),
+        FastShape::K3S1 => forward_t::<3, 3, 1, 1, 8>(p, w, bias, out, accumulate),
         FastShape::K3S2 => forward_t::<3, 3, 2, 2, 4>(p, w, bias, out, accumulate),
         FastShape::K5S1 => forward_t::<5, 5, 1, 1, 4>(p, w, bias, out, accumulate),
         FastShape::K5S2 => forward_t::<5, 5, 2, 2, 2>(p, w, bias, out, accumulate),
@@ -317,7 +326,9 @@ unsafe fn wgrad_t<
     gw: &mut [f32],
 ) {
     let mut acc = [_mm512_setzero_ps(); 15];
-    let per = (p.pf_len * 4).div_ceil(64).div_ceil(p.oh.div_ceil(R).max(1));
+    let per = (p.pf_len * 4)
+        .div_ceil(64)
+        .div_ceil(p.oh.div_ceil(R).max(1));
     let mut next = 0;
     let mut oy = 0;
     while oy + R <= p.oh {
