@@ -1359,6 +1359,61 @@ mod tests {
         }
     }
 
+    /// The fast kernels are the ones under test above (AVX-512 machines), and the backward
+    /// is bit-identical for any thread count.
+    #[test]
+    fn fast_path_engages_and_backward_is_deterministic_across_threads() {
+        if !Isa::Avx512.available() {
+            return;
+        }
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            let v = ConvSpec::conv2d(6, 12, k)
+                .stride(s)
+                .padding(k / 2)
+                .groups(6)
+                .build()
+                .unwrap();
+            let input = [2, 6, 23, 37];
+            let g = v.geometry(input).unwrap();
+            let d = Depthwise::new(&g, Isa::Avx512).unwrap();
+            assert!(d.fast.is_some(), "{k}x{k} s{s}");
+            assert_eq!(d.adjoint().is_some(), s == 1);
+            let x = pseudo(input.iter().product(), 7);
+            let w = pseudo(12 * k * k, 8);
+            let dy = pseudo(g.output_shape().iter().product(), 9);
+            let run = |threads: usize| {
+                let (mut dx, mut dw, mut db) =
+                    (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; 12]);
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        d.backward(&x, &w, &dy, Some(&mut dx), Some(&mut dw), Some(&mut db))
+                            .unwrap()
+                    });
+                (dx, dw, db)
+            };
+            let one = run(1);
+            for t in [2, 3] {
+                let other = run(t);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&one.0), bits(&other.0), "dx, {t} threads");
+                assert_eq!(bits(&one.1), bits(&other.1), "dw, {t} threads");
+                assert_eq!(bits(&one.2), bits(&other.2), "db, {t} threads");
+            }
+        }
+        // Border modes other than zeros keep the buffered path.
+        let v = ConvSpec::conv2d(2, 2, 3)
+            .padding(1)
+            .padding_mode(PaddingMode::Reflect)
+            .groups(2)
+            .build()
+            .unwrap();
+        let g = v.geometry([1, 2, 9, 9]).unwrap();
+        assert!(Depthwise::new(&g, Isa::Avx512).unwrap().fast.is_none());
+    }
+
     #[test]
     fn rejects_non_depthwise_layers() {
         let v = ConvSpec::conv2d(4, 4, 3).groups(2).build().unwrap();
