@@ -411,6 +411,16 @@ unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
     // Up to 4 blocks of 16 `t` (128 dx columns) per pass, so that each (dy row, taps) pair
     // is set up once per pass.
     const NB: usize = 4;
+    // Per 16-wide block of t: the masks of its dy loads (`t0 − a`, a < 3) and of its two dx
+    // stores; the same for every row.
+    let masks: Vec<([__mmask16; 3], [__mmask16; 2])> = (t_start..t_end)
+        .step_by(16)
+        .map(|t0| {
+            let c = (2 * t0) as isize - pl as isize;
+            let ld = |a: isize| row_mask(t0 as isize - a, ow);
+            ([ld(0), ld(1), ld(2)], [row_mask(c, w), row_mask(c + 16, w)])
+        })
+        .collect();
     for iy in 0..h {
         let qy = iy + pt;
         let drow = dx.as_mut_ptr().add(iy * w);
@@ -436,11 +446,12 @@ unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
                             break;
                         }
                         let t0 = tb + 16 * b;
+                        let lm = &masks[(t0 - t_start) / 16].0;
                         let mut v = [_mm512_setzero_ps(); 3];
                         for (a, va) in v.iter_mut().enumerate().take(KW.div_ceil(2)) {
                             let c = t0 as isize - a as isize;
                             // Masked-off lanes are not read, so only dy's row is touched.
-                            *va = _mm512_maskz_loadu_ps(row_mask(c, ow), row.wrapping_offset(c));
+                            *va = _mm512_maskz_loadu_ps(lm[a], row.wrapping_offset(c));
                         }
                         for kx in 0..KW {
                             gb[kx % 2] = _mm512_fmadd_ps(v[kx / 2], wv[kx], gb[kx % 2]);
@@ -450,11 +461,13 @@ unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
             }
             for (b, gb) in g.iter().enumerate().take(nb) {
                 // Padded columns 2·t0 .. 2·t0 + 32 are dx columns 2·t0 − pl ...
-                let c = (2 * (tb + 16 * b)) as isize - pl as isize;
+                let t0 = tb + 16 * b;
+                let c = (2 * t0) as isize - pl as isize;
+                let sm = &masks[(t0 - t_start) / 16].1;
                 let lo_v = _mm512_permutex2var_ps(gb[0], lo, gb[1]);
                 let hi_v = _mm512_permutex2var_ps(gb[0], hi, gb[1]);
-                _mm512_mask_storeu_ps(drow.wrapping_offset(c), row_mask(c, w), lo_v);
-                _mm512_mask_storeu_ps(drow.wrapping_offset(c + 16), row_mask(c + 16, w), hi_v);
+                _mm512_mask_storeu_ps(drow.wrapping_offset(c), sm[0], lo_v);
+                _mm512_mask_storeu_ps(drow.wrapping_offset(c + 16), sm[1], hi_v);
             }
             tb += 16 * NB;
         }
