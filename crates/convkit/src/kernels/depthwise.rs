@@ -8,6 +8,16 @@
 //! and each output row is `Σ_taps w · (shifted input row)` vectorised along the row with
 //! several independent accumulators (XNNPACK's CHW depthwise kernels take the same view).
 //! All `m` outputs of a channel reuse the same buffer while it is in L1.
+//!
+//! The common MobileNet shapes (square 3×3 / 5×5 taps, stride 1 or 2, no dilation, zero
+//! padding) have dedicated AVX-512 kernels ([`fast`]) that skip the buffer: they read the
+//! input plane in place with masked loads (the masks are the zero padding), make the `kx`
+//! shifts / stride phases in registers, and block several output rows per pass so that each
+//! input row loaded serves every tap row it belongs to. The next plane is prefetched while
+//! one is computed. Their backward: grad weight keeps one accumulator per tap (one pass over
+//! the plane for all taps); grad input is, for stride 1, this forward kernel on dy with the
+//! taps rotated by 180° ([`Depthwise::adjoint`]) and, for stride 2, a two-phase gather that
+//! writes each dx element once.
 
 use crate::border::Border;
 use crate::error::{ConvError, Result};
@@ -430,9 +440,11 @@ impl Depthwise {
     }
 }
 
-/// Backward pass on the same buffer layout: the gradient w.r.t. the buffer is the forward's
-/// taps run in reverse (scatter), then folded back onto the input by the adjoint of the fill
-/// (border slots add into the cells they were read from).
+/// Backward pass. Layers with a fast kernel use its backward (see the module docs); the others
+/// work on the same buffer layout as the forward: the gradient w.r.t. the buffer is the
+/// forward's taps run in reverse (scatter), then folded back onto the input by the adjoint of
+/// the fill (border slots add into the cells they were read from). One task per channel
+/// computes its dx planes and its filters' weight and bias gradients.
 impl Depthwise {
     /// Computes any of dL/dx, dL/dw, dL/db from `dy` (NCHW, the forward's output shape).
     /// Each gradient element is reduced by exactly one task in a fixed order, so results are

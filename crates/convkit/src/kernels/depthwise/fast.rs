@@ -404,6 +404,9 @@ unsafe fn dgrad_s2_t<const KH: usize, const KW: usize>(
     dx: &mut [f32],
     w: usize,
 ) {
+    if w == 0 || dx.is_empty() {
+        return;
+    }
     let h = dx.len() / w;
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
