@@ -8,6 +8,16 @@
 //! and each output row is `Σ_taps w · (shifted input row)` vectorised along the row with
 //! several independent accumulators (XNNPACK's CHW depthwise kernels take the same view).
 //! All `m` outputs of a channel reuse the same buffer while it is in L1.
+//!
+//! The common MobileNet shapes (square 3×3 / 5×5 taps, stride 1 or 2, no dilation, zero
+//! padding) have dedicated AVX-512 kernels ([`fast`]) that skip the buffer: they read the
+//! input plane in place with masked loads (the masks are the zero padding), make the `kx`
+//! shifts / stride phases in registers, and block several output rows per pass so that each
+//! input row loaded serves every tap row it belongs to. The next plane is prefetched while
+//! one is computed. Their backward: grad weight keeps one accumulator per tap (one pass over
+//! the plane for all taps); grad input is, for stride 1, this forward kernel on dy with the
+//! taps rotated by 180° ([`Depthwise::adjoint`]) and, for stride 2, a two-phase gather that
+//! writes each dx element once.
 
 use crate::border::Border;
 use crate::error::{ConvError, Result};
@@ -15,6 +25,34 @@ use crate::geometry::Geometry;
 pub use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+mod fast;
+
+/// The shapes with a dedicated AVX-512 kernel ([`fast`]): square taps, equal strides, no
+/// dilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastShape {
+    K3S1,
+    K3S2,
+    K5S1,
+    K5S2,
+}
+
+impl FastShape {
+    fn of(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Option<Self> {
+        if dilation != [1, 1] {
+            return None;
+        }
+        match (kernel, stride) {
+            ([3, 3], [1, 1]) => Some(FastShape::K3S1),
+            ([3, 3], [2, 2]) => Some(FastShape::K3S2),
+            ([5, 5], [1, 1]) => Some(FastShape::K5S1),
+            ([5, 5], [2, 2]) => Some(FastShape::K5S2),
+            _ => None,
+        }
+    }
+}
 
 /// Floats a 16-wide vector block may read past the last output column.
 const SLACK: usize = 16;
@@ -42,6 +80,9 @@ pub struct Depthwise {
     /// Per tap `kx`: offset of its first input in a buffered row.
     col_off: Vec<usize>,
     isa: Isa,
+    /// The dedicated AVX-512 kernel for this shape, if any (only with `Isa::Avx512` and zero
+    /// padding; it reads the input planes in place, without the buffer).
+    fast: Option<FastShape>,
     /// Layout identity (see [`NEXT_TAG`]).
     tag: u64,
 }
@@ -126,6 +167,9 @@ impl Depthwise {
             mult: geom.k / geom.c,
             col_off,
             isa,
+            fast: FastShape::of(s.kernel(), s.stride(), s.dilation()).filter(|_| {
+                cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
+            }),
             tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -171,6 +215,21 @@ impl Depthwise {
             .for_each(|(nc, ys)| {
                 let c = nc % g.c;
                 let xs = &x[nc * in_plane..(nc + 1) * in_plane];
+                // The next plane (usually this thread's next task).
+                let next = x
+                    .get((nc + 1) * in_plane..(nc + 2) * in_plane)
+                    .unwrap_or(&[]);
+                if self.fast.is_some() {
+                    for j in 0..self.mult {
+                        let k = c * self.mult + j;
+                        let wk = &w[k * kh * kw..(k + 1) * kh * kw];
+                        let b = bias.map_or(0.0, |b| b[k]);
+                        let pf = if j == 0 { next } else { &[] };
+                        let ys = &mut ys[j * out_plane..(j + 1) * out_plane];
+                        self.fast_forward(xs, wk, b, ys, false, pf);
+                    }
+                    return;
+                }
                 BUF.with(|cell| {
                     let mut buf = cell.borrow_mut();
                     self.fill(xs, &mut buf);
@@ -281,9 +340,111 @@ impl Depthwise {
     }
 }
 
-/// Backward pass on the same buffer layout: the gradient w.r.t. the buffer is the forward's
-/// taps run in reverse (scatter), then folded back onto the input by the adjoint of the fill
-/// (border slots add into the cells they were read from).
+impl Depthwise {
+    /// The fast kernels' view of input plane `xs`; `pf` is prefetched meanwhile.
+    #[cfg(target_arch = "x86_64")]
+    fn fast_plane(&self, xs: &[f32], pf: &[f32]) -> fast::Plane {
+        let g = &self.geom;
+        assert_eq!(xs.len(), g.h * g.w, "input plane size");
+        fast::Plane {
+            x: xs.as_ptr(),
+            h: g.h,
+            w: g.w,
+            pt: g.pad[0],
+            pl: g.pad[2],
+            oh: g.oh,
+            ow: g.ow,
+            pf: pf.as_ptr(),
+            pf_len: pf.len(),
+        }
+    }
+
+    /// `out (+)= taps(xs)` for input plane `xs` with the fast kernel, if this layer has one
+    /// (`accumulate`: add to `out`, no bias); false if not.
+    fn fast_forward(
+        &self,
+        xs: &[f32],
+        wk: &[f32],
+        bias: f32,
+        out: &mut [f32],
+        accumulate: bool,
+        pf: &[f32],
+    ) -> bool {
+        let Some(shape) = self.fast else { return false };
+        let g = &self.geom;
+        assert_eq!(out.len(), g.oh * g.ow, "output plane size");
+        assert_eq!(wk.len(), g.spec.kernel()[0] * g.spec.kernel()[1], "taps");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.fast_plane(xs, pf);
+            // SAFETY: `fast` is only set with `Isa::Avx512`, which `new` checked against the
+            // CPU; the plane sizes were asserted above and oh, ow are the geometry's for h, w.
+            unsafe { fast::forward(shape, &p, wk.as_ptr(), bias, out.as_mut_ptr(), accumulate) };
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (shape, xs, bias, accumulate, pf);
+            false
+        }
+    }
+
+    /// dx plane of a stride-2 fast layer from the channel's dy planes and taps (gather, see
+    /// [`fast::input_grad_s2`]); false (nothing written) for other layers.
+    fn fast_input_grad(&self, dys: &[&[f32]], ws: &[&[f32]], dxs: &mut [f32]) -> bool {
+        let Some(shape) = self.fast else { return false };
+        if !matches!(shape, FastShape::K3S2 | FastShape::K5S2) {
+            return false;
+        }
+        let g = &self.geom;
+        let [kh, kw] = g.spec.kernel();
+        assert_eq!(dxs.len(), g.h * g.w, "grad input plane size");
+        assert!(
+            dys.iter().all(|d| d.len() == g.oh * g.ow),
+            "grad output plane size"
+        );
+        assert!(ws.iter().all(|t| t.len() == kh * kw), "taps");
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `fast` implies AVX-512F was detected; the shape is stride 2 and the
+            // plane sizes were asserted above (oh, ow, pads are the geometry's for h, w).
+            unsafe {
+                fast::input_grad_s2(shape, dys, ws, g.oh, g.ow, g.pad[0], g.pad[2], dxs, g.w)
+            };
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// `gw += Σ dy · shifted(xs)` with the fast kernel, if this layer has one; false if not.
+    fn fast_weight_grad(&self, xs: &[f32], dys: &[f32], gw: &mut [f32], pf: &[f32]) -> bool {
+        let Some(shape) = self.fast else { return false };
+        let g = &self.geom;
+        assert_eq!(dys.len(), g.oh * g.ow, "grad output plane size");
+        assert_eq!(gw.len(), g.spec.kernel()[0] * g.spec.kernel()[1], "taps");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.fast_plane(xs, pf);
+            // SAFETY: as in `fast_forward`; `dys` holds oh·ow floats (asserted).
+            unsafe { fast::weight_grad(shape, &p, dys.as_ptr(), gw) };
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (shape, xs, pf);
+            false
+        }
+    }
+}
+
+/// Backward pass. Layers with a fast kernel use its backward (see the module docs); the others
+/// work on the same buffer layout as the forward: the gradient w.r.t. the buffer is the
+/// forward's taps run in reverse (scatter), then folded back onto the input by the adjoint of
+/// the fill (border slots add into the cells they were read from). One task per channel
+/// computes its dx planes and its filters' weight and bias gradients.
 impl Depthwise {
     /// Computes any of dL/dx, dL/dw, dL/db from `dy` (NCHW, the forward's output shape).
     /// Each gradient element is reduced by exactly one task in a fixed order, so results are
@@ -330,73 +491,150 @@ impl Depthwise {
             }
         }
         let (in_plane, out_plane, m) = (g.h * g.w, g.oh * g.ow, self.mult);
-        let rl = self.row_len();
-        if let Some(dx) = dx {
-            dx.par_chunks_mut(in_plane)
-                .enumerate()
-                .for_each(|(nc, dxs)| {
-                    let (n, c) = (nc / g.c, nc % g.c);
-                    GBUF.with(|cell| {
-                        let mut gbuf = cell.borrow_mut();
-                        gbuf.clear();
-                        gbuf.resize(self.rows.len() * rl, 0.0);
-                        for j in 0..m {
-                            let k = c * m + j;
-                            let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
-                            self.scatter_isa(dys, &w[k * taps..(k + 1) * taps], &mut gbuf);
-                        }
-                        self.unfill(&gbuf, dxs);
-                    });
-                });
-        }
-        if dw.is_some() || db.is_some() {
-            let want_w = dw.is_some();
-            // Per channel: its m filters' weight and bias gradients, batch reduced in order.
-            let per_c: Vec<(Vec<f32>, Vec<f32>)> = (0..g.c)
-                .into_par_iter()
-                .map(|c| {
-                    let mut gw = vec![0f32; m * taps];
-                    let mut gb = vec![0f32; m];
-                    let mut buf = Buffer {
-                        tag: 0,
-                        off: 0,
-                        data: Vec::new(),
+        let (want_w, want_b) = (dw.is_some(), db.is_some());
+        let adj = if dx.is_some() { self.adjoint() } else { None };
+        // The adjoint runs the taps rotated by 180°.
+        let wflip: Vec<f32> = if adj.is_some() {
+            w.chunks_exact(taps)
+                .flat_map(|t| t.iter().rev().copied())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dx_out = dx.map(|d| SyncPtr(d.as_mut_ptr()));
+        let dys_of_c = |n: usize, c: usize| -> Vec<&[f32]> {
+            (0..m)
+                .map(|j| &dy[(n * g.k + c * m + j) * out_plane..][..out_plane])
+                .collect()
+        };
+        let w_of_c = |c: usize| -> Vec<&[f32]> {
+            (0..m).map(|j| &w[(c * m + j) * taps..][..taps]).collect()
+        };
+        // One task per channel: the batch's dx planes of that channel and its m filters'
+        // weight and bias gradients, reduced over the batch in order.
+        let per_c: Vec<(Vec<f32>, Vec<f32>)> = (0..g.c)
+            .into_par_iter()
+            .map(|c| {
+                let mut gw = vec![0f32; if want_w { m * taps } else { 0 }];
+                let mut gb = vec![0f32; if want_b { m } else { 0 }];
+                for n in 0..g.n {
+                    let dy_of = |j: usize| {
+                        let k = c * m + j;
+                        &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane]
                     };
-                    for n in 0..g.n {
-                        if want_w {
-                            self.fill(
-                                &x[(n * g.c + c) * in_plane..(n * g.c + c + 1) * in_plane],
-                                &mut buf,
-                            );
-                        }
+                    // The next (n, c) this thread is likely to read: prefetched meanwhile.
+                    let (nn, nc) = if n + 1 < g.n { (n + 1, c) } else { (0, c + 1) };
+                    let next_x = x
+                        .get((nn * g.c + nc) * in_plane..(nn * g.c + nc + 1) * in_plane)
+                        .unwrap_or(&[]);
+                    let next_dy = dy
+                        .get((nn * g.k + nc * m) * out_plane..(nn * g.k + nc * m + m) * out_plane)
+                        .unwrap_or(&[]);
+                    let xs = &x[(n * g.c + c) * in_plane..][..in_plane];
+                    if want_w && self.fast.is_some() {
                         for j in 0..m {
-                            let k = c * m + j;
-                            let dys = &dy[(n * g.k + k) * out_plane..(n * g.k + k + 1) * out_plane];
-                            gb[j] += sum_lanes(dys);
-                            if want_w {
+                            let pf = if j == 0 { next_x } else { &[] };
+                            self.fast_weight_grad(xs, dy_of(j), &mut gw[j * taps..][..taps], pf);
+                        }
+                    } else if want_w {
+                        BUF.with(|cell| {
+                            let mut buf = cell.borrow_mut();
+                            self.fill(&x[(n * g.c + c) * in_plane..][..in_plane], &mut buf);
+                            for j in 0..m {
                                 self.weight_taps_isa(
-                                    dys,
+                                    dy_of(j),
                                     buf.view(),
                                     &mut gw[j * taps..(j + 1) * taps],
                                 );
                             }
+                        });
+                    }
+                    for (j, b) in gb.iter_mut().enumerate() {
+                        *b += sum_lanes(dy_of(j));
+                    }
+                    if let Some(out) = dx_out {
+                        // SAFETY: dx holds N·C planes of `in_plane` floats; plane (n, c) is
+                        // written by this task only (one task per channel), and nothing else
+                        // reads or writes dx while the tasks run.
+                        let dxs = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.get().add((n * g.c + c) * in_plane),
+                                in_plane,
+                            )
+                        };
+                        match &adj {
+                            Some(adj) => {
+                                for j in 0..m {
+                                    let k = c * m + j;
+                                    let wk = &wflip[k * taps..(k + 1) * taps];
+                                    let pf = if j == 0 { next_dy } else { &[] };
+                                    adj.fast_forward(dy_of(j), wk, 0.0, dxs, j > 0, pf);
+                                }
+                            }
+                            None if self.fast_input_grad(&dys_of_c(n, c), &w_of_c(c), dxs) => {}
+                            None => GBUF.with(|cell| {
+                                let mut gbuf = cell.borrow_mut();
+                                gbuf.clear();
+                                gbuf.resize(self.rows.len() * self.row_len(), 0.0);
+                                for j in 0..m {
+                                    let k = c * m + j;
+                                    self.scatter_isa(
+                                        dy_of(j),
+                                        &w[k * taps..(k + 1) * taps],
+                                        &mut gbuf,
+                                    );
+                                }
+                                self.unfill(&gbuf, dxs);
+                            }),
                         }
                     }
-                    (gw, gb)
-                })
-                .collect();
-            if let Some(dw) = dw {
-                for (c, (gw, _)) in per_c.iter().enumerate() {
-                    dw[c * m * taps..(c + 1) * m * taps].copy_from_slice(gw);
                 }
+                (gw, gb)
+            })
+            .collect();
+        if let Some(dw) = dw {
+            for (c, (gw, _)) in per_c.iter().enumerate() {
+                dw[c * m * taps..(c + 1) * m * taps].copy_from_slice(gw);
             }
-            if let Some(db) = db {
-                for (c, (_, gb)) in per_c.iter().enumerate() {
-                    db[c * m..(c + 1) * m].copy_from_slice(gb);
-                }
+        }
+        if let Some(db) = db {
+            for (c, (_, gb)) in per_c.iter().enumerate() {
+                db[c * m..(c + 1) * m].copy_from_slice(gb);
             }
         }
         Ok(())
+    }
+
+    /// For stride 1 with zero padding and a fast kernel: the layer whose forward pass is this
+    /// layer's grad input (a depthwise convolution of dy with the taps rotated by 180° and
+    /// padding `(k − 1) − p` per side), with K channels (the m filters of a channel are summed).
+    fn adjoint(&self) -> Option<Depthwise> {
+        let g = &self.geom;
+        let s = &g.spec;
+        self.fast?;
+        if s.stride() != [1, 1] || Border::from(s.padding_mode()) != Border::Zeros {
+            return None;
+        }
+        let [kh, kw] = s.kernel();
+        let p = &g.pad;
+        let sides = [
+            (kh - 1).checked_sub(p[0])?,
+            (kh - 1).checked_sub(p[1])?,
+            (kw - 1).checked_sub(p[2])?,
+            (kw - 1).checked_sub(p[3])?,
+        ];
+        let spec = crate::spec::ConvSpec::conv2d(g.k, g.k, [kh, kw])
+            .padding_rule(crate::spec::Padding::Explicit(sides))
+            .groups(g.k)
+            .bias(false)
+            .build()
+            .ok()?;
+        let ag = spec.geometry([g.n, g.k, g.oh, g.ow]).ok()?;
+        if ag.oh != g.h || ag.ow != g.w {
+            return None;
+        }
+        let adj = Depthwise::new(&ag, self.isa).ok()?;
+        adj.fast.is_some().then_some(adj)
     }
 
     /// Weight gradient of a *grouped* convolution with this layer's spatial geometry (same
@@ -440,11 +678,17 @@ impl Depthwise {
                     data: Vec::new(),
                 };
                 for n in 0..g.n {
-                    self.fill(&x[(n * g.c + c) * in_plane..][..in_plane], &mut buf);
+                    let xs = &x[(n * g.c + c) * in_plane..][..in_plane];
+                    if self.fast.is_none() {
+                        self.fill(xs, &mut buf);
+                    }
                     for j in 0..bg {
                         let k = gi * bg + j;
                         let dys = &dy[(n * k_total + k) * out_plane..][..out_plane];
-                        self.weight_taps_isa(dys, buf.view(), &mut acc[j * taps..(j + 1) * taps]);
+                        let gw = &mut acc[j * taps..(j + 1) * taps];
+                        if !self.fast_weight_grad(xs, dys, gw, &[]) {
+                            self.weight_taps_isa(dys, buf.view(), gw);
+                        }
                     }
                 }
                 acc
@@ -559,8 +803,46 @@ impl Depthwise {
 
     /// Adjoint of [`Depthwise::fill`]: adds each buffer slot into the input cell it was read from.
     fn unfill(&self, gbuf: &[f32], dxs: &mut [f32]) {
-        dxs.fill(0.0);
         let (w, sw, rl) = (self.geom.w, self.geom.spec.stride()[1], self.row_len());
+        if self.border_slots.is_empty()
+            && Border::from(self.geom.spec.padding_mode()) == Border::Zeros
+        {
+            // Zero padding: every input cell is read from exactly one slot, so the adjoint
+            // is a copy (stride 1) or an interleave of the phases.
+            for (r, src) in self.rows.iter().enumerate() {
+                let Some(sr) = src else { continue };
+                let grow = &gbuf[r * rl..(r + 1) * rl];
+                let drow = &mut dxs[*sr as usize * w..(*sr as usize + 1) * w];
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if sw == 2 && self.isa == Isa::Avx512 && self.interior.len() == 2 {
+                    let (e, o) = if self.interior[0].3 == 0 {
+                        (self.interior[0], self.interior[1])
+                    } else {
+                        (self.interior[1], self.interior[0])
+                    };
+                    let even = &grow[e.0 * self.pstride + e.1..e.0 * self.pstride + e.2];
+                    let odd = &grow[o.0 * self.pstride + o.1..o.0 * self.pstride + o.2];
+                    // SAFETY: `new` checked the CPU has AVX-512F; the function reads and
+                    // writes only within the slices it is given.
+                    done = unsafe { fast::interleave(even, odd, drow) };
+                }
+                for &(p, t0, t1, j0) in &self.interior {
+                    let src = &grow[p * self.pstride + t0..p * self.pstride + t1];
+                    if sw == 1 {
+                        drow[j0..j0 + src.len()].copy_from_slice(src);
+                        continue;
+                    }
+                    // Columns j0 + t·sw not yet written by the vector interleave.
+                    let skip = done.saturating_sub(j0).div_ceil(sw);
+                    for (t, v) in src.iter().enumerate().skip(skip) {
+                        drow[j0 + t * sw] = *v;
+                    }
+                }
+            }
+            return;
+        }
+        dxs.fill(0.0);
         for (r, src) in self.rows.iter().enumerate() {
             let Some(sr) = src else { continue };
             let grow = &gbuf[r * rl..(r + 1) * rl];
@@ -683,6 +965,21 @@ impl Buffer {
     /// The buffered plane (aligned start).
     fn view(&self) -> &[f32] {
         &self.data[self.off..]
+    }
+}
+
+/// dx's base pointer, shared by the backward tasks (each writes its own planes).
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+
+// SAFETY: only a pointer; the backward tasks write disjoint planes through it (see there).
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -1030,6 +1327,103 @@ mod tests {
             ConvSpec::conv1d(3, 3, 3).padding(1).groups(3),
             [2, 3, 1, 50],
         );
+    }
+
+    /// The fast kernels' shapes on widths around the vector length, heights around the row
+    /// block, asymmetric and over-wide padding, multipliers and both strides.
+    #[test]
+    fn fast_shapes_match_reference_forward_and_backward() {
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            for (h, w) in [
+                (1, 1),
+                (5, 15),
+                (7, 16),
+                (9, 17),
+                (6, 32),
+                (11, 33),
+                (4, 47),
+            ] {
+                for pad in [
+                    Padding::Explicit([k / 2; 4]),
+                    Padding::Explicit([0; 4]),
+                    Padding::Explicit([1, 0, 0, 2]),
+                    Padding::Explicit([k, k - 1, k + 1, 1]),
+                ] {
+                    let (ph, pw) = match pad {
+                        Padding::Explicit([t, b, l, r]) => (h + t + b, w + l + r),
+                        _ => unreachable!(),
+                    };
+                    if ph < k || pw < k {
+                        continue;
+                    }
+                    for m in [1, 2] {
+                        let spec = || {
+                            ConvSpec::conv2d(3, 3 * m, k)
+                                .stride(s)
+                                .padding_rule(pad)
+                                .groups(3)
+                        };
+                        check(spec(), [1, 3, h, w]);
+                        check_backward(spec(), [2, 3, h, w]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast kernels are the ones under test above (AVX-512 machines), and the backward
+    /// is bit-identical for any thread count.
+    #[test]
+    fn fast_path_engages_and_backward_is_deterministic_across_threads() {
+        if !Isa::Avx512.available() {
+            return;
+        }
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            let v = ConvSpec::conv2d(6, 12, k)
+                .stride(s)
+                .padding(k / 2)
+                .groups(6)
+                .build()
+                .unwrap();
+            let input = [2, 6, 23, 37];
+            let g = v.geometry(input).unwrap();
+            let d = Depthwise::new(&g, Isa::Avx512).unwrap();
+            assert!(d.fast.is_some(), "{k}x{k} s{s}");
+            assert_eq!(d.adjoint().is_some(), s == 1);
+            let x = pseudo(input.iter().product(), 7);
+            let w = pseudo(12 * k * k, 8);
+            let dy = pseudo(g.output_shape().iter().product(), 9);
+            let run = |threads: usize| {
+                let (mut dx, mut dw, mut db) =
+                    (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; 12]);
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        d.backward(&x, &w, &dy, Some(&mut dx), Some(&mut dw), Some(&mut db))
+                            .unwrap()
+                    });
+                (dx, dw, db)
+            };
+            let one = run(1);
+            for t in [2, 3] {
+                let other = run(t);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&one.0), bits(&other.0), "dx, {t} threads");
+                assert_eq!(bits(&one.1), bits(&other.1), "dw, {t} threads");
+                assert_eq!(bits(&one.2), bits(&other.2), "db, {t} threads");
+            }
+        }
+        // Border modes other than zeros keep the buffered path.
+        let v = ConvSpec::conv2d(2, 2, 3)
+            .padding(1)
+            .padding_mode(PaddingMode::Reflect)
+            .groups(2)
+            .build()
+            .unwrap();
+        let g = v.geometry([1, 2, 9, 9]).unwrap();
+        assert!(Depthwise::new(&g, Isa::Avx512).unwrap().fast.is_none());
     }
 
     #[test]
