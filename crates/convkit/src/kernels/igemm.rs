@@ -504,24 +504,36 @@ impl ConvGemm {
         let npan = len.div_ceil(nr);
         let hw = g.h * g.w;
         let split = self.split_phases(xg, tile, kk0, kk1, phase);
-        for kk in kk0..kk1 {
-            let tap = kk / self.cg;
-            let c = kk % self.cg;
+        // The tile's segments, with their place in a packed row, computed once per chunk
+        // rather than once per depth row (each costs divisions; a 2304-deep chunk of an
+        // atrous layer has ~8 segments per row). At most one segment per output row and
+        // NR-panel boundary, so the list is short.
+        let segs: Vec<(usize, usize, usize, usize)> = tile
+            .segments(nr)
+            .map(|(j, oy, ox, seg)| ((j / nr) * kc * nr + j % nr, oy, ox, seg))
+            .collect();
+        let tail = npan * nr - len;
+        // Depth row kk = (ky·kw + kx)·Cg + c, walked with counters (no division per row).
+        let (mut c, mut tap) = (kk0 % self.cg, kk0 / self.cg);
+        for kl in 0..kc {
             let (ky, kx) = (tap / self.kw, tap % self.kw);
             let plane = &xg[c * hw..(c + 1) * hw];
-            let kl = kk - kk0;
-            for (j, oy, ox, seg) in tile.segments(nr) {
-                let at = (j / nr) * kc * nr + kl * nr + j % nr;
+            for &(at, oy, ox, seg) in &segs {
+                let at = at + kl * nr;
                 let d = &mut dst[at..at + seg];
                 match split {
                     Some(ph) => self.fill_phase(plane, phase, ph, c, ky, kx, oy, ox, d),
                     None => self.fill(plane, ky, kx, oy, ox, d),
                 }
             }
-            let tail = npan * nr - len;
             if tail > 0 {
                 let at = (npan - 1) * kc * nr + kl * nr + (nr - tail);
                 dst[at..at + tail].fill(0.0);
+            }
+            c += 1;
+            if c == self.cg {
+                c = 0;
+                tap += 1;
             }
         }
     }
