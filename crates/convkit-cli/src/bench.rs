@@ -588,13 +588,24 @@ pub fn run(args: Args) -> CliResult {
     if args.threads == Some(0) {
         return Err(usage("--threads must be at least 1"));
     }
+    // `--threads N` sizes rayon's global pool, so that layers are timed the way a program
+    // calls them (from a thread outside the pool). A private pool entered with `install`
+    // runs the timing loop on one of its own workers, and a short layer (0.2 ms) then
+    // finishes before the other worker wakes up: measured at one thread's speed on two.
+    // Only when the global pool already exists does a private pool stand in.
     let pool = match args.threads {
-        Some(t) => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .map_err(|e| usage(format!("cannot start {t} threads: {e}")))?,
-        ),
+        Some(t) => match rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+        {
+            Ok(()) => None,
+            Err(_) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .map_err(|e| usage(format!("cannot start {t} threads: {e}")))?,
+            ),
+        },
         None => None,
     };
     let threads = pool
