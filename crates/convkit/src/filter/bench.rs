@@ -129,65 +129,80 @@ fn time_cell<T: Sample>(plan: &FilterPlan, img: &Image<T>, dst: &mut [f32]) -> T
     (times[times.len() / 2], times[0], times.len(), cpu)
 }
 
-/// Runs the whole suite on a pool of `threads` threads (`filter` picks cases whose image or
-/// case name contains it; empty = all).
+/// Runs the whole suite on `threads` threads (`filter` picks cases whose image or case name
+/// contains it; empty = all).
+///
+/// Sizes rayon's global pool when it does not exist yet (a benchmark process), so that the
+/// timing loop runs outside the pool as a program's calls do; a private pool entered with
+/// `install` would run it on one of its workers, and short calls would then finish before
+/// the other workers wake. Otherwise (global pool of another size) a private pool is used.
 pub fn bench_suite(threads: usize, filter: &str) -> Vec<BenchRow> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
+    let threads = threads.max(1);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    if rayon::current_num_threads() == threads {
+        return suite_rows(filter);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
         .build()
-        .expect("a thread pool");
-    pool.install(|| {
-        let mut rows = Vec::new();
-        let gray = pixels(1920 * 1080, |v| (v >> 24) as u8);
-        let rgb = pixels(1920 * 1080 * 3, |v| (v >> 24) as u8);
-        let gf = pixels(4096 * 4096, |v| (v >> 8) as f32 / (1u32 << 24) as f32);
-        for (case, op, path) in cases() {
-            let opts = FilterOptions {
-                path,
-                ..Default::default()
-            };
-            let plan = FilterPlan::new(&op, &opts).expect("bench kernels are valid");
-            let path_name = match plan.parts()[0].path {
-                Path::Separable { pairs } => format!("separable x{pairs}"),
-                Path::Direct2D => "2D".to_string(),
-                Path::BoxSums => "box sums".to_string(),
-            };
-            let mut cell = |image: &str, r: Timing, px: usize| {
-                if !(image.contains(filter) || case.contains(filter)) {
-                    return;
-                }
-                rows.push(BenchRow {
-                    image: image.to_string(),
-                    case: case.to_string(),
-                    path: path_name.clone(),
-                    threads: threads.max(1),
-                    median_ms: r.0,
-                    min_ms: r.1,
-                    runs: r.2,
-                    mpix_per_s: px as f64 / r.0 / 1e3,
-                    cpu_ms: r.3,
-                });
-            };
-            let wanted = |image: &str| image.contains(filter) || case.contains(filter);
-            let mut dst = vec![0.0f32; 4096 * 4096];
-            if wanted("gray u8 1920x1080") {
-                let img = Image::new(&gray, 1920, 1080, 1).expect("valid");
-                let r = time_cell(&plan, &img, &mut dst[..gray.len()]);
-                cell("gray u8 1920x1080", r, gray.len());
+        .expect("a thread pool")
+        .install(|| suite_rows(filter))
+}
+
+/// The suite's rows, on the current pool.
+fn suite_rows(filter: &str) -> Vec<BenchRow> {
+    let mut rows = Vec::new();
+    let gray = pixels(1920 * 1080, |v| (v >> 24) as u8);
+    let rgb = pixels(1920 * 1080 * 3, |v| (v >> 24) as u8);
+    let gf = pixels(4096 * 4096, |v| (v >> 8) as f32 / (1u32 << 24) as f32);
+    for (case, op, path) in cases() {
+        let opts = FilterOptions {
+            path,
+            ..Default::default()
+        };
+        let plan = FilterPlan::new(&op, &opts).expect("bench kernels are valid");
+        let path_name = match plan.parts()[0].path {
+            Path::Separable { pairs } => format!("separable x{pairs}"),
+            Path::Direct2D => "2D".to_string(),
+            Path::BoxSums => "box sums".to_string(),
+        };
+        let mut cell = |image: &str, r: Timing, px: usize| {
+            if !(image.contains(filter) || case.contains(filter)) {
+                return;
             }
-            if wanted("RGB u8 1920x1080") {
-                let img = Image::new(&rgb, 1920, 1080, 3).expect("valid");
-                let r = time_cell(&plan, &img, &mut dst[..rgb.len()]);
-                cell("RGB u8 1920x1080", r, 1920 * 1080);
-            }
-            if wanted("gray f32 4096x4096") {
-                let img = Image::new(&gf, 4096, 4096, 1).expect("valid");
-                let r = time_cell(&plan, &img, &mut dst);
-                cell("gray f32 4096x4096", r, gf.len());
-            }
+            rows.push(BenchRow {
+                image: image.to_string(),
+                case: case.to_string(),
+                path: path_name.clone(),
+                threads: rayon::current_num_threads(),
+                median_ms: r.0,
+                min_ms: r.1,
+                runs: r.2,
+                mpix_per_s: px as f64 / r.0 / 1e3,
+                cpu_ms: r.3,
+            });
+        };
+        let wanted = |image: &str| image.contains(filter) || case.contains(filter);
+        let mut dst = vec![0.0f32; 4096 * 4096];
+        if wanted("gray u8 1920x1080") {
+            let img = Image::new(&gray, 1920, 1080, 1).expect("valid");
+            let r = time_cell(&plan, &img, &mut dst[..gray.len()]);
+            cell("gray u8 1920x1080", r, gray.len());
         }
-        rows
-    })
+        if wanted("RGB u8 1920x1080") {
+            let img = Image::new(&rgb, 1920, 1080, 3).expect("valid");
+            let r = time_cell(&plan, &img, &mut dst[..rgb.len()]);
+            cell("RGB u8 1920x1080", r, 1920 * 1080);
+        }
+        if wanted("gray f32 4096x4096") {
+            let img = Image::new(&gf, 4096, 4096, 1).expect("valid");
+            let r = time_cell(&plan, &img, &mut dst);
+            cell("gray f32 4096x4096", r, gf.len());
+        }
+    }
+    rows
 }
 
 fn gaussian_op(n: usize, sigma: f64) -> FilterOp {
