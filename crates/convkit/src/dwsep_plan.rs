@@ -1,0 +1,499 @@
+//! The depthwise separable block as one plan ([`SeparablePlan`]): the depthwise k×k pass and
+//! the pointwise 1×1 pass either one after the other over the whole input (`Unfused`), or
+//! fused band by band (`Fused`): each image is cut into bands of output rows whose
+//! intermediate (m·C × rows × OW floats) fits in L2, and each band runs the depthwise pass
+//! then the pointwise GEMM before the next band starts, so the intermediate never travels to
+//! memory.
+//!
+//! Every distinct band shape (the first band with the top padding, the middle bands with
+//! none, the last band with the bottom padding, and any other that the clipping produces) is
+//! planned once, at plan time, with [`Plan`]s on the band's own input rows; bands read the
+//! real neighbouring input rows, so zeros, reflect and replicate padding give the same values
+//! as the whole-image layer (reflect and replicate only ever look at rows of the band that
+//! touches the border). Circular padding wraps to the far border, which a band does not hold:
+//! a circular block with vertical padding and more than one band per image runs unfused.
+//!
+//! Results do not depend on the thread count: the band cut is fixed at plan time and every
+//! output value is computed by the same sub-plan, whatever thread runs it.
+//!
+//! ```
+//! use convkit::dwsep::DepthwiseSeparable;
+//! use convkit::dwsep_plan::{FuseMode, SeparablePlan};
+//! use ndarray::Array4;
+//! let block = DepthwiseSeparable::builder(4, 8, 3).padding(1).build().unwrap();
+//! let wd = Array4::<f32>::ones((4, 1, 3, 3));
+//! let wp = Array4::<f32>::ones((8, 4, 1, 1));
+//! let plan = SeparablePlan::new(&block, [1, 4, 6, 6], wd.view(), None, wp.view(), None,
+//!     FuseMode::Fused).unwrap();
+//! let x = Array4::<f32>::ones((1, 4, 6, 6));
+//! let mut y = Array4::<f32>::zeros((1, 8, 6, 6));
+//! plan.run(x.view(), y.view_mut()).unwrap();
+//! assert_eq!(y[[0, 0, 3, 3]], 36.0); // 4 channels × 9 taps
+//! assert_eq!(y[[0, 0, 0, 0]], 16.0); // corner: 4 × 4 in-bounds taps
+//! ```
+
+use crate::dwsep::DepthwiseSeparable;
+use crate::error::{ConvError, Result};
+use crate::plan::{Algo, Plan};
+use crate::spec::PaddingMode;
+use ndarray::{s, ArrayView4, ArrayViewMut4, Axis};
+use std::sync::Mutex;
+
+/// How a [`SeparablePlan`] runs the two passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FuseMode {
+    /// Band by band, the intermediate kept in L2 (see the module documentation). Circular
+    /// padding with vertical padding and several bands per image runs [`FuseMode::Unfused`].
+    Fused,
+    /// The depthwise plan over the whole input into an intermediate buffer, then the
+    /// pointwise plan.
+    Unfused,
+    /// Fused when one image's intermediate exceeds [`AUTO_FUSE_BYTES`], else unfused.
+    Auto,
+}
+
+/// Bytes of one band's intermediate the fused mode aims at (the band height is the largest
+/// number of output rows whose m·C × rows × OW floats fit, at least one row). Half of a
+/// 512 KiB–1 MiB L2, leaving room for the band's input and output.
+pub const BAND_BYTES: usize = 256 * 1024;
+
+/// `Auto` fuses when one image's intermediate is larger than this (it no longer fits in L2
+/// next to the input and output, so the unfused run streams it through L3 or memory).
+pub const AUTO_FUSE_BYTES: usize = 1 << 20;
+
+/// One band of output rows of an image.
+#[derive(Debug, Clone, Copy)]
+struct Band {
+    /// First output row.
+    r0: usize,
+    /// Output rows.
+    rows: usize,
+    /// First input row read.
+    lo: usize,
+    /// Input rows read.
+    rows_in: usize,
+    /// Index of its depthwise plan.
+    dw: usize,
+    /// Index of its pointwise plan.
+    pw: usize,
+}
+
+/// Per-thread buffers of the fused run (band input, intermediate, band output).
+#[derive(Debug, Default)]
+struct Scratch {
+    xin: Vec<f32>,
+    mid: Vec<f32>,
+    out: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct Fused {
+    /// Output rows of every band but the last.
+    band_rows: usize,
+    bands: Vec<Band>,
+    dw: Vec<Plan>,
+    pw: Vec<Plan>,
+    /// Buffer sizes `[xin, mid, out]` in floats (the largest band's).
+    sizes: [usize; 3],
+    pool: Mutex<Vec<Scratch>>,
+}
+
+#[derive(Debug)]
+enum Imp {
+    Unfused {
+        dw: Plan,
+        pw: Plan,
+        mid: Mutex<Vec<Vec<f32>>>,
+    },
+    Fused(Box<Fused>),
+}
+
+/// A planned depthwise separable block: both halves planned, weights packed, the band cut
+/// (fused mode) fixed. `Send + Sync`; `run` reuses its buffers (allocating only the first
+/// time a thread needs one, or when the caller's arrays are not in standard layout).
+#[derive(Debug)]
+pub struct SeparablePlan {
+    input: [usize; 4],
+    mid: [usize; 4],
+    output: [usize; 4],
+    mode: FuseMode,
+    imp: Imp,
+}
+
+fn take<T: Default>(pool: &Mutex<Vec<T>>) -> T {
+    pool.lock()
+        .map(|mut p| p.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+fn give<T>(pool: &Mutex<Vec<T>>, v: T) {
+    if let Ok(mut p) = pool.lock() {
+        p.push(v);
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+impl SeparablePlan {
+    /// Plans `block` on an input `[n, C, h, w]`. Weights in PyTorch's layout: `dw_weight`
+    /// `(m·C, 1, kh, kw)`, `pw_weight` `(K, m·C, 1, 1)`; a bias must be given exactly to the
+    /// halves built with one. Bad shapes, channels, biases or paddings are [`ConvError`]s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        block: &DepthwiseSeparable,
+        input: [usize; 4],
+        dw_weight: ArrayView4<f32>,
+        dw_bias: Option<ndarray::ArrayView1<f32>>,
+        pw_weight: ArrayView4<f32>,
+        pw_bias: Option<ndarray::ArrayView1<f32>>,
+        mode: FuseMode,
+    ) -> Result<SeparablePlan> {
+        Self::build(
+            block, input, dw_weight, dw_bias, pw_weight, pw_bias, mode, None,
+        )
+    }
+
+    /// [`SeparablePlan::new`] in [`FuseMode::Fused`] with `band_rows` output rows per band
+    /// instead of the L2-sized default (for tests of band boundaries and for benchmarks);
+    /// `band_rows` is clamped to `1..=oh`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_band_rows(
+        block: &DepthwiseSeparable,
+        input: [usize; 4],
+        dw_weight: ArrayView4<f32>,
+        dw_bias: Option<ndarray::ArrayView1<f32>>,
+        pw_weight: ArrayView4<f32>,
+        pw_bias: Option<ndarray::ArrayView1<f32>>,
+        band_rows: usize,
+    ) -> Result<SeparablePlan> {
+        Self::build(
+            block,
+            input,
+            dw_weight,
+            dw_bias,
+            pw_weight,
+            pw_bias,
+            FuseMode::Fused,
+            Some(band_rows),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        block: &DepthwiseSeparable,
+        input: [usize; 4],
+        dw_weight: ArrayView4<f32>,
+        dw_bias: Option<ndarray::ArrayView1<f32>>,
+        pw_weight: ArrayView4<f32>,
+        pw_bias: Option<ndarray::ArrayView1<f32>>,
+        mode: FuseMode,
+        band_rows: Option<usize>,
+    ) -> Result<SeparablePlan> {
+        let dws = block.depthwise();
+        let pws = block.pointwise();
+        let dw = Plan::new(dws, input, dw_weight, dw_bias, Algo::Auto)?;
+        let mid = dw.geometry().output_shape();
+        let pw = Plan::new(pws, mid, pw_weight, pw_bias, Algo::Auto)?;
+        let output = pw.geometry().output_shape();
+        let image_mid_bytes = 4 * mid[1] * mid[2] * mid[3];
+        let want = match mode {
+            FuseMode::Auto if image_mid_bytes > AUTO_FUSE_BYTES => FuseMode::Fused,
+            FuseMode::Auto => FuseMode::Unfused,
+            m => m,
+        };
+        let unfused = |dw, pw| SeparablePlan {
+            input,
+            mid,
+            output,
+            mode: FuseMode::Unfused,
+            imp: Imp::Unfused {
+                dw,
+                pw,
+                mid: Mutex::new(Vec::new()),
+            },
+        };
+        if want == FuseMode::Unfused {
+            return Ok(unfused(dw, pw));
+        }
+        let g = *dw.geometry();
+        let [_, c, h, w] = input;
+        let (oh, ow, mc) = (mid[2], mid[3], mid[1]);
+        let band_rows = band_rows
+            .unwrap_or(BAND_BYTES / (4 * mc * ow).max(1))
+            .clamp(1, oh);
+        let pad = g.pad;
+        let sh = dws.stride()[0];
+        let ext = dws.dilated_kernel()[0];
+        if dws.padding_mode() == PaddingMode::Circular
+            && band_rows < oh
+            && (pad[0] > 0 || pad[1] > 0)
+        {
+            return Ok(unfused(dw, pw));
+        }
+        let mut shapes: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let mut dw_plans = Vec::new();
+        let mut pw_rows: Vec<usize> = Vec::new();
+        let mut pw_plans = Vec::new();
+        let mut bands = Vec::new();
+        let mut sizes = [0usize; 3];
+        let mut r0 = 0;
+        while r0 < oh {
+            let rows = band_rows.min(oh - r0);
+            // Padded-input rows [a, b) that the band's outputs read, in whole-image coordinates
+            // shifted by the top padding.
+            let a = r0 * sh;
+            let b = (r0 + rows - 1) * sh + ext;
+            let lo = a.saturating_sub(pad[0]);
+            let hi = (b.saturating_sub(pad[0])).min(h);
+            let top = pad[0].saturating_sub(a);
+            let bottom = b.saturating_sub(pad[0]).saturating_sub(h);
+            let rows_in = hi - lo;
+            let key = (rows_in, top, bottom, rows);
+            let dwi = match shapes.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    let spec = dws
+                        .spec()
+                        .padding_sides([top, bottom, pad[2], pad[3]])
+                        .build()?;
+                    let p = match Plan::new(
+                        &spec,
+                        [1, c, rows_in, w],
+                        dw_weight,
+                        dw_bias,
+                        Algo::Auto,
+                    ) {
+                        Ok(p) if p.geometry().oh == rows => p,
+                        // A band too short for its reflect padding (or any other band shape the
+                        // kernels refuse): the whole-image plans still work.
+                        _ => return Ok(unfused(dw, pw)),
+                    };
+                    shapes.push(key);
+                    dw_plans.push(p);
+                    shapes.len() - 1
+                }
+            };
+            let pwi = match pw_rows.iter().position(|&r| r == rows) {
+                Some(i) => i,
+                None => {
+                    pw_plans.push(Plan::new(
+                        pws,
+                        [1, mc, rows, ow],
+                        pw_weight,
+                        pw_bias,
+                        Algo::Auto,
+                    )?);
+                    pw_rows.push(rows);
+                    pw_rows.len() - 1
+                }
+            };
+            sizes[0] = sizes[0].max(c * rows_in * w);
+            sizes[1] = sizes[1].max(mc * rows * ow);
+            sizes[2] = sizes[2].max(output[1] * rows * ow);
+            bands.push(Band {
+                r0,
+                rows,
+                lo,
+                rows_in,
+                dw: dwi,
+                pw: pwi,
+            });
+            r0 += rows;
+        }
+        Ok(SeparablePlan {
+            input,
+            mid,
+            output,
+            mode: FuseMode::Fused,
+            imp: Imp::Fused(Box::new(Fused {
+                band_rows,
+                bands,
+                dw: dw_plans,
+                pw: pw_plans,
+                sizes,
+                pool: Mutex::new(Vec::new()),
+            })),
+        })
+    }
+
+    /// The mode actually used: [`FuseMode::Fused`] or [`FuseMode::Unfused`] (never `Auto`).
+    pub fn mode(&self) -> FuseMode {
+        self.mode
+    }
+
+    /// Input shape `[n, C, h, w]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        self.input
+    }
+
+    /// Shape of the intermediate (depthwise output) `[n, m·C, oh, ow]`.
+    pub fn intermediate_shape(&self) -> [usize; 4] {
+        self.mid
+    }
+
+    /// Output shape `[n, K, oh, ow]`.
+    pub fn output_shape(&self) -> [usize; 4] {
+        self.output
+    }
+
+    /// Output rows per band (fused mode; the last band may be shorter), `None` when unfused.
+    pub fn band_rows(&self) -> Option<usize> {
+        match &self.imp {
+            Imp::Fused(f) => Some(f.band_rows),
+            Imp::Unfused { .. } => None,
+        }
+    }
+
+    /// Number of distinct band shapes planned (depthwise sub-plans), 0 when unfused.
+    pub fn band_shapes(&self) -> usize {
+        match &self.imp {
+            Imp::Fused(f) => f.dw.len(),
+            Imp::Unfused { .. } => 0,
+        }
+    }
+
+    /// Bytes of scratch one concurrent run (unfused) or one worker (fused) keeps: the whole
+    /// intermediate, or one band's input, intermediate and output.
+    pub fn scratch_bytes(&self) -> usize {
+        match &self.imp {
+            Imp::Unfused { .. } => 4 * self.mid.iter().product::<usize>(),
+            Imp::Fused(f) => 4 * f.sizes.iter().sum::<usize>(),
+        }
+    }
+
+    /// Runs the block: `y = pointwise(depthwise(x))`. `x` must have the planned input shape
+    /// and `y` the output shape. Uses rayon's global pool (or the pool it is called in).
+    pub fn run(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
+        for (what, got, want) in [
+            ("input", x.shape(), &self.input[..]),
+            ("output", y.shape(), &self.output[..]),
+        ] {
+            if got != want {
+                return Err(ConvError::ShapeMismatch {
+                    what,
+                    got: got.to_vec(),
+                    expected: want.to_vec(),
+                });
+            }
+        }
+        match &self.imp {
+            Imp::Unfused { dw, pw, mid } => {
+                let mut buf = take(mid);
+                grow(&mut buf, self.mid.iter().product());
+                let r = (|| {
+                    let mut m = ArrayViewMut4::from_shape(self.mid, &mut buf[..])
+                        .expect("buffer holds the intermediate");
+                    dw.run(x, m.view_mut())?;
+                    pw.run(m.view(), y)
+                })();
+                give(mid, buf);
+                r
+            }
+            Imp::Fused(f) => {
+                let xs = x.as_standard_layout();
+                let n = self.input[0];
+                self.images(f, xs.view(), y.view_mut(), 0, n)
+            }
+        }
+    }
+
+    /// Images `n0..n1` (`y` holds exactly those images), split in halves on rayon.
+    fn images(
+        &self,
+        f: &Fused,
+        x: ArrayView4<f32>,
+        y: ArrayViewMut4<f32>,
+        n0: usize,
+        n1: usize,
+    ) -> Result<()> {
+        if n1 - n0 == 1 {
+            let nb = f.bands.len();
+            return self.bands(f, x, y, n0, 0, nb);
+        }
+        let mid = n0 + (n1 - n0) / 2;
+        let (ya, yb) = y.split_at(Axis(0), mid - n0);
+        let (ra, rb) = rayon::join(
+            || self.images(f, x, ya, n0, mid),
+            || self.images(f, x, yb, mid, n1),
+        );
+        ra.and(rb)
+    }
+
+    /// Bands `b0..b1` of image `n` (`y` is that image's rows of those bands, `[1, K, rows, ow]`).
+    fn bands(
+        &self,
+        f: &Fused,
+        x: ArrayView4<f32>,
+        y: ArrayViewMut4<f32>,
+        n: usize,
+        b0: usize,
+        b1: usize,
+    ) -> Result<()> {
+        if b1 - b0 == 1 {
+            return self.band(f, x, y, n, &f.bands[b0]);
+        }
+        let bm = b0 + (b1 - b0) / 2;
+        let split = f.bands[bm].r0 - f.bands[b0].r0;
+        let (ya, yb) = y.split_at(Axis(2), split);
+        let (ra, rb) = rayon::join(
+            || self.bands(f, x, ya, n, b0, bm),
+            || self.bands(f, x, yb, n, bm, b1),
+        );
+        ra.and(rb)
+    }
+
+    fn band(
+        &self,
+        f: &Fused,
+        x: ArrayView4<f32>,
+        mut y: ArrayViewMut4<f32>,
+        n: usize,
+        band: &Band,
+    ) -> Result<()> {
+        let [_, c, h, w] = self.input;
+        let [_, mc, _, ow] = self.mid;
+        let k = self.output[1];
+        let mut sc = take(&f.pool);
+        grow(&mut sc.xin, f.sizes[0]);
+        grow(&mut sc.mid, f.sizes[1]);
+        grow(&mut sc.out, f.sizes[2]);
+        let r = (|| {
+            let xin_shape = [1, c, band.rows_in, w];
+            let xin = x.slice(s![n..n + 1, .., band.lo..band.lo + band.rows_in, ..]);
+            let xin = if band.rows_in == h {
+                xin // the whole image: contiguous, read in place
+            } else {
+                let len = c * band.rows_in * w;
+                let mut dst = ArrayViewMut4::from_shape(xin_shape, &mut sc.xin[..len])
+                    .expect("buffer holds the band input");
+                dst.assign(&xin);
+                ArrayView4::from_shape(xin_shape, &sc.xin[..len]).expect("same buffer")
+            };
+            let mid_len = mc * band.rows * ow;
+            let mut mid = ArrayViewMut4::from_shape([1, mc, band.rows, ow], &mut sc.mid[..mid_len])
+                .expect("buffer holds the band intermediate");
+            f.dw[band.dw].run(xin, mid.view_mut())?;
+            let mid = mid.view();
+            if y.is_standard_layout() {
+                // One band per image: the output rows are contiguous, written in place.
+                f.pw[band.pw].run(mid, y)
+            } else {
+                let out_len = k * band.rows * ow;
+                let mut out =
+                    ArrayViewMut4::from_shape([1, k, band.rows, ow], &mut sc.out[..out_len])
+                        .expect("buffer holds the band output");
+                f.pw[band.pw].run(mid, out.view_mut())?;
+                y.assign(&out);
+                Ok(())
+            }
+        })();
+        give(&f.pool, sc);
+        r
+    }
+}
