@@ -34,9 +34,12 @@
 
 use crate::dwsep::DepthwiseSeparable;
 use crate::error::{ConvError, Result};
+use crate::geometry::Geometry;
+use crate::kernels::depthwise::Depthwise;
+use crate::kernels::Isa;
 use crate::plan::{Algo, Plan};
 use crate::spec::PaddingMode;
-use ndarray::{s, ArrayView4, ArrayViewMut4, Axis};
+use ndarray::{ArrayView4, ArrayViewMut4, Axis};
 use std::sync::Mutex;
 
 /// How a [`SeparablePlan`] runs the two passes.
@@ -78,10 +81,10 @@ struct Band {
     pw: usize,
 }
 
-/// Per-thread buffers of the fused run (band input, intermediate, band output).
+/// Per-thread buffers of the fused run (band intermediate, band output). The band's input
+/// rows are read in place.
 #[derive(Debug, Default)]
 struct Scratch {
-    xin: Vec<f32>,
     mid: Vec<f32>,
     out: Vec<f32>,
 }
@@ -91,10 +94,14 @@ struct Fused {
     /// Output rows of every band but the last.
     band_rows: usize,
     bands: Vec<Band>,
-    dw: Vec<Plan>,
+    /// Depthwise kernel of each distinct band shape (reading the band's rows in place).
+    dw: Vec<Depthwise>,
+    /// Depthwise weights `(m·C, 1, kh, kw)` and bias, contiguous.
+    dw_w: Vec<f32>,
+    dw_b: Option<Vec<f32>>,
     pw: Vec<Plan>,
-    /// Buffer sizes `[xin, mid, out]` in floats (the largest band's).
-    sizes: [usize; 3],
+    /// Buffer sizes `[mid, out]` in floats (the largest band's).
+    sizes: [usize; 2],
     pool: Mutex<Vec<Scratch>>,
 }
 
@@ -197,7 +204,9 @@ impl SeparablePlan {
     ) -> Result<SeparablePlan> {
         let dws = block.depthwise();
         let pws = block.pointwise();
-        let dw = Plan::new(dws, input, dw_weight, dw_bias, Algo::Auto)?;
+        // The depthwise kernel even for C = 1 (which `Auto` sends elsewhere), so that the
+        // whole-image pass and the bands run the same arithmetic.
+        let dw = Plan::new(dws, input, dw_weight, dw_bias, Algo::Depthwise)?;
         let mid = dw.geometry().output_shape();
         let pw = Plan::new(pws, mid, pw_weight, pw_bias, Algo::Auto)?;
         let output = pw.geometry().output_shape();
@@ -241,7 +250,7 @@ impl SeparablePlan {
         let mut pw_rows: Vec<usize> = Vec::new();
         let mut pw_plans = Vec::new();
         let mut bands = Vec::new();
-        let mut sizes = [0usize; 3];
+        let mut sizes = [0usize; 2];
         let mut r0 = 0;
         while r0 < oh {
             let rows = band_rows.min(oh - r0);
@@ -262,14 +271,10 @@ impl SeparablePlan {
                         .spec()
                         .padding_sides([top, bottom, pad[2], pad[3]])
                         .build()?;
-                    let p = match Plan::new(
-                        &spec,
-                        [1, c, rows_in, w],
-                        dw_weight,
-                        dw_bias,
-                        Algo::Auto,
-                    ) {
-                        Ok(p) if p.geometry().oh == rows => p,
+                    let kernel = Geometry::new(spec, [1, c, rows_in, w])
+                        .and_then(|bg| Depthwise::new(&bg, Isa::best()).map(|d| (bg, d)));
+                    let p = match kernel {
+                        Ok((bg, d)) if bg.oh == rows && bg.ow == ow => d,
                         // A band too short for its reflect padding (or any other band shape the
                         // kernels refuse): the whole-image plans still work.
                         _ => return Ok(unfused(dw, pw)),
@@ -293,9 +298,8 @@ impl SeparablePlan {
                     pw_rows.len() - 1
                 }
             };
-            sizes[0] = sizes[0].max(c * rows_in * w);
-            sizes[1] = sizes[1].max(mc * rows * ow);
-            sizes[2] = sizes[2].max(output[1] * rows * ow);
+            sizes[0] = sizes[0].max(mc * rows * ow);
+            sizes[1] = sizes[1].max(output[1] * rows * ow);
             bands.push(Band {
                 r0,
                 rows,
@@ -315,6 +319,8 @@ impl SeparablePlan {
                 band_rows,
                 bands,
                 dw: dw_plans,
+                dw_w: dw_weight.iter().copied().collect(),
+                dw_b: dw_bias.map(|b| b.to_vec()),
                 pw: pw_plans,
                 sizes,
                 pool: Mutex::new(Vec::new()),
@@ -359,7 +365,7 @@ impl SeparablePlan {
     }
 
     /// Bytes of scratch one concurrent run (unfused) or one worker (fused) keeps: the whole
-    /// intermediate, or one band's input, intermediate and output.
+    /// intermediate, or one band's intermediate and output.
     pub fn scratch_bytes(&self) -> usize {
         match &self.imp {
             Imp::Unfused { .. } => 4 * self.mid.iter().product::<usize>(),
@@ -460,26 +466,23 @@ impl SeparablePlan {
         let [_, mc, _, ow] = self.mid;
         let k = self.output[1];
         let mut sc = take(&f.pool);
-        grow(&mut sc.xin, f.sizes[0]);
-        grow(&mut sc.mid, f.sizes[1]);
-        grow(&mut sc.out, f.sizes[2]);
+        grow(&mut sc.mid, f.sizes[0]);
+        grow(&mut sc.out, f.sizes[1]);
         let r = (|| {
-            let xin_shape = [1, c, band.rows_in, w];
-            let xin = x.slice(s![n..n + 1, .., band.lo..band.lo + band.rows_in, ..]);
-            let xin = if band.rows_in == h {
-                xin // the whole image: contiguous, read in place
-            } else {
-                let len = c * band.rows_in * w;
-                let mut dst = ArrayViewMut4::from_shape(xin_shape, &mut sc.xin[..len])
-                    .expect("buffer holds the band input");
-                dst.assign(&xin);
-                ArrayView4::from_shape(xin_shape, &sc.xin[..len]).expect("same buffer")
-            };
+            let xs = x.as_slice().expect("standard layout");
+            // The band's rows of every channel of image n, `h·w` floats apart.
+            let start = (n * c * h + band.lo) * w;
+            let len = (c - 1) * h * w + band.rows_in * w;
             let mid_len = mc * band.rows * ow;
-            let mut mid = ArrayViewMut4::from_shape([1, mc, band.rows, ow], &mut sc.mid[..mid_len])
+            f.dw[band.dw].run_planes(
+                &xs[start..start + len],
+                h * w,
+                &f.dw_w,
+                f.dw_b.as_deref(),
+                &mut sc.mid[..mid_len],
+            )?;
+            let mid = ArrayView4::from_shape([1, mc, band.rows, ow], &sc.mid[..mid_len])
                 .expect("buffer holds the band intermediate");
-            f.dw[band.dw].run(xin, mid.view_mut())?;
-            let mid = mid.view();
             if y.is_standard_layout() {
                 // One band per image: the output rows are contiguous, written in place.
                 f.pw[band.pw].run(mid, y)
