@@ -51,18 +51,30 @@ pub enum FuseMode {
     /// The depthwise plan over the whole input into an intermediate buffer, then the
     /// pointwise plan.
     Unfused,
-    /// Fused when one image's intermediate exceeds [`AUTO_FUSE_BYTES`], else unfused.
+    /// Fused when one image's intermediate and output exceed [`AUTO_FUSE_BYTES`] (two bands
+    /// or more), else unfused.
     Auto,
 }
 
-/// Bytes of one band's intermediate the fused mode aims at (the band height is the largest
-/// number of output rows whose m·C × rows × OW floats fit, at least one row). Half of a
-/// 512 KiB–1 MiB L2, leaving room for the band's input and output.
-pub const BAND_BYTES: usize = 256 * 1024;
+/// Bytes of one band's intermediate and output together that the fused mode aims at (the
+/// band height is the largest number of output rows whose (m·C + K) × rows × OW floats fit,
+/// at least one row): well inside a 1 MiB L2, leaving room for the input rows and the
+/// packed pointwise weights. Counting the output matters when K > m·C (MobileNetV2's
+/// 32 → 64 block: its band output is twice its intermediate).
+pub const BAND_BYTES: usize = 384 * 1024;
 
-/// `Auto` fuses when one image's intermediate is larger than this (it no longer fits in L2
-/// next to the input and output, so the unfused run streams it through L3 or memory).
-pub const AUTO_FUSE_BYTES: usize = 1 << 20;
+/// `Auto` fuses when one image's intermediate and output, `(m·C + K) × oh × ow` floats, are
+/// larger than this, i.e. whenever the fused mode cuts an image into two bands or more (with
+/// a single band per image the two modes do the same work).
+///
+/// Measured with `examples/dwsep_bench.rs` (AMD EPYC, 1 MiB L2 per core, 32 MiB L3,
+/// medians of 300 interleaved runs, the machine shared with another build): on MobileNetV2's
+/// blocks the fused run is faster than or as fast as the unfused one, also where the
+/// intermediate is well under 1 MiB (576 × 14 × 14, 441 KiB: 0.44 vs 0.47 ms at 1 thread,
+/// 0.32 vs 0.37 ms at 2), so the threshold is the band size, not a larger "does not fit in
+/// L2" bound. The unfused intermediates (≤ 1.8 MiB) stay in L3 here, so the gain is L2
+/// versus L3 traffic (5–20 %), not memory traffic.
+pub const AUTO_FUSE_BYTES: usize = BAND_BYTES;
 
 /// One band of output rows of an image.
 #[derive(Debug, Clone, Copy)]
@@ -105,13 +117,17 @@ struct Fused {
     pool: Mutex<Vec<Scratch>>,
 }
 
+/// The two whole-image plans and a pool of intermediate buffers (one per concurrent run).
+#[derive(Debug)]
+struct Unfused {
+    dw: Plan,
+    pw: Plan,
+    mid: Mutex<Vec<Vec<f32>>>,
+}
+
 #[derive(Debug)]
 enum Imp {
-    Unfused {
-        dw: Plan,
-        pw: Plan,
-        mid: Mutex<Vec<Vec<f32>>>,
-    },
+    Unfused(Box<Unfused>),
     Fused(Box<Fused>),
 }
 
@@ -210,9 +226,9 @@ impl SeparablePlan {
         let mid = dw.geometry().output_shape();
         let pw = Plan::new(pws, mid, pw_weight, pw_bias, Algo::Auto)?;
         let output = pw.geometry().output_shape();
-        let image_mid_bytes = 4 * mid[1] * mid[2] * mid[3];
+        let image_bytes = 4 * (mid[1] + output[1]) * mid[2] * mid[3];
         let want = match mode {
-            FuseMode::Auto if image_mid_bytes > AUTO_FUSE_BYTES => FuseMode::Fused,
+            FuseMode::Auto if image_bytes > AUTO_FUSE_BYTES => FuseMode::Fused,
             FuseMode::Auto => FuseMode::Unfused,
             m => m,
         };
@@ -221,11 +237,11 @@ impl SeparablePlan {
             mid,
             output,
             mode: FuseMode::Unfused,
-            imp: Imp::Unfused {
+            imp: Imp::Unfused(Box::new(Unfused {
                 dw,
                 pw,
                 mid: Mutex::new(Vec::new()),
-            },
+            })),
         };
         if want == FuseMode::Unfused {
             return Ok(unfused(dw, pw));
@@ -234,7 +250,7 @@ impl SeparablePlan {
         let [_, c, h, w] = input;
         let (oh, ow, mc) = (mid[2], mid[3], mid[1]);
         let band_rows = band_rows
-            .unwrap_or(BAND_BYTES / (4 * mc * ow).max(1))
+            .unwrap_or(BAND_BYTES / (4 * (mc + output[1]) * ow).max(1))
             .clamp(1, oh);
         let pad = g.pad;
         let sh = dws.stride()[0];
@@ -352,7 +368,7 @@ impl SeparablePlan {
     pub fn band_rows(&self) -> Option<usize> {
         match &self.imp {
             Imp::Fused(f) => Some(f.band_rows),
-            Imp::Unfused { .. } => None,
+            Imp::Unfused(_) => None,
         }
     }
 
@@ -360,7 +376,7 @@ impl SeparablePlan {
     pub fn band_shapes(&self) -> usize {
         match &self.imp {
             Imp::Fused(f) => f.dw.len(),
-            Imp::Unfused { .. } => 0,
+            Imp::Unfused(_) => 0,
         }
     }
 
@@ -368,7 +384,7 @@ impl SeparablePlan {
     /// intermediate, or one band's intermediate and output.
     pub fn scratch_bytes(&self) -> usize {
         match &self.imp {
-            Imp::Unfused { .. } => 4 * self.mid.iter().product::<usize>(),
+            Imp::Unfused(_) => 4 * self.mid.iter().product::<usize>(),
             Imp::Fused(f) => 4 * f.sizes.iter().sum::<usize>(),
         }
     }
@@ -389,7 +405,8 @@ impl SeparablePlan {
             }
         }
         match &self.imp {
-            Imp::Unfused { dw, pw, mid } => {
+            Imp::Unfused(u) => {
+                let (dw, pw, mid) = (&u.dw, &u.pw, &u.mid);
                 let mut buf = take(mid);
                 grow(&mut buf, self.mid.iter().product());
                 let r = (|| {

@@ -110,7 +110,7 @@ fn check(block: &DepthwiseSeparable, input: [usize; 4], seed: u64) -> Result<(),
     }
     // Fused and unfused run the same sub-kernels on the same values: bit-identical.
     for (name, got) in &runs[1..runs.len() - 1] {
-        if got != &runs[0].1 {
+        if *got != runs[0].1 {
             return Err(format!("{name} differs from unfused"));
         }
     }
@@ -202,7 +202,7 @@ fn default_bands_on_a_large_map_match() {
     assert_eq!(u.mode(), FuseMode::Unfused);
     assert_eq!(run(&f, &o.x), run(&u, &o.x));
     let a = plan(&b, input, &o, None, FuseMode::Auto).unwrap();
-    assert_eq!(a.mode(), FuseMode::Fused); // 1.8 MiB intermediate
+    assert_eq!(a.mode(), FuseMode::Fused); // 1.8 MiB intermediate, several bands
     let small = block(8, 8, [3, 3]).padding(1).build().unwrap();
     let o = operands(&small, [1, 8, 9, 9], 8);
     let a = plan(&small, [1, 8, 9, 9], &o, None, FuseMode::Auto).unwrap();
