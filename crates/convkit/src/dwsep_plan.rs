@@ -52,7 +52,7 @@ pub enum FuseMode {
     /// pointwise plan.
     Unfused,
     /// Fused when one image's intermediate and output exceed [`AUTO_FUSE_BYTES`] (two bands
-    /// or more), else unfused.
+    /// or more) and K ≤ m·C, else unfused (see [`AUTO_FUSE_BYTES`] for the measurements).
     Auto,
 }
 
@@ -65,15 +65,19 @@ pub const BAND_BYTES: usize = 384 * 1024;
 
 /// `Auto` fuses when one image's intermediate and output, `(m·C + K) × oh × ow` floats, are
 /// larger than this, i.e. whenever the fused mode cuts an image into two bands or more (with
-/// a single band per image the two modes do the same work).
+/// a single band per image the two modes do the same work), and the pointwise half does not
+/// expand the channels (K ≤ m·C).
 ///
 /// Measured with `examples/dwsep_bench.rs` (AMD EPYC, 1 MiB L2 per core, 32 MiB L3,
-/// medians of 300 interleaved runs, the machine shared with another build): on MobileNetV2's
-/// blocks the fused run is faster than or as fast as the unfused one, also where the
-/// intermediate is well under 1 MiB (576 × 14 × 14, 441 KiB: 0.44 vs 0.47 ms at 1 thread,
-/// 0.32 vs 0.37 ms at 2), so the threshold is the band size, not a larger "does not fit in
-/// L2" bound. The unfused intermediates (≤ 1.8 MiB) stay in L3 here, so the gain is L2
-/// versus L3 traffic (5–20 %), not memory traffic.
+/// medians of 300 interleaved runs, on a machine shared with another build, so ±10 % from run
+/// to run): on the three MobileNetV2 blocks with K < m·C fused was faster than unfused in
+/// most runs, also where the intermediate is well under 1 MiB (576 × 14 × 14, 441 KiB, two
+/// bands: 0.25–0.30 vs 0.28–0.36 ms at 2 threads), so the threshold is the band size, not a
+/// larger "does not fit in L2" bound. The unfused intermediates (≤ 1.8 MiB) stay in L3 here,
+/// so the gain is L2 versus L3 traffic (up to ~20 % at 1 thread on 144 × 56 × 56), not
+/// memory traffic. The expanding 32 → 64 block was slower fused at 2 threads in all five
+/// runs (0.55–0.79 vs 0.51–0.77 ms): its band output, twice its intermediate, is computed
+/// into a buffer and copied to the strided output rows, which costs what the fusion saves.
 pub const AUTO_FUSE_BYTES: usize = BAND_BYTES;
 
 /// One band of output rows of an image.
@@ -228,7 +232,9 @@ impl SeparablePlan {
         let output = pw.geometry().output_shape();
         let image_bytes = 4 * (mid[1] + output[1]) * mid[2] * mid[3];
         let want = match mode {
-            FuseMode::Auto if image_bytes > AUTO_FUSE_BYTES => FuseMode::Fused,
+            FuseMode::Auto if image_bytes > AUTO_FUSE_BYTES && output[1] <= mid[1] => {
+                FuseMode::Fused
+            }
             FuseMode::Auto => FuseMode::Unfused,
             m => m,
         };
@@ -509,7 +515,18 @@ impl SeparablePlan {
                     ArrayViewMut4::from_shape([1, k, band.rows, ow], &mut sc.out[..out_len])
                         .expect("buffer holds the band output");
                 f.pw[band.pw].run(mid, out.view_mut())?;
-                y.assign(&out);
+                // Each output channel's band rows are one contiguous run of `rows·ow` floats.
+                let plane = band.rows * ow;
+                for (ko, src) in sc.out[..out_len].chunks_exact(plane).enumerate() {
+                    let mut dst = y.slice_mut(ndarray::s![0, ko, .., ..]);
+                    match dst.as_slice_mut() {
+                        Some(d) => d.copy_from_slice(src),
+                        None => dst.assign(
+                            &ndarray::ArrayView2::from_shape([band.rows, ow], src)
+                                .expect("one channel's band"),
+                        ),
+                    }
+                }
                 Ok(())
             }
         })();

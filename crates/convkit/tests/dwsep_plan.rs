@@ -207,6 +207,14 @@ fn default_bands_on_a_large_map_match() {
     let o = operands(&small, [1, 8, 9, 9], 8);
     let a = plan(&small, [1, 8, 9, 9], &o, None, FuseMode::Auto).unwrap();
     assert_eq!(a.mode(), FuseMode::Unfused);
+    // Expanding pointwise (K > m·C): unfused even on a large map.
+    let wide = block(32, 64, [3, 3]).padding(1).build().unwrap();
+    let o = operands(&wide, [1, 32, 112, 112], 9);
+    let a = plan(&wide, [1, 32, 112, 112], &o, None, FuseMode::Auto).unwrap();
+    assert_eq!(a.mode(), FuseMode::Unfused);
+    let f = plan(&wide, [1, 32, 112, 112], &o, None, FuseMode::Fused).unwrap();
+    assert_eq!(f.mode(), FuseMode::Fused);
+    assert_eq!(run(&f, &o.x), run(&a, &o.x));
 }
 
 #[test]
