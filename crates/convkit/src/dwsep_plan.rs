@@ -69,15 +69,24 @@ pub const BAND_BYTES: usize = 384 * 1024;
 /// expand the channels (K ≤ m·C).
 ///
 /// Measured with `examples/dwsep_bench.rs` (AMD EPYC, 1 MiB L2 per core, 32 MiB L3,
-/// medians of 300 interleaved runs, on a machine shared with another build, so ±10 % from run
-/// to run): on the three MobileNetV2 blocks with K < m·C fused was faster than unfused in
-/// most runs, also where the intermediate is well under 1 MiB (576 × 14 × 14, 441 KiB, two
-/// bands: 0.25–0.30 vs 0.28–0.36 ms at 2 threads), so the threshold is the band size, not a
-/// larger "does not fit in L2" bound. The unfused intermediates (≤ 1.8 MiB) stay in L3 here,
-/// so the gain is L2 versus L3 traffic (up to ~20 % at 1 thread on 144 × 56 × 56), not
-/// memory traffic. The expanding 32 → 64 block was slower fused at 2 threads in all five
-/// runs (0.55–0.79 vs 0.51–0.77 ms): its band output, twice its intermediate, is computed
-/// into a buffer and copied to the strided output rows, which costs what the fusion saves.
+/// medians of 300–400 interleaved runs, on a machine shared with another build, so ±10 % from
+/// run to run; ranges over three runs): fused vs unfused, ms.
+///
+/// | block                     | 1 thread            | 2 threads           |
+/// |---------------------------|---------------------|---------------------|
+/// | 144×56×56 → 24            | 0.52–0.66 / 0.64–0.79 | 0.32–0.37 / 0.31–0.40 |
+/// | 96×112×112 s2 → 24        | 0.59–0.71 / 0.61–0.73 | 0.30–0.33 / 0.29–0.32 |
+/// | 576×14×14 → 96 (441 KiB)  | 0.50–0.55 / 0.49–0.56 | 0.26–0.34 / 0.30–0.37 |
+/// | 32×112×112 → 64 (K > m·C) | 1.20–1.51 / 1.26–1.55 | 0.65–0.78 / 0.59–0.77 |
+///
+/// Fusing pays even where the intermediate is well under 1 MiB (576 × 14 × 14: two bands, one
+/// per thread), so the threshold is the band size, not a larger "does not fit in L2" bound.
+/// The unfused intermediates (≤ 1.8 MiB) stay in L3 here, so the gain is L2 versus L3
+/// traffic (up to ~20 % at 1 thread), not memory traffic; at 2 threads the gains shrink and
+/// the stride-2 block is a few per cent slower fused. The expanding 32 → 64 block was slower
+/// fused at 2 threads in every run: its band output, twice its intermediate, is computed
+/// into a buffer and copied to the strided output rows (the 1×1 GEMM writes contiguous
+/// outputs only), which costs what the fusion saves, hence K ≤ m·C.
 pub const AUTO_FUSE_BYTES: usize = BAND_BYTES;
 
 /// One band of output rows of an image.
