@@ -13,6 +13,11 @@
 //! touches the border). Circular padding wraps to the far border, which a band does not hold:
 //! a circular block with vertical padding and more than one band per image runs unfused.
 //!
+//! Parallelism: the images, then each image's bands, are split in halves with `rayon::join`,
+//! so each worker runs whole bands in its own L2; the sub-plans' own parallelism only fills
+//! idle workers. Running the bands one after the other with only the sub-plans parallel was
+//! much slower at 2 threads (144×56×56 → 24: 0.55–0.57 vs 0.36–0.37 ms per run).
+//!
 //! Results do not depend on the thread count: the band cut is fixed at plan time and every
 //! output value is computed by the same sub-plan, whatever thread runs it.
 //!
