@@ -14,7 +14,8 @@
 //!   [`kernels`] (SIMD microkernels, implicit GEMM) on rayon's pool.
 //! * [`border`]: padding modes as index rules, shared by every engine.
 //! * [`separable`]: spatially separable kernels (rank-1 / low-rank factorisation, two passes).
-//! * [`dwsep`]: the depthwise separable block.
+//! * [`dwsep`]: the depthwise separable block; [`dwsep_plan`] runs it as one plan, fused
+//!   band by band so the intermediate stays in L2.
 //! * [`filter`]: image filtering with OpenCV semantics (named kernels, separable / 2D paths).
 //!
 //! ```
@@ -32,6 +33,7 @@ pub mod arith;
 pub mod backward;
 pub mod border;
 pub mod dwsep;
+pub mod dwsep_plan;
 pub mod error;
 pub mod filter;
 pub mod geometry;

@@ -188,6 +188,22 @@ impl Depthwise {
     /// output, all contiguous; lengths are checked.
     pub fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
         let g = &self.geom;
+        self.run_planes(x, g.h * g.w, w, bias, y)
+    }
+
+    /// [`Depthwise::run`] on input planes that lie `plane_stride ≥ h·w` floats apart: plane
+    /// `(n, c)` is `x[(n·C + c)·plane_stride..][..h·w]`. A band of rows of a taller image is
+    /// read in place this way (`x` starting at the band's first row, `plane_stride` the full
+    /// image's plane). Lengths are checked.
+    pub fn run_planes(
+        &self,
+        x: &[f32],
+        plane_stride: usize,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let g = &self.geom;
         let [kh, kw] = g.spec.kernel();
         let check = |what: &'static str, got: usize, want: usize| {
             if got == want {
@@ -200,13 +216,20 @@ impl Depthwise {
                 })
             }
         };
-        check("input length", x.len(), g.n * g.c * g.h * g.w)?;
+        let in_plane = g.h * g.w;
+        if plane_stride < in_plane {
+            check("input plane stride", plane_stride, in_plane)?;
+        }
+        // The last plane needs only its own h·w floats past its start.
+        let need = (g.n * g.c - 1) * plane_stride + in_plane;
+        if x.len() < need || (plane_stride == in_plane && x.len() != need) {
+            check("input length", x.len(), need)?;
+        }
         check("weight length", w.len(), g.k * kh * kw)?;
         check("output length", y.len(), g.n * g.k * g.oh * g.ow)?;
         if let Some(b) = bias {
             check("bias length", b.len(), g.k)?;
         }
-        let in_plane = g.h * g.w;
         let out_plane = g.oh * g.ow;
         let out_group = self.mult * out_plane;
         // One task per (n, c): its m output planes are contiguous in NCHW.
@@ -214,10 +237,10 @@ impl Depthwise {
             .enumerate()
             .for_each(|(nc, ys)| {
                 let c = nc % g.c;
-                let xs = &x[nc * in_plane..(nc + 1) * in_plane];
+                let xs = &x[nc * plane_stride..nc * plane_stride + in_plane];
                 // The next plane (usually this thread's next task).
                 let next = x
-                    .get((nc + 1) * in_plane..(nc + 2) * in_plane)
+                    .get((nc + 1) * plane_stride..(nc + 1) * plane_stride + in_plane)
                     .unwrap_or(&[]);
                 if self.fast.is_some() {
                     for j in 0..self.mult {
