@@ -1,54 +1,44 @@
-//! `SeparablePlan::run` adds no allocation of its own once warm (fused and unfused): a warm
-//! run allocates exactly what its pointwise sub-plans' GEMM allocates (the implicit GEMM's
-//! per-task depth-chunk lists, `ConvGemm::chunks`), counted through a global allocator. Its
-//! own test binary, so that no other test allocates meanwhile.
+//! Warm runs allocate nothing: `SeparablePlan::run` (fused and unfused) and the plans it is
+//! made of (the depthwise kernel, the 1×1 GEMM), counted through a global allocator. Its own
+//! test binary, so that no other test allocates meanwhile.
+//!
+//! Regression: the implicit GEMM once built its per-tile depth-chunk lists in every task (two
+//! `Vec`s a task, ~20 allocations a run); they are now made at plan time.
 
 use convkit::dwsep::DepthwiseSeparable;
 use convkit::dwsep_plan::{FuseMode, SeparablePlan};
 use convkit::plan::{Algo, Plan};
 use ndarray::Array4;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use std::alloc::System;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Held by each test: the counter is global, and the harness runs tests concurrently.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Most allocations 20 warm calls may show without any being the engines': rayon's
+/// work-stealing deques and epoch-based reclamation (crossbeam) allocate now and then on their
+/// own. A per-run allocation of ours shows up 20 times.
+const RAYON_NOISE: usize = 2;
 
 /// Allocations of 20 calls of `f` once warm.
 fn allocs(mut f: impl FnMut()) -> usize {
     for _ in 0..10 {
         f();
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let region = Region::new(GLOBAL);
     for _ in 0..20 {
         f();
     }
-    ALLOCS.load(Ordering::Relaxed) - before
+    let st = region.change();
+    st.allocations + st.reallocations
 }
 
 #[test]
 fn warm_runs_add_no_allocation() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let block = DepthwiseSeparable::builder(24, 16, 3)
         .stride(2)
         .padding(1)
@@ -75,8 +65,14 @@ fn warm_runs_add_no_allocation() {
         allocs(|| pw.run(m.view(), o.view_mut()).unwrap())
     };
     let mut m = Array4::<f32>::zeros(mid);
-    assert_eq!(allocs(|| dw.run(x.view(), m.view_mut()).unwrap()), 0);
-    let (whole, band4, band3) = (pw_at(mid), pw_at([1, 48, 4, 17]), pw_at([1, 48, 3, 17]));
+    assert!(allocs(|| dw.run(x.view(), m.view_mut()).unwrap()) <= RAYON_NOISE);
+    for shape in [mid, [1, 48, 4, 17], [1, 48, 3, 17]] {
+        let n = pw_at(shape);
+        assert!(
+            n <= RAYON_NOISE,
+            "pointwise plan on {shape:?}: {n} allocations"
+        );
+    }
     let unfused = SeparablePlan::new(
         &block,
         input,
@@ -90,13 +86,88 @@ fn warm_runs_add_no_allocation() {
     let fused =
         SeparablePlan::with_band_rows(&block, input, wd.view(), bd, wp.view(), bp, 4).unwrap();
     let mut y = Array4::<f32>::zeros(unfused.output_shape());
-    assert_eq!(
-        allocs(|| unfused.run(x.view(), y.view_mut()).unwrap()),
-        whole
-    );
+    assert!(allocs(|| unfused.run(x.view(), y.view_mut()).unwrap()) <= RAYON_NOISE);
     // 23 rows per image: five bands of 4 and one of 3, two images.
-    assert_eq!(
-        allocs(|| fused.run(x.view(), y.view_mut()).unwrap()),
-        2 * (5 * band4 + band3)
-    );
+    assert!(allocs(|| fused.run(x.view(), y.view_mut()).unwrap()) <= RAYON_NOISE);
+}
+
+/// Every forward algorithm: a warm `Plan::run` into a contiguous output allocates nothing
+/// (the Plan API's promise), on layers that pick each one.
+#[test]
+fn warm_plan_runs_allocate_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use convkit::ConvSpec;
+    let cases: Vec<(convkit::ValidSpec, [usize; 4], Algo)> = vec![
+        (
+            ConvSpec::conv2d(16, 24, 3).padding(1).build().unwrap(),
+            [1, 16, 20, 19],
+            Algo::Winograd,
+        ),
+        (
+            ConvSpec::conv2d(16, 24, 3).padding(1).build().unwrap(),
+            [1, 16, 20, 19],
+            Algo::Direct,
+        ),
+        (
+            ConvSpec::conv2d(3, 16, 7)
+                .stride(2)
+                .padding(3)
+                .build()
+                .unwrap(),
+            [1, 3, 33, 30],
+            Algo::Direct,
+        ),
+        (
+            ConvSpec::conv2d(16, 16, 3)
+                .padding(4)
+                .dilation(4)
+                .build()
+                .unwrap(),
+            [1, 16, 17, 18],
+            Algo::ImplicitGemm,
+        ),
+        (
+            ConvSpec::conv2d(24, 16, 1).build().unwrap(),
+            [2, 24, 9, 11],
+            Algo::Gemm1x1,
+        ),
+        (
+            ConvSpec::conv2d(8, 16, 3)
+                .padding(1)
+                .groups(8)
+                .build()
+                .unwrap(),
+            [1, 8, 14, 13],
+            Algo::Depthwise,
+        ),
+        (
+            ConvSpec::conv_transpose2d(16, 8, 4)
+                .stride(2)
+                .padding(1)
+                .build()
+                .unwrap(),
+            [1, 16, 9, 10],
+            Algo::Subpixel,
+        ),
+        (
+            ConvSpec::conv_transpose2d(16, 8, 3)
+                .padding(1)
+                .build()
+                .unwrap(),
+            [1, 16, 9, 10],
+            Algo::Subpixel,
+        ),
+    ];
+    for (spec, input, algo) in cases {
+        let x = Array4::from_shape_fn(input, |(a, b, c, d)| ((a + b + 2 * c + 3 * d) % 7) as f32);
+        let w = Array4::from_elem(spec.weight_shape(), 0.125f32);
+        let plan = Plan::new(&spec, input, w.view(), None, algo).unwrap();
+        assert_eq!(plan.algo(), algo);
+        let mut y = Array4::<f32>::zeros(plan.geometry().output_shape());
+        let n = allocs(|| plan.run(x.view(), y.view_mut()).unwrap());
+        assert!(
+            n <= RAYON_NOISE,
+            "{spec} on {input:?} ({algo}) allocates {n} times per 20 runs"
+        );
+    }
 }

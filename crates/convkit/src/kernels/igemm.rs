@@ -78,6 +78,10 @@ impl Tile {
     }
 }
 
+/// A run of consecutive pixels of a tile in one output row and one NR-panel, for packing:
+/// `(panel, lane, oy, ox, len)`.
+type Segment = (usize, usize, usize, usize, usize);
+
 /// Packs PyTorch-layout weights `(K, Cg, kh, kw)` for a microkernel of `mr` rows:
 /// `[group][panel][kk = (ky·kw + kx)·Cg + c][r]`, zero rows past `Kg` in the last panel.
 pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<f32> {
@@ -157,6 +161,10 @@ pub struct ConvGemm {
     col_base: Vec<isize>,
     zeros: bool,
     tiles: Vec<Tile>,
+    /// Per tile, its depth chunks `[kk0, kk1)` (computed at plan time: a run allocates nothing).
+    tile_chunks: Vec<Vec<(usize, usize)>>,
+    /// Per tile, its row segments for packing: (NR-panel, lane, oy, ox, length).
+    tile_segs: Vec<Vec<Segment>>,
     direct: bool,
     /// Row offsets of a packed B panel (`k·NR`).
     offs_packed: RowOffsets,
@@ -315,7 +323,7 @@ impl ConvGemm {
         }
         let nmb = mpanels.div_ceil(mc_panels);
         let kc = (B_PANEL_BYTES / (4 * nr)).max(32);
-        ConvGemm {
+        let mut plan = ConvGemm {
             ukr,
             geom: *geom,
             groups,
@@ -337,11 +345,24 @@ impl ConvGemm {
             col_base,
             zeros,
             tiles,
+            tile_chunks: Vec::new(),
+            tile_segs: Vec::new(),
             direct,
             offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
             avx512: ukr.isa == super::Isa::Avx512,
             offs_planes: RowOffsets::new((0..ktot).map(|c| c * geom.h * geom.w).collect()),
-        }
+        };
+        plan.tile_chunks = plan.tiles.iter().map(|t| plan.chunks(t)).collect();
+        plan.tile_segs = plan
+            .tiles
+            .iter()
+            .map(|t| {
+                t.segments(nr)
+                    .map(|(j, oy, ox, seg)| (j / nr, j % nr, oy, ox, seg))
+                    .collect()
+            })
+            .collect();
+        plan
     }
 
     /// The microkernel this plan was packed for.
@@ -429,10 +450,10 @@ impl ConvGemm {
         let apan = self.ktot * mr;
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
         let mut first = true;
-        for (kk0, kk1) in self.chunks(tile) {
+        for &(kk0, kk1) in &self.tile_chunks[ti] {
             let kc = kk1 - kk0;
             if !self.direct {
-                self.pack(xg, tile, kk0, kk1, bbuf, phase);
+                self.pack(xg, tile, &self.tile_segs[ti], kk0, kk1, bbuf, phase);
             }
             for p in 0..npan {
                 let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
@@ -488,10 +509,12 @@ impl ConvGemm {
     /// Strided layers first split the input rows the tile reads into their `stride` column
     /// phases (`phase`, when they fit in it): a strided gather per tap becomes a contiguous
     /// copy, and each row is deinterleaved once instead of once per `kx` tap.
+    #[allow(clippy::too_many_arguments)]
     fn pack(
         &self,
         xg: &[f32],
         tile: &Tile,
+        segs: &[Segment],
         kk0: usize,
         kk1: usize,
         dst: &mut [f32],
@@ -504,22 +527,17 @@ impl ConvGemm {
         let npan = len.div_ceil(nr);
         let hw = g.h * g.w;
         let split = self.split_phases(xg, tile, kk0, kk1, phase);
-        // The tile's segments, with their place in a packed row, computed once per chunk
-        // rather than once per depth row (each costs divisions; a 2304-deep chunk of an
-        // atrous layer has ~8 segments per row). At most one segment per output row and
-        // NR-panel boundary, so the list is short.
-        let segs: Vec<(usize, usize, usize, usize)> = tile
-            .segments(nr)
-            .map(|(j, oy, ox, seg)| ((j / nr) * kc * nr + j % nr, oy, ox, seg))
-            .collect();
+        // The tile's segments (panel, lane, oy, ox, len), computed at plan time rather than
+        // once per depth row (each costs divisions; a 2304-deep chunk of an atrous layer has
+        // ~8 segments per row).
         let tail = npan * nr - len;
         // Depth row kk = (ky·kw + kx)·Cg + c, walked with counters (no division per row).
         let (mut c, mut tap) = (kk0 % self.cg, kk0 / self.cg);
         for kl in 0..kc {
             let (ky, kx) = (tap / self.kw, tap % self.kw);
             let plane = &xg[c * hw..(c + 1) * hw];
-            for &(at, oy, ox, seg) in &segs {
-                let at = at + kl * nr;
+            for &(panel, lane, oy, ox, seg) in segs {
+                let at = panel * kc * nr + kl * nr + lane;
                 let d = &mut dst[at..at + seg];
                 match split {
                     Some(ph) => self.fill_phase(plane, phase, ph, c, ky, kx, oy, ox, d),

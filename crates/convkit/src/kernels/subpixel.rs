@@ -128,6 +128,9 @@ pub struct Subpixel {
     /// For each output row: its height-phase index and its row within that phase.
     row_phase: Vec<(usize, usize)>,
     phases: Vec<Phase>,
+    /// Where each phase's output starts in the run's phase buffer (prefix sums of the phase
+    /// output sizes; one entry more than phases).
+    phase_off: Vec<usize>,
     bias: Option<Vec<f32>>,
 }
 
@@ -209,11 +212,20 @@ impl Subpixel {
                 row_phase[py.out_start + q * sh] = (iy, q);
             }
         }
+        let mut phase_off = vec![0usize];
+        for p in &phases {
+            let len = p
+                .conv
+                .as_ref()
+                .map_or(0, |c| c.geometry().output_shape().iter().product());
+            phase_off.push(phase_off[phase_off.len() - 1] + len);
+        }
         Ok(Subpixel {
             geom: *geom,
             isa,
             nx: xs.len(),
             row_phase,
+            phase_off,
             phases,
             bias: bias.map(|b| b.to_vec()),
         })
@@ -306,37 +318,32 @@ impl Subpixel {
         }
         // Every phase on its own (in parallel; each plan is parallel inside too) into one
         // reused scratch buffer, then the outputs interleaved row by row into `y`.
-        let lens: Vec<usize> = self
-            .phases
-            .iter()
-            .map(|p| {
-                p.conv
-                    .as_ref()
-                    .map_or(0, |c| c.geometry().output_shape().iter().product())
-            })
-            .collect();
         // Taken out of the thread-local for the run (and put back after), so that a nested
         // run on this thread (rayon may steal one while we wait) finds it empty instead of
         // borrowed.
         let mut buf = PHASE_OUT.with(|cell| cell.take());
         let done = (|| -> Result<()> {
-            let total: usize = lens.iter().sum();
+            let total = self.phase_off[self.phases.len()];
             if buf.len() < total {
                 buf.resize(total, 0.0);
             }
-            let mut outs: Vec<&mut [f32]> = Vec::with_capacity(lens.len());
-            let mut rest = &mut buf[..total];
-            for &len in &lens {
-                let (head, tail) = rest.split_at_mut(len);
-                outs.push(head);
-                rest = tail;
-            }
-            self.phases
-                .par_iter()
-                .zip(outs.par_iter_mut())
-                .try_for_each(|(p, o)| -> Result<()> {
+            // Phases in parallel, each writing its own part of `buf`: the buffer is split
+            // recursively at phase boundaries (no per-run list of slices is allocated).
+            let np = self.phases.len();
+            rayon::iter::split((0..np, &mut buf[..total]), |(r, sl)| {
+                if r.len() <= 1 {
+                    return ((r, sl), None);
+                }
+                let mid = r.start + r.len() / 2;
+                let (a, b) = sl.split_at_mut(self.phase_off[mid] - self.phase_off[r.start]);
+                ((r.start..mid, a), Some((mid..r.end, b)))
+            })
+            .try_for_each(|(r, sl)| -> Result<()> {
+                let base = self.phase_off[r.start];
+                for pi in r {
+                    let p = &self.phases[pi];
                     let Some(plan) = &p.conv else {
-                        return Ok(());
+                        continue;
                     };
                     let xi = x.slice(s![
                         ..,
@@ -344,13 +351,14 @@ impl Subpixel {
                         p.ys.input.0..p.ys.input.1,
                         p.xs.input.0..p.xs.input.1
                     ]);
-                    let shape = plan.geometry().output_shape();
-                    let view = ArrayViewMut4::from_shape(shape, o)
+                    let o = &mut sl[self.phase_off[pi] - base..self.phase_off[pi + 1] - base];
+                    let view = ArrayViewMut4::from_shape(plan.geometry().output_shape(), o)
                         .expect("the slice has the phase's output size");
-                    plan.run(xi, view)
-                })?;
-            let outs: Vec<&[f32]> = outs.into_iter().map(|o| &*o).collect();
-            self.interleave_all(&outs, y.view_mut());
+                    plan.run(xi, view)?;
+                }
+                Ok(())
+            })?;
+            self.interleave_all(&buf[..total], y.view_mut());
             Ok(())
         })();
         PHASE_OUT.with(|cell| cell.set(buf));
@@ -358,9 +366,10 @@ impl Subpixel {
         Ok(())
     }
 
-    /// Writes the phase outputs (`outs[p]`: phase `p`'s (N, K, rows, cols) output, empty for
-    /// bias-only phases) into their interleaved places in `y`.
-    fn interleave_all(&self, outs: &[&[f32]], mut y: ArrayViewMut4<f32>) {
+    /// Writes the phase outputs (phase `p`'s (N, K, rows, cols) output at
+    /// `outs[phase_off[p]..phase_off[p + 1]]`, empty for bias-only phases) into their
+    /// interleaved places in `y`.
+    fn interleave_all(&self, outs: &[f32], mut y: ArrayViewMut4<f32>) {
         let g = &self.geom;
         let (k, oh, ow, sw) = (g.k, g.oh, g.ow, g.spec.stride()[1]);
         // Two width phases at columns 0, 2, 4, … and 1, 3, 5, … (stride 2, the common case):
@@ -378,7 +387,7 @@ impl Subpixel {
                 let p = iy * self.nx + ix;
                 let plan = self.phases[p].conv.as_ref()?;
                 let [_, pk, ph, pw] = plan.geometry().output_shape();
-                Some(&outs[p][((n * pk + kk) * ph + qy) * pw..][..pw])
+                Some(&outs[self.phase_off[p] + ((n * pk + kk) * ph + qy) * pw..][..pw])
             };
             if pairs {
                 if let (Some(a), Some(b)) = (src(0), src(1)) {
