@@ -24,19 +24,30 @@ pub fn for_each_task(
     task: impl Fn(usize, SharedOut, &mut [f32]) + Sync,
 ) {
     let out = SharedOut::new(y);
-    (0..ntasks).into_par_iter().for_each(|t| {
-        WORKSPACE.with(|ws| {
-            let mut ws = ws.borrow_mut();
-            if ws.len() < wlen {
-                // Exactly the size asked for (a plain resize may double the capacity, which
-                // would break the plans' workspace bound).
-                let grow = wlen - ws.len();
-                ws.reserve_exact(grow);
-                ws.resize(wlen, 0.0);
-            }
-            task(t, out, &mut ws[..wlen]);
-        })
-    });
+    if rayon::current_num_threads() == 1 {
+        // One worker: run the tasks right here, in the same order of decomposition (so the
+        // same result), without handing the call to the pool's thread and waiting for it
+        // (measured 7-11 % on 1-2 ms layers called from outside the pool).
+        with_workspace(wlen, |ws| (0..ntasks).for_each(|t| task(t, out, ws)));
+        return;
+    }
+    (0..ntasks)
+        .into_par_iter()
+        .for_each(|t| with_workspace(wlen, |ws| task(t, out, ws)));
+}
+
+/// Runs `f` on this thread's workspace, grown to exactly `wlen` floats if shorter (a plain
+/// resize may double the capacity, which would break the plans' workspace bound).
+fn with_workspace(wlen: usize, f: impl FnOnce(&mut [f32])) {
+    WORKSPACE.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        if ws.len() < wlen {
+            let grow = wlen - ws.len();
+            ws.reserve_exact(grow);
+            ws.resize(wlen, 0.0);
+        }
+        f(&mut ws[..wlen]);
+    })
 }
 
 /// `dst = src + bias` (`add = false`: `dst = src` exactly).
