@@ -36,6 +36,18 @@ pub fn backward(
     want: GradRequest,
     algo: Algo,
 ) -> Result<Gradients<f32>> {
+    crate::plan::on_pool(|| backward_on_pool(spec, x, w, dy, want, algo))
+}
+
+/// [`backward`] on a worker of the pool.
+fn backward_on_pool(
+    spec: &ValidSpec,
+    x: ArrayView4<f32>,
+    w: ArrayView4<f32>,
+    dy: ArrayView4<f32>,
+    want: GradRequest,
+    algo: Algo,
+) -> Result<Gradients<f32>> {
     let geom = reference::check_operands(spec, x.shape(), w.shape(), None)?;
     reference::check_grad_output(&geom, dy.shape())?;
     if algo == Algo::Reference {

@@ -411,7 +411,12 @@ impl SeparablePlan {
 
     /// Runs the block: `y = pointwise(depthwise(x))`. `x` must have the planned input shape
     /// and `y` the output shape. Uses rayon's global pool (or the pool it is called in).
-    pub fn run(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
+    pub fn run(&self, x: ArrayView4<f32>, y: ArrayViewMut4<f32>) -> Result<()> {
+        crate::plan::on_pool(|| self.run_on_pool(x, y))
+    }
+
+    /// [`Self::run`] on a worker of the pool (or the calling thread).
+    fn run_on_pool(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
         for (what, got, want) in [
             ("input", x.shape(), &self.input[..]),
             ("output", y.shape(), &self.output[..]),
