@@ -9,19 +9,8 @@ use convkit::{ConvError, Padding, PaddingMode};
 use ndarray::{Array1, Array4};
 use proptest::prelude::*;
 
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::rand_vec;
 
 fn rand4(shape: [usize; 4], seed: u64) -> Array4<f32> {
     Array4::from_shape_vec(shape, rand_vec(shape.iter().product(), seed)).unwrap()

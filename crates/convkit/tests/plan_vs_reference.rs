@@ -8,19 +8,8 @@ use convkit::{reference, ConvError, ConvSpec, Padding, PaddingMode, ValidSpec};
 use ndarray::{Array1, Array4};
 use proptest::prelude::*;
 
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::rand_vec;
 
 fn operands(
     spec: &ValidSpec,
