@@ -38,7 +38,7 @@
 //! ```
 
 use crate::dwsep::DepthwiseSeparable;
-use crate::error::{ConvError, Result};
+use crate::error::Result;
 use crate::geometry::Geometry;
 use crate::kernels::depthwise::Depthwise;
 use crate::kernels::Isa;
@@ -184,7 +184,7 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 impl SeparablePlan {
     /// Plans `block` on an input `[n, C, h, w]`. Weights in PyTorch's layout: `dw_weight`
     /// `(m·C, 1, kh, kw)`, `pw_weight` `(K, m·C, 1, 1)`; a bias must be given exactly to the
-    /// halves built with one. Bad shapes, channels, biases or paddings are [`ConvError`]s.
+    /// halves built with one. Bad shapes, channels, biases or paddings are [`crate::ConvError`]s.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         block: &DepthwiseSeparable,
@@ -417,18 +417,7 @@ impl SeparablePlan {
 
     /// [`Self::run`] on a worker of the pool (or the calling thread).
     fn run_on_pool(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
-        for (what, got, want) in [
-            ("input", x.shape(), &self.input[..]),
-            ("output", y.shape(), &self.output[..]),
-        ] {
-            if got != want {
-                return Err(ConvError::ShapeMismatch {
-                    what,
-                    got: got.to_vec(),
-                    expected: want.to_vec(),
-                });
-            }
-        }
+        crate::plan::check_run_shapes(x.shape(), y.shape(), &self.input, &self.output)?;
         match &self.imp {
             Imp::Unfused(u) => {
                 let (dw, pw, mid) = (&u.dw, &u.pw, &u.mid);

@@ -400,18 +400,7 @@ impl Plan {
     /// [`Self::run`] on the calling thread.
     fn run_here(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
         let g = &self.geom;
-        for (what, got, want) in [
-            ("input", x.shape(), g.input_shape()),
-            ("output", y.shape(), g.output_shape()),
-        ] {
-            if got != want {
-                return Err(ConvError::ShapeMismatch {
-                    what,
-                    got: got.to_vec(),
-                    expected: want.to_vec(),
-                });
-            }
-        }
+        check_run_shapes(x.shape(), y.shape(), &g.input_shape(), &g.output_shape())?;
         match &self.imp {
             Imp::Subpixel(sp) => sp.run(x, y)?,
             Imp::Reference { w, bias } => {
@@ -457,6 +446,26 @@ impl Plan {
             }
         }
     }
+}
+
+/// The input and output arrays of a run have the planned shapes, else a
+/// [`ConvError::ShapeMismatch`] naming the one that does not (every plan's `run` checks this).
+pub(crate) fn check_run_shapes(
+    x: &[usize],
+    y: &[usize],
+    input: &[usize],
+    output: &[usize],
+) -> Result<()> {
+    for (what, got, want) in [("input", x, input), ("output", y, output)] {
+        if got != want {
+            return Err(ConvError::ShapeMismatch {
+                what,
+                got: got.to_vec(),
+                expected: want.to_vec(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` on a worker of rayon's pool when called from outside it (else right here), so

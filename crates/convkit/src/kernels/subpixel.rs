@@ -290,20 +290,7 @@ impl Subpixel {
     /// Runs the layer: `y` must have the layer's output shape.
     pub fn run(&self, x: ArrayView4<f32>, mut y: ArrayViewMut4<f32>) -> Result<()> {
         let g = &self.geom;
-        if x.shape() != g.input_shape() {
-            return Err(ConvError::ShapeMismatch {
-                what: "input",
-                got: x.shape().to_vec(),
-                expected: g.input_shape().to_vec(),
-            });
-        }
-        if y.shape() != g.output_shape() {
-            return Err(ConvError::ShapeMismatch {
-                what: "output",
-                got: y.shape().to_vec(),
-                expected: g.output_shape().to_vec(),
-            });
-        }
+        crate::plan::check_run_shapes(x.shape(), y.shape(), &g.input_shape(), &g.output_shape())?;
         // Stride 1: one phase that covers the whole output; its plan writes `y` directly.
         if let [Phase {
             conv: Some(plan),
