@@ -1,8 +1,9 @@
 //! The filter benchmark suite (issue 6's table), callable from `convkit bench --suite filters`.
 //!
 //! Images: gray u8 1920×1080, RGB u8 1920×1080, gray f32 4096×4096 (deterministic pseudo-random
-//! pixels); kernels: Sobel-x 3×3 (separable and forced 2D), Gaussian 5×5 σ=1 (separable),
-//! Gaussian 15×15 σ=3 (separable and forced 2D), box 31×31, random 7×7 (2D); border
+//! pixels); kernels: Sobel-x 3×3 (auto, which runs it in 2D; forced separable; forced 2D),
+//! Gaussian 5×5 σ=1 (separable), Gaussian 15×15 σ=3 (separable and forced 2D), box 31×31,
+//! random 7×7 (2D); border
 //! reflect-101; output f32 into a reused buffer. Each cell: warm-up, then the median of
 //! `runs` timings (at least 10, more while under ~0.3 s).
 
@@ -77,6 +78,11 @@ fn cases() -> Vec<(&'static str, FilterOp, PathChoice)> {
             PathChoice::Auto,
         ),
         (
+            "sobel_x 3x3 (sep, forced)",
+            FilterOp::Linear(sobel.clone()),
+            PathChoice::Separable,
+        ),
+        (
             "sobel_x 3x3 (2D)",
             FilterOp::Linear(sobel),
             PathChoice::Direct,
@@ -130,7 +136,8 @@ fn time_cell<T: Sample>(plan: &FilterPlan, img: &Image<T>, dst: &mut [f32]) -> T
 }
 
 /// Runs the whole suite on `threads` threads (`filter` picks cases whose image or case name
-/// contains it; empty = all).
+/// contains it; `IMAGE/CASE` picks cells whose image contains `IMAGE` and case contains
+/// `CASE`; empty = all).
 ///
 /// Sizes rayon's global pool when it does not exist yet (a benchmark process), so that the
 /// timing loop runs outside the pool as a program's calls do; a private pool entered with
@@ -168,10 +175,11 @@ fn suite_rows(filter: &str) -> Vec<BenchRow> {
             Path::Direct2D => "2D".to_string(),
             Path::BoxSums => "box sums".to_string(),
         };
+        let wanted = |image: &str| match filter.split_once('/') {
+            Some((i, c)) => image.contains(i) && case.contains(c),
+            None => image.contains(filter) || case.contains(filter),
+        };
         let mut cell = |image: &str, r: Timing, px: usize| {
-            if !(image.contains(filter) || case.contains(filter)) {
-                return;
-            }
             rows.push(BenchRow {
                 image: image.to_string(),
                 case: case.to_string(),
@@ -184,7 +192,6 @@ fn suite_rows(filter: &str) -> Vec<BenchRow> {
                 cpu_ms: r.3,
             });
         };
-        let wanted = |image: &str| image.contains(filter) || case.contains(filter);
         let mut dst = vec![0.0f32; 4096 * 4096];
         if wanted("gray u8 1920x1080") {
             let img = Image::new(&gray, 1920, 1080, 1).expect("valid");

@@ -186,24 +186,31 @@ fn path_choice_follows_the_factorisation() {
             .parts()[0]
             .clone()
     };
-    for s in [
-        "sobel-x",
-        "sobel-y",
-        "scharr-x",
-        "prewitt-x",
-        "gaussian:sigma=2",
-        "box:3",
+    // Every one is rank 1; `auto` runs the 3×3s in 2D (zero columns skipped: 6 or 9 MACs
+    // beat 5 or 6 in two passes, see `separable_is_cheaper`) and the larger ones separable.
+    let sep = Path::Separable { pairs: 1 };
+    for (s, path, macs_2d, macs_sep) in [
+        ("sobel-x", Path::Direct2D, 6, 5),
+        ("sobel-y", Path::Direct2D, 9, 6),
+        ("scharr-x", Path::Direct2D, 6, 5),
+        ("prewitt-x", Path::Direct2D, 6, 5),
+        ("box:3", Path::Direct2D, 9, 6),
+        ("gaussian:sigma=1,size=5", sep, 25, 10),
+        ("gaussian:sigma=2", sep, 289, 34),
     ] {
         let p = plan(s);
         assert_eq!(p.rank, 1, "{s}");
-        assert_eq!(p.path, Path::Separable { pairs: 1 }, "{s}");
-        assert_eq!(p.macs_per_pixel, p.rows + p.cols);
+        assert_eq!(p.path, path, "{s}");
+        assert_eq!((p.macs_2d, p.macs_separable), (macs_2d, macs_sep), "{s}");
+        let want = if path == sep { macs_sep } else { macs_2d };
+        assert_eq!(p.macs_per_pixel, want, "{s}");
     }
     let sobel = plan("sobel-x");
     assert_eq!((sobel.weights_2d, sobel.weights_separable), (9, 6));
-    // A separable literal is detected as such.
+    // A separable literal is detected as such (and, being 3×3, runs in 2D).
     let lit = plan("[[1,2,1],[2,4,2],[1,2,1]]");
-    assert_eq!((lit.rank, lit.path), (1, Path::Separable { pairs: 1 }));
+    assert_eq!((lit.rank, lit.path), (1, Path::Direct2D));
+    assert_eq!(lit.weights_separable, 6);
     let lap = plan("laplacian");
     assert_eq!(lap.path, Path::Direct2D);
     assert_eq!(lap.macs_per_pixel, 9);
