@@ -195,24 +195,27 @@ fn direct_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
         .map_or(ukr, |(_, u)| u)
 }
 
-/// The microkernel for Winograd's GEMMs: the plan's, unless a narrower one (AVX2's 16
-/// columns) wastes far less on padding the tile count (small maps such as 14×14, whose 49
-/// tiles fill 51 % of two 48-wide panels but 77 % of four 16-wide ones).
+/// The microkernel for Winograd's GEMMs: the plan's, unless a narrower one of the same level
+/// (AVX-512 8×32) or AVX2's 6×16 wastes clearly less on padding the tile count (small maps
+/// such as 14×14, whose 49 tiles fill 51 % of two 48-wide panels but 77 % of two 32-wide or
+/// four 16-wide ones). AVX2 is charged 15 % for its fewer accumulators per loaded operand, as
+/// in [`direct_kernel`].
 fn winograd_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
-    match Microkernel::for_isa(Isa::Avx2) {
-        Some(narrow) if ukr.isa == Isa::Avx512 => {
-            let (wide, thin) = (
-                Winograd::padded_macs(ukr, g),
-                Winograd::padded_macs(narrow, g),
-            );
-            if thin < 0.75 * wide {
-                narrow
-            } else {
-                ukr
-            }
-        }
-        _ => ukr,
+    if ukr.isa != Isa::Avx512 {
+        return ukr;
     }
+    let cost = |u: &Microkernel| {
+        let slow = if u.isa == Isa::Avx2 { 1.15 } else { 1.0 };
+        slow * Winograd::padded_macs(*u, g)
+    };
+    let wide = cost(&ukr);
+    Microkernel::available()
+        .into_iter()
+        .filter(|u| u.isa >= Isa::Avx2)
+        .map(|u| (cost(&u), u))
+        .filter(|(c, _)| *c < 0.95 * wide)
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or(ukr, |(_, u)| u)
 }
 
 /// Whether Winograd pays: enough channels for its transforms to amortise, and its padded
