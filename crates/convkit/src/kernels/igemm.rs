@@ -22,7 +22,7 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::{copy_row, for_each_task, SharedOut};
+use super::store::{copy_row, for_each_task, pack_segments, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
@@ -165,6 +165,12 @@ pub struct ConvGemm {
     tile_chunks: Vec<Vec<(usize, usize)>>,
     /// Per tile, its row segments for packing: (NR-panel, lane, oy, ox, length).
     tile_segs: Vec<Vec<Segment>>,
+    /// Per tile, whether every tap it multiplies reads inside the input for every one of its
+    /// pixels (stride 1 only): then it packs by plain copies, with no border logic.
+    tile_interior: Vec<bool>,
+    /// Per interior tile, the source offset in its plane of each segment for each tap
+    /// (`[tap·nsegs + seg]`, tap = ky·kw + kx; empty for other tiles).
+    tile_src: Vec<Vec<usize>>,
     direct: bool,
     /// Row offsets of a packed B panel (`k·NR`).
     offs_packed: RowOffsets,
@@ -347,12 +353,15 @@ impl ConvGemm {
             tiles,
             tile_chunks: Vec::new(),
             tile_segs: Vec::new(),
+            tile_interior: Vec::new(),
+            tile_src: Vec::new(),
             direct,
             offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
             avx512: ukr.isa == super::Isa::Avx512,
             offs_planes: RowOffsets::new((0..ktot).map(|c| c * geom.h * geom.w).collect()),
         };
         plan.tile_chunks = plan.tiles.iter().map(|t| plan.chunks(t)).collect();
+        plan.tile_interior = plan.tiles.iter().map(|t| plan.interior(t)).collect();
         plan.tile_segs = plan
             .tiles
             .iter()
@@ -360,6 +369,31 @@ impl ConvGemm {
                 t.segments(nr)
                     .map(|(j, oy, ox, seg)| (j / nr, j % nr, oy, ox, seg))
                     .collect()
+            })
+            .collect();
+        plan.tile_src = (0..plan.tiles.len())
+            .map(|ti| {
+                if !plan.tile_interior[ti] {
+                    return Vec::new();
+                }
+                let t = &plan.tiles[ti];
+                let segs = &plan.tile_segs[ti];
+                let mut v = Vec::with_capacity(kh * plan.kw * segs.len());
+                for ky in 0..kh {
+                    for kx in 0..plan.kw {
+                        let inside =
+                            (t.ky.0..t.ky.1).contains(&ky) && (t.kx.0..t.kx.1).contains(&kx);
+                        for &(_, _, oy, ox, _) in segs {
+                            // Taps outside the tile's ranges are never packed.
+                            v.push(if inside {
+                                (oy + ky * dh - geom.pad[0]) * geom.w + ox + kx * dw - geom.pad[2]
+                            } else {
+                                0
+                            });
+                        }
+                    }
+                }
+                v
             })
             .collect();
         plan
@@ -396,6 +430,35 @@ impl ConvGemm {
         for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
             self.task(x, out, t, ws)
         });
+    }
+
+    /// Whether every tap of `tile` reads inside the input for every pixel of the tile (at
+    /// stride 1; strided layers pack through their phase split). Dilated zero-padded layers'
+    /// class tiles always are (that is what the classes mean); plain layers' inner tiles are.
+    fn interior(&self, tile: &Tile) -> bool {
+        let g = &self.geom;
+        let s = &g.spec;
+        if self.stride_w != 1 || s.stride()[0] != 1 || tile.len() == 0 {
+            return false;
+        }
+        let [dh, dw] = s.dilation();
+        let [pt, _, pl, _] = g.pad;
+        let (r0, r1) = (tile.q0 / tile.bw, (tile.q1 - 1) / tile.bw);
+        let (c0, c1) = if r0 == r1 {
+            (tile.q0 % tile.bw, (tile.q1 - 1) % tile.bw)
+        } else {
+            (0, tile.bw - 1)
+        };
+        let inside = |o: usize, k: usize, d: usize, p: usize, n: usize| {
+            (0..n as isize).contains(&((o + k * d) as isize - p as isize))
+        };
+        let rows_ok = (tile.ky.0..tile.ky.1).all(|ky| {
+            inside(tile.oy0 + r0, ky, dh, pt, g.h) && inside(tile.oy0 + r1, ky, dh, pt, g.h)
+        });
+        let cols_ok = (tile.kx.0..tile.kx.1).all(|kx| {
+            inside(tile.ox0 + c0, kx, dw, pl, g.w) && inside(tile.ox0 + c1, kx, dw, pl, g.w)
+        });
+        rows_ok && cols_ok
     }
 
     /// Depth chunks `[kk0, kk1)` of a tile: its in-bounds taps, cut to ≤ `kc` rows.
@@ -453,7 +516,12 @@ impl ConvGemm {
         for &(kk0, kk1) in &self.tile_chunks[ti] {
             let kc = kk1 - kk0;
             if !self.direct {
-                self.pack(xg, tile, &self.tile_segs[ti], kk0, kk1, bbuf, phase);
+                if self.tile_interior[ti] {
+                    let (segs, src) = (&self.tile_segs[ti], &self.tile_src[ti]);
+                    self.pack_interior(xg, segs, src, len, kk0, kk1, bbuf);
+                } else {
+                    self.pack(xg, tile, &self.tile_segs[ti], kk0, kk1, bbuf, phase);
+                }
             }
             for p in 0..npan {
                 let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
@@ -552,6 +620,47 @@ impl ConvGemm {
             if c == self.cg {
                 c = 0;
                 tap += 1;
+            }
+        }
+    }
+
+    /// [`ConvGemm::pack`] for an interior tile at stride 1: per depth row, one call copies
+    /// every segment from its channel's plane, at source offsets computed at plan time (the
+    /// taps of an atrous layer's border classes have segments of a few pixels, so the border
+    /// logic that `pack` pays per segment and depth row dominated its packing).
+    #[allow(clippy::too_many_arguments)]
+    fn pack_interior(
+        &self,
+        xg: &[f32],
+        segs: &[Segment],
+        src: &[usize],
+        len: usize,
+        kk0: usize,
+        kk1: usize,
+        dst: &mut [f32],
+    ) {
+        let g = &self.geom;
+        let nr = self.ukr.nr;
+        let kc = kk1 - kk0;
+        let npan = len.div_ceil(nr);
+        let hw = g.h * g.w;
+        let ns = segs.len();
+        let (mut c, mut tap) = (kk0 % self.cg, kk0 / self.cg);
+        for kl in 0..kc {
+            let plane = &xg[c * hw..(c + 1) * hw];
+            let offs = &src[tap * ns..(tap + 1) * ns];
+            pack_segments(dst, (kl * nr, kc * nr), plane, segs, offs, self.avx512);
+            c += 1;
+            if c == self.cg {
+                c = 0;
+                tap += 1;
+            }
+        }
+        let tail = npan * nr - len;
+        if tail > 0 {
+            for kl in 0..kc {
+                let at = (npan - 1) * kc * nr + kl * nr + (nr - tail);
+                dst[at..at + tail].fill(0.0);
             }
         }
     }

@@ -71,6 +71,58 @@ pub fn copy_row(dst: &mut [f32], src: &[f32], bias: f32, add: bool, avx512: bool
     }
 }
 
+/// Packs one depth row of an im2col panel from one input plane: for each segment `i`,
+/// `dst[panel_i·panel_stride + base + lane_i ..][..len_i] = src[src_off[i]..][..len_i]`, with
+/// `(panel_i, lane_i, len_i)` taken from `segs[i] = (panel, lane, _, _, len)`. One call per
+/// depth row; AVX-512 moves each segment with a masked load and store (segments are ≤ NR
+/// floats, often a few), the fallback with `copy_from_slice`.
+///
+/// # Panics
+/// If a segment runs past either slice, or `src_off` and `segs` differ in length.
+#[inline]
+pub fn pack_segments(
+    dst: &mut [f32],
+    (base, panel_stride): (usize, usize),
+    src: &[f32],
+    segs: &[(usize, usize, usize, usize, usize)],
+    src_off: &[usize],
+    avx512: bool,
+) {
+    assert_eq!(segs.len(), src_off.len(), "one source offset per segment");
+    for (&(panel, lane, _, _, len), &so) in segs.iter().zip(src_off) {
+        let d0 = panel
+            .checked_mul(panel_stride)
+            .and_then(|v| v.checked_add(base + lane));
+        assert!(
+            len <= 64
+                && d0.is_some_and(|d| d + len <= dst.len())
+                && so.checked_add(len).is_some_and(|e| e <= src.len()),
+            "segment out of bounds"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // SAFETY: `avx512` is only true when AVX-512F was detected; every segment's source
+        // and destination ranges were checked above, and each is ≤ 64 floats.
+        unsafe {
+            x86::pack_segments(
+                dst.as_mut_ptr(),
+                base,
+                panel_stride,
+                src.as_ptr(),
+                segs,
+                src_off,
+            )
+        };
+        return;
+    }
+    let _ = avx512;
+    for (&(panel, lane, _, _, len), &so) in segs.iter().zip(src_off) {
+        let d = panel * panel_stride + base + lane;
+        dst[d..d + len].copy_from_slice(&src[so..so + len]);
+    }
+}
+
 /// A shared handle on a contiguous output buffer that parallel tasks write disjoint parts of.
 #[derive(Clone, Copy)]
 pub struct SharedOut {
@@ -119,6 +171,36 @@ impl SharedOut {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// [`super::pack_segments`]'s copies, 16 lanes at a time with masked tails.
+    ///
+    /// # Safety
+    /// AVX-512F available; every segment's ranges (≤ 64 floats) valid in `src` and `dst`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_segments(
+        dst: *mut f32,
+        base: usize,
+        ps: usize,
+        src: *const f32,
+        segs: &[(usize, usize, usize, usize, usize)],
+        src_off: &[usize],
+    ) {
+        for (&(panel, lane, _, _, len), &so) in segs.iter().zip(src_off) {
+            // SAFETY: inside the segment's ranges, which the caller guarantees valid.
+            unsafe {
+                let (d, s) = (dst.add(panel * ps + base + lane), src.add(so));
+                let mut i = 0;
+                while i + 16 <= len {
+                    _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
+                    i += 16;
+                }
+                if i < len {
+                    let m: __mmask16 = ((1u32 << (len - i)) - 1) as __mmask16;
+                    _mm512_mask_storeu_ps(d.add(i), m, _mm512_maskz_loadu_ps(m, s.add(i)));
+                }
+            }
+        }
+    }
+
     /// `dst[i] = src[i] (+ bias)` for `i < n`, 16 lanes at a time, the tail masked.
     ///
     /// # Safety
@@ -147,6 +229,30 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_packing_matches_plain_code() {
+        let src: Vec<f32> = (0..300).map(|i| i as f32 * 0.25 + 1.0).collect();
+        let segs = [
+            (0, 0, 0, 0, 6),
+            (0, 6, 0, 0, 20),
+            (1, 3, 0, 0, 17),
+            (2, 40, 0, 0, 8),
+            (1, 30, 0, 0, 1),
+        ];
+        let offs = [5, 40, 100, 283, 0];
+        for avx in [false, Isa::Avx512.available()] {
+            let mut d = vec![-1.0f32; 3 * 100];
+            pack_segments(&mut d, (2, 100), &src, &segs, &offs, avx);
+            let mut want = vec![-1.0f32; 3 * 100];
+            for (&(p, l, _, _, n), &o) in segs.iter().zip(&offs) {
+                for i in 0..n {
+                    want[p * 100 + 2 + l + i] = src[o + i];
+                }
+            }
+            assert_eq!(d, want, "avx {avx}");
+        }
+    }
 
     #[test]
     fn copies_match_plain_code_for_every_length() {
