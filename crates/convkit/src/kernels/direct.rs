@@ -22,7 +22,7 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::{gather_strided, pack_weights};
 use super::round_up;
-use super::store::{for_each_task, SharedOut};
+use super::store::{for_each_task_keyed, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
@@ -214,8 +214,8 @@ impl DirectConv {
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let ntasks = g.n * self.groups * self.nby * self.nbx * self.nmb;
-        for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
-            self.task(x, out, t, ws)
+        for_each_task_keyed(y, ntasks, self.workspace_len(), |t, out, ws, prev| {
+            self.task(x, out, t, ws, prev)
         });
     }
 
@@ -279,7 +279,18 @@ impl DirectConv {
         }
     }
 
-    fn task(&self, x: &[f32], out: SharedOut, t: usize, ws: &mut [f32]) {
+    /// Task `t`: one channel block of one band. Tasks `t` of one band are consecutive, so
+    /// a thread usually runs several in a row: the band is filled only when `prev` (the band
+    /// this thread's workspace holds from its previous task of this run) is another one.
+    /// Returns the band it leaves.
+    fn task(
+        &self,
+        x: &[f32],
+        out: SharedOut,
+        t: usize,
+        ws: &mut [f32],
+        prev: Option<usize>,
+    ) -> Option<usize> {
         let g = &self.geom;
         let (mr, nr) = (self.ukr.mr, self.ukr.nr);
         let mb = t % self.nmb;
@@ -294,7 +305,9 @@ impl DirectConv {
         let (band, cbuf) = ws.split_at_mut(self.band_len());
         let hw = g.h * g.w;
         let xg = &x[(n * g.c + grp * self.cg) * hw..][..self.cg * hw];
-        self.fill_band(xg, oy0, ox0, rv, cv, band);
+        if prev != Some(rest) {
+            self.fill_band(xg, oy0, ox0, rv, cv, band);
+        }
         let flat = (rv - 1) * self.wb + cv;
         let npan = flat.div_ceil(nr);
         let ldc = self.ldc();
@@ -333,5 +346,6 @@ impl DirectConv {
                 unsafe { out.write_row(off, src, self.bias[ch]) };
             }
         }
+        Some(rest)
     }
 }
