@@ -372,7 +372,10 @@ fn explain_and_kernel_files() {
     let text = String::from_utf8_lossy(&res.stdout);
     assert!(text.contains("rank 1"), "{text}");
     assert!(text.contains("weights: 2D 9, separable 6"), "{text}");
-    assert!(text.contains("MACs per pixel: 6 (2D 6, separable 5"), "{text}");
+    assert!(
+        text.contains("MACs per pixel: 6 (2D 6, separable 5"),
+        "{text}"
+    );
     assert!(text.contains("path: direct 2D"), "{text}");
     // --rank on a full-rank kernel reports the approximation error.
     let res = convkit()
