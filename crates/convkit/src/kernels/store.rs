@@ -38,7 +38,7 @@ pub fn for_each_task(
 
 /// Runs `f` on this thread's workspace, grown to exactly `wlen` floats if shorter (a plain
 /// resize may double the capacity, which would break the plans' workspace bound).
-fn with_workspace(wlen: usize, f: impl FnOnce(&mut [f32])) {
+pub(crate) fn with_workspace(wlen: usize, f: impl FnOnce(&mut [f32])) {
     WORKSPACE.with(|ws| {
         let mut ws = ws.borrow_mut();
         if ws.len() < wlen {
