@@ -43,8 +43,8 @@ use std::fmt;
 /// A convolution algorithm (`--algo` on the command line, kebab-case names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algo {
-    /// Let the plan choose (always works: falls back to the reference where no fast path
-    /// exists, e.g. transposed layers for now).
+    /// Let the plan choose (always works: every layer, transposed ones included, has a fast
+    /// path; see the module doc for the order of choices).
     Auto,
     /// The f64-accumulating oracle ([`crate::reference`]); slow, exact.
     Reference,
@@ -230,20 +230,26 @@ fn winograd_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
 /// `1/Cg` of the multiply-accumulates again as loads and stores.
 const COL2IM_MIN_CG: usize = 64;
 
-/// The algorithm `Auto` runs a transposed layer with, by a cost rule on measured layers
-/// (`convkit bench`, medians of alternating runs, AVX-512, one thread; see the README):
+/// The algorithm `Auto` runs a transposed layer with, by a cost rule fitted to measured
+/// layers (`convkit bench --algo col2im` / `--algo subpixel`, AVX-512, medians of three
+/// alternating runs on a 2-core VM shared with other work; ms at 1 thread, then 2 where
+/// measured):
 ///
 /// * **stride 1** → sub-pixel: a single phase, one direct convolution of depth `Cg·kh·kw`
-///   writing `y` in place, against a GEMM of depth `Cg` and `kh·kw` scatter passes
-///   (3×3 64 → 64 on 56×56: 1.7 vs 2.8 ms);
-/// * **dilated kernel ≤ stride** on both axes (the taps of different pixels never overlap: U-Net's 2×2
-///   stride 2, 1×1 stride 2) → col2im: every phase is a single-tap convolution too small for
-///   the direct kernel's blocking, while col2im's scatter is a plain interleave (U-Net suite
-///   row 2.9 vs 3.8 ms; 2×2 256 → 128 on 28×28 2.3 vs 2.6; 1×1/2 0.15 vs 0.25);
-/// * **overlapping taps** (dilated kernel > stride) → col2im from `COL2IM_MIN_CG` = 64 input channels
-///   per group (DCGAN 4×4/2 128 → 64: 3.0 vs 3.4 ms; 3×3/2 op 1 64 → 32 on 56×56: 1.3 vs 1.4;
-///   5×5/2 64 → 32: 1.17 vs 1.44), sub-pixel below, where the GEMM is too shallow (4×4/2
-///   16 → 8 on 64×64: 0.39 vs 0.30; 3×3/2 8 → 8: 0.20 vs 0.16; 8×8/4 32 → 16 even).
+///   writing `y` in place, against a GEMM of depth `Cg` and `kh·kw` scatter passes (3×3
+///   64 → 64 on 56×56: col2im 2.7 vs sub-pixel 2.3);
+/// * **dilated kernel ≤ stride** on both axes (the taps of different pixels never overlap,
+///   every phase a single-tap convolution) → col2im, whose scatter is then a plain
+///   interleave (U-Net suite row 2×2/2 128 → 64 on 64×64: 3.15 vs 3.22, 1.65 vs 1.80;
+///   2×2/2 256 → 128 on 28×28: 2.32 vs 2.60; 1×1/2: 0.21 vs 0.29; 3×3/3 32 → 32: 0.60 vs
+///   0.69);
+/// * **overlapping taps** (dilated kernel > stride) → col2im from `COL2IM_MIN_CG` = 64 input
+///   channels per group (DCGAN suite row 4×4/2 128 → 64 on 32×32: 3.02 vs 3.42, 1.57 vs
+///   1.77; suite row 3×3/2 op 1 64 → 32 on 56×56: 1.25 vs 1.53, 0.78 vs 0.79; 5×5/2 64 → 32
+///   on 28×28: 1.09 vs 1.45; 4×4/2 512 → 256 on 8×8: 4.6 vs 6.0), sub-pixel below, where
+///   col2im's GEMM is too shallow (3×3/2 8 → 8 on 64×64: 0.21 vs 0.16; 8×8/4 32 → 16 on
+///   16×16: 0.52 vs 0.41; even at 4×4/2 16 → 8 on 64×64, 0.33 vs 0.35, and with 4 groups of
+///   32 on the DCGAN row, 1.08 vs 1.10).
 fn transposed_algo(g: &Geometry) -> Algo {
     let s = &g.spec;
     let (ext, st) = (s.dilated_kernel(), s.stride());

@@ -24,10 +24,13 @@
 //!   same output element and the decomposition does not depend on the thread count, so results
 //!   are bit-identical for any number of threads.
 //!
-//! When it wins (measured in [`crate::plan`]): every output cell of a phase is reached by
-//! the same taps, so the GEMM here is `Kg·kh·kw × Cg × H·W` with a shallow depth, against the
-//! sub-pixel phases' `Kg × Cg·taps × (H·W)` direct convolutions; col2im adds `Kg·kh·kw·H·W`
-//! scattered additions per image.
+//! When it wins: both algorithms multiply the same products (col2im also those landing in
+//! the cropped border). Col2im's GEMM is `Kg·kh·kw × Cg × H·W`, shallow but one large GEMM,
+//! plus `Kg·kh·kw·H·W` scattered additions per image (`1/Cg` of the MACs); the sub-pixel
+//! phases are `s_h·s_w` direct convolutions of depth `Cg·taps/phase`, plus the interleave. So
+//! col2im wins with wide groups and with kernels that fit in their stride (single-tap
+//! phases), sub-pixel at stride 1 (one phase, written in place) and on narrow groups; the
+//! measured rule is `transposed_algo` in [`crate::plan`].
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::store::with_workspace;
