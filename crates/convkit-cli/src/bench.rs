@@ -45,7 +45,7 @@ pub struct Args {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Algorithm (auto, reference, implicit-gemm, gemm1x1, depthwise, subpixel, ...; backward
+    /// Algorithm (auto, reference, implicit-gemm, gemm1x1, depthwise, subpixel, col2im, ...; backward
     /// rows run the fast backward unless this is `reference`).
     #[arg(long, default_value = "auto")]
     algo: String,

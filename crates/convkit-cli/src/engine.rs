@@ -30,6 +30,8 @@ pub enum Algo {
     Depthwise,
     /// Transposed layers as stride-phase (sub-pixel) direct convolutions.
     Subpixel,
+    /// Transposed layers as one GEMM (weights transposed × input) and a col2im scatter-add.
+    Col2im,
 }
 
 impl Algo {
@@ -43,6 +45,7 @@ impl Algo {
             Algo::Winograd => PlanAlgo::Winograd,
             Algo::Depthwise => PlanAlgo::Depthwise,
             Algo::Subpixel => PlanAlgo::Subpixel,
+            Algo::Col2im => PlanAlgo::Col2im,
         }
     }
 }
@@ -51,7 +54,7 @@ impl Algo {
     /// What runs a layer under this choice, for reports (`convkit tour`).
     pub fn describe(self) -> &'static str {
         match self {
-            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, direct, Winograd, depthwise or sub-pixel)",
+            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, direct, Winograd, depthwise, sub-pixel or GEMM + col2im)",
             Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
             Algo::ImplicitGemm => "the implicit-GEMM engine",
             Algo::Gemm1x1 => "the 1x1 GEMM engine",
@@ -59,6 +62,7 @@ impl Algo {
             Algo::Winograd => "the Winograd F(2x2, 3x3) engine",
             Algo::Depthwise => "the depthwise kernel",
             Algo::Subpixel => "the sub-pixel (stride-phase) transposed engine",
+            Algo::Col2im => "the GEMM + col2im transposed engine",
         }
     }
 }

@@ -1087,6 +1087,64 @@ fn algo_reference_is_the_reference_bit_for_bit() {
     assert_identical(&y, want.into_dyn());
 }
 
+/// `--algo subpixel` and `--algo col2im` run a transposed layer and agree with the
+/// reference; both refuse a direct layer with one clear line naming the algorithm.
+#[test]
+fn transposed_algorithms_are_selectable() {
+    let dir = TempDir::new().unwrap();
+    let x: Array4<f32> = rand_array([1, 8, 6, 7], 80);
+    let w: Array4<f32> = rand_array([8, 4, 3, 3], 81);
+    let (xp, wp) = (save(&dir, "x.npy", &x), save(&dir, "w.npy", &w));
+    let spec = ConvSpec::conv_transpose2d(8, 4, 3)
+        .stride(2)
+        .padding(1)
+        .output_padding(1)
+        .bias(false)
+        .build()
+        .unwrap();
+    let want = reference::forward(&spec, x.view(), w.view(), None).unwrap();
+    for algo in ["subpixel", "col2im"] {
+        let y = dir.path().join(format!("y_{algo}.npy"));
+        ok(&[
+            "conv-transpose2d",
+            "--input",
+            s(&xp),
+            "--weight",
+            s(&wp),
+            "--stride",
+            "2",
+            "--padding",
+            "1",
+            "--output-padding",
+            "1",
+            "--algo",
+            algo,
+            "--output",
+            s(&y),
+        ]);
+        assert_same(&y, want.clone().into_dyn());
+    }
+    let wd: Array4<f32> = rand_array([4, 8, 3, 3], 82);
+    let wdp = save(&dir, "wd.npy", &wd);
+    for algo in ["subpixel", "col2im"] {
+        let y = dir.path().join("y_bad.npy");
+        fails(
+            &[
+                "conv2d",
+                "--input",
+                s(&xp),
+                "--weight",
+                s(&wdp),
+                "--algo",
+                algo,
+                "--output",
+                s(&y),
+            ],
+            algo,
+        );
+    }
+}
+
 /// `--algo direct` and `--algo winograd` run a 3×3 layer and agree with the reference;
 /// Winograd refuses a strided layer with one clear line.
 #[test]

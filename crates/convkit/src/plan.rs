@@ -1,7 +1,9 @@
 //! Plans: a layer + an input shape + its weights → the algorithm that runs it, with the
 //! weights packed once and the workspace sized. The only place that chooses an algorithm.
 //!
-//! `Algo::Auto` picks, in order: transposed → sub-pixel phases; depthwise → the depthwise
+//! `Algo::Auto` picks, in order: transposed → sub-pixel phases or GEMM + col2im by a measured
+//! cost rule (stride 1 and narrow groups: sub-pixel; kernels within their stride or ≥ 64
+//! channels per group: col2im; see `transposed_algo`); depthwise → the depthwise
 //! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
 //! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
 //! one; undilated layers with a small gap share, strided ones included → direct (input bands,
@@ -25,6 +27,7 @@
 
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
+use crate::kernels::col2im::Col2im;
 use crate::kernels::depthwise::Depthwise;
 use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
@@ -40,8 +43,8 @@ use std::fmt;
 /// A convolution algorithm (`--algo` on the command line, kebab-case names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algo {
-    /// Let the plan choose (always works: falls back to the reference where no fast path
-    /// exists, e.g. transposed layers for now).
+    /// Let the plan choose (always works: every layer, transposed ones included, has a fast
+    /// path; see the module doc for the order of choices).
     Auto,
     /// The f64-accumulating oracle ([`crate::reference`]); slow, exact.
     Reference,
@@ -60,11 +63,15 @@ pub enum Algo {
     /// Transposed layers: stride-phase (sub-pixel) decomposition into direct convolutions
     /// that never multiply an inserted zero ([`crate::kernels::subpixel`]).
     Subpixel,
+    /// Transposed layers: one GEMM `Wᵀ · X` per image and group, then a col2im scatter-add of
+    /// the columns into the output; no inserted zero is multiplied
+    /// ([`crate::kernels::col2im`]).
+    Col2im,
 }
 
 impl Algo {
     /// Every algorithm, in `--algo` order.
-    pub const ALL: [Algo; 8] = [
+    pub const ALL: [Algo; 9] = [
         Algo::Auto,
         Algo::Reference,
         Algo::ImplicitGemm,
@@ -73,6 +80,7 @@ impl Algo {
         Algo::Winograd,
         Algo::Depthwise,
         Algo::Subpixel,
+        Algo::Col2im,
     ];
 
     /// The kebab-case name.
@@ -86,6 +94,7 @@ impl Algo {
             Algo::Winograd => "winograd",
             Algo::Depthwise => "depthwise",
             Algo::Subpixel => "subpixel",
+            Algo::Col2im => "col2im",
         }
     }
 }
@@ -127,6 +136,7 @@ enum Imp {
         bias: Option<Vec<f32>>,
     },
     Subpixel(Box<Subpixel>),
+    Col2im(Box<Col2im>),
 }
 
 /// A planned convolution: algorithm chosen, weights packed, workspace sized.
@@ -218,6 +228,44 @@ fn winograd_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
         .map_or(ukr, |(_, u)| u)
 }
 
+/// Input channels per group from which GEMM + col2im beats the sub-pixel phases on layers
+/// whose taps overlap (kernel > stride): the GEMM's depth is only `Cg`, and the scatter adds
+/// `1/Cg` of the multiply-accumulates again as loads and stores.
+const COL2IM_MIN_CG: usize = 64;
+
+/// The algorithm `Auto` runs a transposed layer with, by a cost rule fitted to measured
+/// layers (`convkit bench --algo col2im` / `--algo subpixel`, AVX-512, medians of three
+/// alternating runs on a 2-core VM shared with other work; ms at 1 thread, then 2 where
+/// measured):
+///
+/// * **stride 1** → sub-pixel: a single phase, one direct convolution of depth `Cg·kh·kw`
+///   writing `y` in place, against a GEMM of depth `Cg` and `kh·kw` scatter passes (3×3
+///   64 → 64 on 56×56: col2im 2.7 vs sub-pixel 2.3);
+/// * **dilated kernel ≤ stride** on both axes (the taps of different pixels never overlap,
+///   every phase a single-tap convolution) → col2im, whose scatter is then a plain
+///   interleave (U-Net suite row 2×2/2 128 → 64 on 64×64: 3.15 vs 3.22, 1.65 vs 1.80;
+///   2×2/2 256 → 128 on 28×28: 2.32 vs 2.60; 1×1/2: 0.21 vs 0.29; 3×3/3 32 → 32: 0.60 vs
+///   0.69);
+/// * **overlapping taps** (dilated kernel > stride) → col2im from `COL2IM_MIN_CG` = 64 input
+///   channels per group (DCGAN suite row 4×4/2 128 → 64 on 32×32: 3.02 vs 3.42, 1.57 vs
+///   1.77; suite row 3×3/2 op 1 64 → 32 on 56×56: 1.25 vs 1.53, 0.78 vs 0.79; 5×5/2 64 → 32
+///   on 28×28: 1.09 vs 1.45; 4×4/2 512 → 256 on 8×8: 4.6 vs 6.0), sub-pixel below, where
+///   col2im's GEMM is too shallow (3×3/2 8 → 8 on 64×64: 0.21 vs 0.16; 8×8/4 32 → 16 on
+///   16×16: 0.52 vs 0.41; even at 4×4/2 16 → 8 on 64×64, 0.33 vs 0.35, and with 4 groups of
+///   32 on the DCGAN row, 1.08 vs 1.10).
+fn transposed_algo(g: &Geometry) -> Algo {
+    let s = &g.spec;
+    let (ext, st) = (s.dilated_kernel(), s.stride());
+    let within_stride = ext[0] <= st[0] && ext[1] <= st[1];
+    if st == [1, 1] {
+        Algo::Subpixel
+    } else if within_stride || g.c / s.groups() >= COL2IM_MIN_CG {
+        Algo::Col2im
+    } else {
+        Algo::Subpixel
+    }
+}
+
 /// Whether Winograd pays: enough channels for its transforms to amortise, and its padded
 /// GEMM work well under the direct convolution's.
 fn prefers_winograd(g: &Geometry, ukr: Microkernel) -> bool {
@@ -253,7 +301,7 @@ impl Plan {
         let ukr = Microkernel::for_isa(isa)
             .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
         let chosen = match algo {
-            Algo::Auto if spec.is_transposed() => Algo::Subpixel,
+            Algo::Auto if spec.is_transposed() => transposed_algo(&geom),
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
             Algo::Auto if prefers_winograd(&geom, ukr) => Algo::Winograd,
@@ -261,13 +309,15 @@ impl Plan {
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
         };
-        if spec.is_transposed() && !matches!(chosen, Algo::Reference | Algo::Subpixel) {
+        if spec.is_transposed()
+            && !matches!(chosen, Algo::Reference | Algo::Subpixel | Algo::Col2im)
+        {
             return Err(unavailable(
                 chosen,
-                "transposed convolutions run as sub-pixel phases (or the reference)",
+                "transposed convolutions run as sub-pixel phases, GEMM + col2im or the reference",
             ));
         }
-        if chosen == Algo::Subpixel && !spec.is_transposed() {
+        if matches!(chosen, Algo::Subpixel | Algo::Col2im) && !spec.is_transposed() {
             return Err(unavailable(chosen, "it runs transposed convolutions only"));
         }
         let imp = match chosen {
@@ -321,6 +371,7 @@ impl Plan {
                 bias: bias.map(|b| b.to_vec()),
             },
             Algo::Subpixel => Imp::Subpixel(Box::new(Subpixel::new(&geom, weight, bias, isa)?)),
+            Algo::Col2im => Imp::Col2im(Box::new(Col2im::new(&geom, weight, bias, ukr)?)),
             Algo::Auto => unreachable!("Auto is resolved above"),
         };
         Ok(Plan {
@@ -348,6 +399,7 @@ impl Plan {
             Imp::Winograd(w) => Some(w.microkernel().isa),
             Imp::Depthwise { dw, .. } => Some(dw.isa()),
             Imp::Subpixel(sp) => Some(sp.isa()),
+            Imp::Col2im(c) => Some(c.microkernel().isa),
             Imp::Reference { .. } => None,
         }
     }
@@ -359,12 +411,14 @@ impl Plan {
             Imp::Direct(d) => d.workspace_bytes(),
             Imp::Winograd(w) => w.workspace_bytes(),
             Imp::Subpixel(sp) => sp.workspace_bytes(),
+            Imp::Col2im(c) => c.workspace_bytes(),
             Imp::Depthwise { .. } | Imp::Reference { .. } => 0,
         }
     }
 
     /// Bytes of scratch one `run` keeps besides the per-thread workspaces (the sub-pixel
-    /// phase outputs before they are interleaved; 0 for the other algorithms).
+    /// phase outputs before they are interleaved; 0 for the other algorithms, col2im included:
+    /// its column buffer is part of the per-thread workspace).
     pub fn scratch_bytes(&self) -> usize {
         match &self.imp {
             Imp::Subpixel(sp) => sp.scratch_bytes(),
@@ -387,6 +441,7 @@ impl Plan {
             Imp::Depthwise { w, .. } => 4 * w.len(),
             Imp::Reference { w, .. } => 4 * w.len(),
             Imp::Subpixel(sp) => sp.packed_weight_bytes(),
+            Imp::Col2im(c) => c.packed_weight_bytes(),
         }
     }
 
@@ -411,7 +466,11 @@ impl Plan {
                     reference::forward(&g.spec, x, w.view(), bias.as_ref().map(|b| b.view()))?;
                 y.assign(&out);
             }
-            Imp::Gemm(_) | Imp::Direct(_) | Imp::Winograd(_) | Imp::Depthwise { .. } => {
+            Imp::Gemm(_)
+            | Imp::Direct(_)
+            | Imp::Winograd(_)
+            | Imp::Depthwise { .. }
+            | Imp::Col2im(_) => {
                 let xs = x.as_standard_layout();
                 let xs = xs.as_slice().expect("standard layout is contiguous");
                 match y.as_slice_mut() {
@@ -444,6 +503,10 @@ impl Plan {
                 Ok(())
             }
             Imp::Depthwise { dw, w, bias } => dw.run(x, w, bias.as_deref(), y),
+            Imp::Col2im(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
             Imp::Reference { .. } | Imp::Subpixel(_) => {
                 unreachable!("the reference and sub-pixel plans run on arrays")
             }

@@ -157,6 +157,36 @@ fn warm_plan_runs_allocate_nothing() {
             [1, 16, 9, 10],
             Algo::Subpixel,
         ),
+        (
+            ConvSpec::conv_transpose2d(16, 8, 4)
+                .stride(2)
+                .padding(1)
+                .build()
+                .unwrap(),
+            [1, 16, 9, 10],
+            Algo::Col2im,
+        ),
+        // Stride 2 with three taps a row: the scatter's temporary phase rows.
+        (
+            ConvSpec::conv_transpose2d(16, 8, 3)
+                .stride(2)
+                .padding(1)
+                .output_padding(1)
+                .groups(2)
+                .build()
+                .unwrap(),
+            [2, 16, 9, 10],
+            Algo::Col2im,
+        ),
+        // A row too wide for one chunk of whole rows: chunks of pixels, cut rows.
+        (
+            ConvSpec::conv_transpose1d(16, 8, 3)
+                .stride(2)
+                .build()
+                .unwrap(),
+            [1, 16, 1, 40_000],
+            Algo::Col2im,
+        ),
     ];
     for (spec, input, algo) in cases {
         let x = Array4::from_shape_fn(input, |(a, b, c, d)| ((a + b + 2 * c + 3 * d) % 7) as f32);

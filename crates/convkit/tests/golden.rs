@@ -336,7 +336,8 @@ fn golden_backward_matches_pytorch() {
 
 /// The planned (fast, f32) forward path with `Algo::Auto` against the same PyTorch outputs, at
 /// the same f32 tolerance: whatever algorithm the plan picks for each layer (implicit GEMM,
-/// 1×1 GEMM, depthwise kernel, or the reference for transposed layers) must agree.
+/// 1×1 GEMM, direct, Winograd, depthwise kernel, sub-pixel phases or GEMM + col2im for
+/// transposed layers) must agree.
 #[test]
 fn golden_planned_forward_matches_pytorch() {
     for_every_case("planned forward", |g, case| {
@@ -361,6 +362,45 @@ fn golden_planned_forward_matches_pytorch() {
         };
         compare("y", got.view(), y.view())
     });
+}
+
+/// Both transposed algorithms, forced (`Algo::Subpixel` and `Algo::Col2im`), against the same
+/// PyTorch outputs on every transposed case (1D and 2D, output padding, groups, dilation), at
+/// the same f32 tolerance: `Auto` picks one of them per layer, so both must agree.
+#[test]
+fn golden_transposed_algorithms_match_pytorch() {
+    for algo in [Algo::Subpixel, Algo::Col2im] {
+        for_every_case(algo.name(), |g, case| {
+            if !case.transposed {
+                return Ok(0.0);
+            }
+            let spec = case.spec().map_err(|e| format!("spec rejected: {e}"))?;
+            let (x, w, b, y) = (
+                g.req(case, "x"),
+                g.req(case, "w"),
+                g.get(case, "b"),
+                g.req(case, "y"),
+            );
+            let (x4, w4) = if case.one_d() {
+                (reference::as_4d(d3(&x)), reference::as_4d(d3(&w)))
+            } else {
+                (d4(&x), d4(&w))
+            };
+            let got = plan::forward(&spec, x4, w4, b.as_ref().map(d1), algo)
+                .map_err(|e| format!("{algo}: plan::forward failed: {e}"))?;
+            let got = if case.one_d() {
+                got.index_axis_move(ndarray::Axis(2), 0).into_dyn()
+            } else {
+                got.into_dyn()
+            };
+            compare("y", got.view(), y.view())
+        });
+    }
+    let transposed = load().file.cases.iter().filter(|c| c.transposed).count();
+    assert!(
+        transposed >= 100,
+        "only {transposed} transposed golden cases"
+    );
 }
 
 /// The fast backward (`convkit::backward::backward` with `Algo::Auto`: sub-pixel / direct plans

@@ -188,6 +188,230 @@ fn auto_always_works_including_transposed() {
     }
     let e = Plan::new(&spec, [1, 4, 5, 5], w.view(), None, Algo::ImplicitGemm).unwrap_err();
     assert!(matches!(e, ConvError::AlgorithmUnavailable { .. }));
+    // And the transposed algorithms refuse direct layers.
+    let direct = ConvSpec::conv2d(4, 6, 3).build().unwrap();
+    let wd = Array4::<f32>::zeros(direct.weight_shape());
+    for algo in [Algo::Subpixel, Algo::Col2im] {
+        let e = Plan::new(&direct, [1, 4, 8, 8], wd.view(), None, algo).unwrap_err();
+        assert!(
+            matches!(e, ConvError::AlgorithmUnavailable { .. }),
+            "{algo}"
+        );
+    }
+}
+
+/// Both transposed algorithms (and `Auto`) × every ISA level against the reference on fixed
+/// transposed layers: the suite's decoder shapes scaled down, output padding, groups,
+/// dilation, asymmetric crops, `output_size`, output padding ≥ stride (below the dilation),
+/// stride 1, kernels within and beyond their stride, 1D, batches, and deep layers (several
+/// depth chunks).
+#[test]
+fn transposed_algorithms_match_reference() {
+    let cases: Vec<(ConvSpec, [usize; 4])> = vec![
+        (
+            ConvSpec::conv_transpose2d(16, 8, 4).stride(2).padding(1),
+            [1, 16, 9, 10],
+        ),
+        (
+            ConvSpec::conv_transpose2d(16, 8, 2).stride(2),
+            [2, 16, 7, 6],
+        ),
+        (
+            ConvSpec::conv_transpose2d(12, 6, 3)
+                .stride(2)
+                .padding(1)
+                .output_padding(1),
+            [1, 12, 11, 9],
+        ),
+        (ConvSpec::conv_transpose2d(8, 6, 3).padding(1), [1, 8, 9, 8]),
+        (
+            ConvSpec::conv_transpose2d(8, 12, 3)
+                .stride(2)
+                .dilation(2)
+                .padding(2)
+                .output_padding(1)
+                .groups(4),
+            [1, 8, 6, 7],
+        ),
+        (
+            ConvSpec::conv_transpose2d(6, 9, [3, 5])
+                .stride([3, 2])
+                .padding_sides([2, 0, 1, 3])
+                .output_padding([2, 1])
+                .groups(3),
+            [2, 6, 5, 6],
+        ),
+        (
+            ConvSpec::conv_transpose2d(4, 4, 3)
+                .stride(2)
+                .padding(1)
+                .output_size([12, 11]),
+            [1, 4, 6, 6],
+        ),
+        (
+            ConvSpec::conv_transpose2d(4, 5, 2)
+                .dilation(3)
+                .output_padding(2),
+            [1, 4, 5, 6],
+        ),
+        (
+            ConvSpec::conv_transpose2d(10, 7, 1).stride(3),
+            [1, 10, 5, 4],
+        ),
+        (
+            ConvSpec::conv_transpose1d(6, 5, 4).stride(2).padding(1),
+            [3, 6, 1, 40],
+        ),
+        (
+            ConvSpec::conv_transpose2d(300, 24, 3).stride(2).padding(1),
+            [1, 300, 5, 6],
+        ),
+        (
+            ConvSpec::conv_transpose2d(64, 20, 4)
+                .stride(2)
+                .padding(1)
+                .bias(false),
+            [1, 64, 13, 29],
+        ),
+    ];
+    for (i, (s, input)) in cases.into_iter().enumerate() {
+        let spec = s.build().unwrap();
+        for isa in Isa::available_levels() {
+            for algo in [Algo::Auto, Algo::Subpixel, Algo::Col2im] {
+                let ran = check(&spec, input, algo, isa, 60 + i as u64).unwrap();
+                assert!(ran, "{spec} on {input:?}: {algo} refused");
+            }
+        }
+    }
+}
+
+fn arb_transposed() -> impl Strategy<Value = (ValidSpec, [usize; 4])> {
+    (
+        (1usize..4, 1usize..5, 1usize..4), // groups, c per group, k per group
+        (1usize..5, 1usize..5, 1usize..4, 1usize..4), // kh, kw, sh, sw
+        (1usize..3, 1usize..4),            // dh, dw
+        (0usize..4, 0usize..4, 0usize..4, 0usize..4),
+        (0usize..3, 0usize..3),
+        (1usize..3, 1usize..9, 1usize..14, any::<bool>()),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "invalid layer",
+            |((g, cg, kg), (kh, kw, sh, sw), (dh, dw), pads, op, (n, h, w, bias), one_d)| {
+                let (c, k) = (g * cg, g * kg);
+                let spec = if one_d {
+                    ConvSpec::conv_transpose1d(c, k, kw)
+                        .stride(sw)
+                        .dilation(dw)
+                        .padding_sides([0, 0, pads.2, pads.3])
+                        .output_padding(op.1 % sw.max(dw))
+                } else {
+                    ConvSpec::conv_transpose2d(c, k, [kh, kw])
+                        .stride([sh, sw])
+                        .dilation([dh, dw])
+                        .padding_sides([pads.0, pads.1, pads.2, pads.3])
+                        .output_padding([op.0 % sh.max(dh), op.1 % sw.max(dw)])
+                }
+                .groups(g)
+                .bias(bias)
+                .build()
+                .ok()?;
+                let input = [n, c, if one_d { 1 } else { h }, w];
+                spec.geometry(input).ok()?;
+                Some((spec, input))
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Random transposed layers: sub-pixel, col2im and Auto at every ISA level.
+    #[test]
+    fn random_transposed_layers_match_reference(
+        (spec, input) in arb_transposed(),
+        seed in any::<u64>(),
+    ) {
+        for isa in Isa::available_levels() {
+            for algo in [Algo::Auto, Algo::Subpixel, Algo::Col2im] {
+                let ran = check(&spec, input, algo, isa, seed).map_err(TestCaseError::fail)?;
+                prop_assert!(ran, "{} on {:?}: {} refused", spec, input, algo);
+            }
+        }
+    }
+}
+
+/// `Auto` on transposed layers follows the documented cost rule (`plan::transposed_algo`):
+/// sub-pixel at stride 1 and for narrow groups with overlapping taps, col2im when the dilated
+/// kernel fits in the stride or the groups are ≥ 64 channels wide; the suite's three decoder
+/// rows all run as col2im.
+#[test]
+fn auto_picks_the_transposed_algorithm_by_the_cost_rule() {
+    let cases: Vec<(ConvSpec, [usize; 4], Algo)> = vec![
+        // The suite rows.
+        (
+            ConvSpec::conv_transpose2d(128, 64, 4).stride(2).padding(1),
+            [1, 128, 32, 32],
+            Algo::Col2im,
+        ),
+        (
+            ConvSpec::conv_transpose2d(128, 64, 2).stride(2),
+            [1, 128, 64, 64],
+            Algo::Col2im,
+        ),
+        (
+            ConvSpec::conv_transpose2d(64, 32, 3)
+                .stride(2)
+                .padding(1)
+                .output_padding(1),
+            [1, 64, 56, 56],
+            Algo::Col2im,
+        ),
+        // Stride 1: one phase, a direct convolution.
+        (
+            ConvSpec::conv_transpose2d(64, 64, 3).padding(1),
+            [1, 64, 56, 56],
+            Algo::Subpixel,
+        ),
+        // Narrow groups with overlapping taps.
+        (
+            ConvSpec::conv_transpose2d(16, 8, 4).stride(2).padding(1),
+            [1, 16, 64, 64],
+            Algo::Subpixel,
+        ),
+        (
+            ConvSpec::conv_transpose2d(128, 64, 4)
+                .stride(2)
+                .padding(1)
+                .groups(4),
+            [1, 128, 32, 32],
+            Algo::Subpixel,
+        ),
+        // Taps within the stride, however narrow.
+        (
+            ConvSpec::conv_transpose2d(8, 8, 1)
+                .stride(2)
+                .output_padding(1),
+            [1, 8, 32, 32],
+            Algo::Col2im,
+        ),
+        (
+            ConvSpec::conv_transpose2d(8, 8, 3).stride(3),
+            [1, 8, 32, 32],
+            Algo::Col2im,
+        ),
+        // A dilated 2×2 reaches past a stride of 2: overlapping, narrow → sub-pixel.
+        (
+            ConvSpec::conv_transpose2d(8, 8, 2).stride(2).dilation(2),
+            [1, 8, 32, 32],
+            Algo::Subpixel,
+        ),
+    ];
+    for (s, input, want) in cases {
+        let spec = s.build().unwrap();
+        let w = Array4::<f32>::zeros(spec.weight_shape());
+        let plan = Plan::new(&spec, input, w.view(), None, Algo::Auto).unwrap();
+        assert_eq!(plan.algo(), want, "{spec} on {input:?}");
+    }
 }
 
 #[test]
@@ -223,6 +447,7 @@ fn every_algorithm_parses_from_its_name() {
         Algo::Winograd,
         Algo::Depthwise,
         Algo::Subpixel,
+        Algo::Col2im,
     ] {
         assert!(Algo::ALL.contains(&a), "{a} missing from Algo::ALL");
         assert_eq!(a.name().parse::<Algo>().unwrap(), a);
@@ -257,6 +482,58 @@ fn non_contiguous_views_work() {
         .reversed_axes();
     plan.run(xt.view(), y2.view_mut()).unwrap();
     assert_eq!(y1, y2);
+}
+
+/// Both transposed algorithms give bit-identical results for any thread count (col2im's
+/// scatter is split by output channels, never by racing adds).
+#[test]
+fn transposed_bit_identical_across_thread_counts() {
+    let specs = [
+        (
+            ConvSpec::conv_transpose2d(64, 48, 4)
+                .stride(2)
+                .padding(1)
+                .build()
+                .unwrap(),
+            [1, 64, 13, 17],
+        ),
+        (
+            ConvSpec::conv_transpose2d(32, 24, 3)
+                .stride(2)
+                .padding(1)
+                .output_padding(1)
+                .groups(2)
+                .build()
+                .unwrap(),
+            [2, 32, 9, 11],
+        ),
+    ];
+    for (spec, input) in specs {
+        let (x, w, b) = operands(&spec, input, 11);
+        for algo in [Algo::Subpixel, Algo::Col2im] {
+            let plan =
+                Plan::new(&spec, input, w.view(), b.as_ref().map(|b| b.view()), algo).unwrap();
+            let run_with = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut y = Array4::<f32>::zeros(plan.geometry().output_shape());
+                pool.install(|| plan.run(x.view(), y.view_mut())).unwrap();
+                y
+            };
+            let one = run_with(1);
+            for t in [2, 3, 5] {
+                let other = run_with(t);
+                assert!(
+                    one.iter()
+                        .zip(other.iter())
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{algo} {spec}: {t} threads differ from 1"
+                );
+            }
+        }
+    }
 }
 
 #[test]

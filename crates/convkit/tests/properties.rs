@@ -786,6 +786,7 @@ fn plans_match_reference(
         Algo::Gemm1x1,
         Algo::Depthwise,
         Algo::Subpixel,
+        Algo::Col2im,
     ] {
         match plan::forward(v, x32.view(), w32.view(), None, algo) {
             Ok(got) => {

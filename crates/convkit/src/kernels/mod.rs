@@ -1,5 +1,6 @@
 //! Fast CPU kernels: one module per algorithm or microkernel family.
 //!
+//! * [`col2im`]: transposed convolution as a GEMM (`Wᵀ · X`) and a col2im scatter.
 //! * [`depthwise`]: channel-vectorised depthwise kernels.
 //! * [`direct`]: stride-1 direct convolution, the microkernel reading a padded input band
 //!   through per-tap row offsets (no im2col).
@@ -15,6 +16,7 @@
 //!
 //! [`crate::plan`] decides which of these runs; nothing here chooses an algorithm.
 
+pub mod col2im;
 pub mod depthwise;
 pub mod direct;
 pub mod gemm;

@@ -67,17 +67,17 @@ pub fn for_each_task_keyed(
         // One worker: run the tasks right here, in the same order of decomposition (so the
         // same result), without handing the call to the pool's thread and waiting for it
         // (measured 7-11 % on 1-2 ms layers called from outside the pool).
-        with_workspace(wlen, |ws, left| (0..ntasks).for_each(|t| step(t, ws, left)));
+        with_keyed_workspace(wlen, |ws, left| (0..ntasks).for_each(|t| step(t, ws, left)));
         return;
     }
     (0..ntasks)
         .into_par_iter()
-        .for_each(|t| with_workspace(wlen, |ws, left| step(t, ws, left)));
+        .for_each(|t| with_keyed_workspace(wlen, |ws, left| step(t, ws, left)));
 }
 
 /// Runs `f` on this thread's workspace, grown to exactly `wlen` floats if shorter (a plain
 /// resize may double the capacity, which would break the plans' workspace bound).
-fn with_workspace(wlen: usize, f: impl FnOnce(&mut [f32], &mut Option<(u64, usize)>)) {
+fn with_keyed_workspace(wlen: usize, f: impl FnOnce(&mut [f32], &mut Option<(u64, usize)>)) {
     WORKSPACE.with(|ws| {
         let mut ws = ws.borrow_mut();
         let Workspace { buf, left } = &mut *ws;
@@ -88,6 +88,15 @@ fn with_workspace(wlen: usize, f: impl FnOnce(&mut [f32], &mut Option<(u64, usiz
             // Growing may move the buffer, but keeps its contents: a key stays valid.
         }
         f(&mut buf[..wlen], left);
+    })
+}
+
+/// Runs `f` on this thread's workspace of `wlen` floats (see [`for_each_task`]), for engines
+/// that drive their own parallel loop; whatever a keyed task left there is forgotten.
+pub(crate) fn with_workspace(wlen: usize, f: impl FnOnce(&mut [f32])) {
+    with_keyed_workspace(wlen, |ws, left| {
+        *left = None;
+        f(ws)
     })
 }
 
