@@ -20,8 +20,9 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Most allocations 20 warm calls may show without any being the engines': rayon's
 /// work-stealing deques and epoch-based reclamation (crossbeam) allocate now and then on their
-/// own. A per-run allocation of ours shows up 20 times.
-const RAYON_NOISE: usize = 2;
+/// own (3 seen once on a heavily loaded machine, so 2 was flaky). A per-run allocation of
+/// ours shows up 20 times.
+const RAYON_NOISE: usize = 5;
 
 /// Allocations of 20 calls of `f` once warm.
 fn allocs(mut f: impl FnMut()) -> usize {
