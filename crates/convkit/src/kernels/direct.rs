@@ -33,8 +33,12 @@ const BAND_PIXELS: usize = 256;
 const MAX_BAND_BYTES: usize = 384 * 1024;
 /// Widest band (columns); wider rows (conv1d) are cut into several bands.
 const MAX_BAND_COLS: usize = 384;
-/// Tasks a layer is cut into at least, where the layer allows (fixed: independent of threads).
-const MIN_TASKS: usize = 8;
+/// Tasks per worker thread a layer is cut into at least, where the layer allows. Only the
+/// speed depends on it: every output element is summed over the same depth chunks in the same
+/// order whatever the cut, so results are identical for any thread count. At two threads,
+/// 8 tasks left a 1×1 stride-2 layer (a 13-row and a 1-row band) unbalanced: 16 ran it in
+/// 1.35–1.44 ms instead of 1.53–1.88 (`convkit bench`, three alternating runs).
+const TASKS_PER_THREAD: usize = 8;
 /// Largest output-channel block per task.
 const MAX_MC: usize = 256;
 /// Depth rows per microkernel call, so that a tile's B rows stay in L1 across channel panels.
@@ -135,12 +139,14 @@ impl DirectConv {
         };
         // Enough tasks for every core: split the output channels first (a band refill is a
         // cheap copy), down to 32-row blocks; then shorter bands while they fill two panels.
+        // The pool the plan is made in (a plan run in another pool is as exact, maybe slower).
+        let min_tasks = TASKS_PER_THREAD * rayon::current_num_threads().max(1);
         let mut mc_panels = mpanels.min((MAX_MC / mr).max(1));
         let min_mcp = 32usize.div_ceil(mr);
-        while mc_panels > min_mcp && tasks(rows, mc_panels) < MIN_TASKS {
+        while mc_panels > min_mcp && tasks(rows, mc_panels) < min_tasks {
             mc_panels = mc_panels.div_ceil(2).max(min_mcp);
         }
-        while rows > 1 && (rows / 2) * wb >= 2 * nr && tasks(rows, mc_panels) < MIN_TASKS {
+        while rows > 1 && (rows / 2) * wb >= 2 * nr && tasks(rows, mc_panels) < min_tasks {
             rows = rows.div_ceil(2);
         }
         let br = rows + eh;
