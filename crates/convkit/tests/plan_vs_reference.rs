@@ -773,41 +773,48 @@ fn direct_runs_strided_layers() {
 }
 
 /// The direct kernel reuses the input band a thread's previous task filled (same band, next
-/// channel block). That must never carry over between runs or between plans: the same plan
-/// on different inputs back to back, and two direct plans (same band layout) run many times
-/// from several threads at once on a 2-worker pool, each run checked against its reference.
+/// channel block), and Winograd the transformed input block. That must never carry over
+/// between runs or between plans: the same plan on different inputs back to back, and two
+/// plans (same layout, different weights) run many times from several threads at once on a
+/// 2-worker pool, each run checked against its reference.
 #[test]
-fn direct_band_reuse_never_leaks_between_runs() {
-    // 1×1 stride 2 with many output channels: several channel blocks share each band.
-    let spec = ConvSpec::conv2d(48, 256, 1).stride(2).build().unwrap();
-    let input = [1, 48, 14, 14];
-    let (_, w, b) = operands(&spec, input, 60);
-    let xs: Vec<Array4<f32>> = (0..3)
-        .map(|i| Array4::from_shape_vec(input, rand_vec(48 * 14 * 14, 61 + i)).unwrap())
-        .collect();
-    let want: Vec<Array4<f32>> = xs
-        .iter()
-        .map(|x| {
-            reference::forward(&spec, x.view(), w.view(), b.as_ref().map(|b| b.view())).unwrap()
-        })
-        .collect();
-    let plan = |w: &Array4<f32>| {
-        Plan::new(
-            &spec,
-            input,
-            w.view(),
-            b.as_ref().map(|b| b.view()),
+fn workspace_reuse_never_leaks_between_runs() {
+    // Many output channels: several channel blocks share each band / tile block.
+    let cases = [
+        (
+            ConvSpec::conv2d(48, 256, 1).stride(2).build().unwrap(),
+            [1, 48, 14, 14],
             Algo::Direct,
-        )
-        .unwrap()
-    };
-    let w2 = w.mapv(|v| -v);
-    let want2: Vec<Array4<f32>> = xs
-        .iter()
-        .map(|x| {
-            reference::forward(&spec, x.view(), w2.view(), b.as_ref().map(|b| b.view())).unwrap()
-        })
+        ),
+        (
+            ConvSpec::conv2d(32, 128, 3).padding(1).build().unwrap(),
+            [1, 32, 12, 12],
+            Algo::Winograd,
+        ),
+    ];
+    for (spec, input, algo) in cases {
+        reuse_case(&spec, input, algo);
+    }
+}
+
+fn reuse_case(spec: &ValidSpec, input: [usize; 4], algo: Algo) {
+    let (_, w, b) = operands(spec, input, 60);
+    let len: usize = input.iter().product();
+    let xs: Vec<Array4<f32>> = (0..3)
+        .map(|i| Array4::from_shape_vec(input, rand_vec(len, 61 + i)).unwrap())
         .collect();
+    let w2 = w.mapv(|v| -v);
+    let refs = |w: &Array4<f32>| -> Vec<Array4<f32>> {
+        xs.iter()
+            .map(|x| {
+                reference::forward(spec, x.view(), w.view(), b.as_ref().map(|b| b.view())).unwrap()
+            })
+            .collect()
+    };
+    let (want, want2) = (refs(&w), refs(&w2));
+    let plan = |w: &Array4<f32>| {
+        Plan::new(spec, input, w.view(), b.as_ref().map(|b| b.view()), algo).unwrap()
+    };
     let (p1, p2) = (plan(&w), plan(&w2));
     let close = |y: &Array4<f32>, r: &Array4<f32>| {
         y.iter()
@@ -822,31 +829,28 @@ fn direct_band_reuse_never_leaks_between_runs() {
         for (x, r) in xs.iter().zip(&want) {
             let mut y = Array4::<f32>::zeros(p1.geometry().output_shape());
             p1.run(x.view(), y.view_mut()).unwrap();
-            assert!(close(&y, r), "back-to-back runs on one thread");
+            assert!(close(&y, r), "{algo:?}: back-to-back runs on one thread");
         }
     });
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    pool.install(|| {
-        std::thread::scope(|s| {
-            for t in 0..4 {
-                let (xs, want, want2, p1, p2) = (&xs, &want, &want2, &p1, &p2);
-                s.spawn(move || {
-                    for i in 0..20 {
-                        let k = (t + i) % 3;
-                        let (p, r) = if (t + i) % 2 == 0 {
-                            (p1, &want[k])
-                        } else {
-                            (p2, &want2[k])
-                        };
-                        let mut y = Array4::<f32>::zeros(p.geometry().output_shape());
-                        p.run(xs[k].view(), y.view_mut()).unwrap();
-                        assert!(close(&y, r), "concurrent runs: thread {t} run {i}");
-                    }
-                });
-            }
-        });
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (xs, want, want2, p1, p2) = (&xs, &want, &want2, &p1, &p2);
+            s.spawn(move || {
+                for i in 0..20 {
+                    let k = (t + i) % 3;
+                    let (p, r) = if (t + i) % 2 == 0 {
+                        (p1, &want[k])
+                    } else {
+                        (p2, &want2[k])
+                    };
+                    let mut y = Array4::<f32>::zeros(p.geometry().output_shape());
+                    p.run(xs[k].view(), y.view_mut()).unwrap();
+                    assert!(
+                        close(&y, r),
+                        "{algo:?}: concurrent runs: thread {t} run {i}"
+                    );
+                }
+            });
+        }
     });
 }

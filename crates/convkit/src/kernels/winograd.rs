@@ -20,7 +20,7 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
-use super::store::{for_each_task, SharedOut};
+use super::store::{for_each_task_keyed, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{Array4, ArrayView1, ArrayView4};
@@ -30,8 +30,10 @@ const MAX_V_BYTES: usize = 1024 * 1024;
 /// Largest buffer of GEMM results (16 × channel panels × tiles) before the output transform,
 /// bytes: the panels done together, each `V_ξ` being read once per group of panels.
 const MAX_M_BYTES: usize = 256 * 1024;
-/// Tasks a layer is cut into at least, where it allows.
-const MIN_TASKS: usize = 4;
+/// Tasks per worker thread a layer is cut into at least, where it allows (the output channels
+/// are split; a thread transforms a block's input once for all the channel blocks it runs on
+/// it). Only the speed depends on the cut, not the result.
+const TASKS_PER_THREAD: usize = 4;
 
 /// A planned Winograd F(2×2, 3×3) convolution.
 #[derive(Debug)]
@@ -122,7 +124,9 @@ impl Winograd {
         }
         let nblocks = th.div_ceil(rows);
         let mut mc_panels = mpanels;
-        while mc_panels > 1 && geom.n * nblocks * mpanels.div_ceil(mc_panels) < MIN_TASKS {
+        // The pool the plan is made in (a plan run in another pool is as exact, maybe slower).
+        let min_tasks = TASKS_PER_THREAD * rayon::current_num_threads().max(1);
+        while mc_panels > 1 && geom.n * nblocks * mpanels.div_ceil(mc_panels) < min_tasks {
             mc_panels = mc_panels.div_ceil(2);
         }
         let tbpad = round_up(rows * tw, nr);
@@ -187,8 +191,8 @@ impl Winograd {
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let ntasks = g.n * self.nblocks * self.nmb;
-        for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
-            self.task(x, out, t, ws)
+        for_each_task_keyed(y, ntasks, self.workspace_len(), |t, out, ws, prev| {
+            self.task(x, out, t, ws, prev)
         });
     }
 
@@ -267,7 +271,18 @@ impl Winograd {
         }
     }
 
-    fn task(&self, x: &[f32], out: SharedOut, t: usize, ws: &mut [f32]) {
+    /// Task `t`: one channel block of one block of tile rows. The channel blocks of a block
+    /// are consecutive tasks: the input transform is skipped when `prev` says this thread's
+    /// workspace already holds this block's (from its previous task of this run). Returns the
+    /// block it leaves.
+    fn task(
+        &self,
+        x: &[f32],
+        out: SharedOut,
+        t: usize,
+        ws: &mut [f32],
+        prev: Option<usize>,
+    ) -> Option<usize> {
         let g = &self.geom;
         let (mr, nr) = (self.ukr.mr, self.ukr.nr);
         let mb = t % self.nmb;
@@ -281,7 +296,10 @@ impl Winograd {
         let (mbuf, scratch) = rest.split_at_mut(16 * self.ib * mr * self.tbpad);
         let hw = g.h * g.w;
         let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
-        self.transform_input(xn, ty0, ty1, v, scratch);
+        let key = t / self.nmb;
+        if prev != Some(key) {
+            self.transform_input(xn, ty0, ty1, v, scratch);
+        }
         let apan = g.c * mr;
         let umat = self.mpanels * apan;
         let p0 = mb * self.mc_panels;
@@ -347,5 +365,6 @@ impl Winograd {
             }
             ib0 = ib1;
         }
+        Some(key)
     }
 }
