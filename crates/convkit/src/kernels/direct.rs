@@ -134,6 +134,16 @@ impl DirectConv {
         while rows > 1 && band_bytes(rows) > MAX_BAND_BYTES {
             rows -= 1;
         }
+        // A short last band (14 rows in bands of 13: a 1-row band) costs its channel blocks a
+        // full pass over the weights for a few pixels: take it into the others when that
+        // stretches the buffer by at most a quarter.
+        let nby = geom.oh.div_ceil(rows);
+        if nby > 1 && geom.oh - (nby - 1) * rows <= rows / 4 {
+            let longer = geom.oh.div_ceil(nby - 1);
+            if band_bytes(longer) <= MAX_BAND_BYTES / 4 * 5 {
+                rows = longer;
+            }
+        }
         let tasks = |rows: usize, mcp: usize| {
             geom.n * groups * nbx * geom.oh.div_ceil(rows) * mpanels.div_ceil(mcp)
         };
