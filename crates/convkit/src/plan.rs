@@ -185,44 +185,34 @@ fn prefers_direct(g: &Geometry) -> bool {
 /// The microkernel for the direct kernel: the plan's, unless a narrower one of the same
 /// level (AVX-512 8×32) or AVX2's 6×16 wastes clearly less on padding the flat pixel runs to
 /// whole tiles (a 14×14 map: 196 positions fill 82 % of five 48-wide tiles, 88 % of seven
-/// 32-wide ones, 94 % of thirteen 16-wide ones). AVX2 is charged 15 % for its fewer
-/// accumulators per loaded operand.
+/// 32-wide ones, 94 % of thirteen 16-wide ones).
 fn direct_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
-    if ukr.isa != Isa::Avx512 {
-        return ukr;
-    }
-    let cost = |u: &Microkernel| {
-        let slow = if u.isa == Isa::Avx2 { 1.15 } else { 1.0 };
-        slow * DirectConv::padded_macs(g, *u)
-    };
-    let wide = cost(&ukr);
-    Microkernel::available()
-        .into_iter()
-        .filter(|u| u.isa >= Isa::Avx2)
-        .map(|u| (cost(&u), u))
-        .filter(|(c, _)| *c < 0.95 * wide)
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map_or(ukr, |(_, u)| u)
+    least_padded(ukr, |u| DirectConv::padded_macs(g, u))
 }
 
-/// The microkernel for Winograd's GEMMs: the plan's, unless a narrower one of the same level
-/// (AVX-512 8×32) or AVX2's 6×16 wastes clearly less on padding the tile count (small maps
-/// such as 14×14, whose 49 tiles fill 51 % of two 48-wide panels but 77 % of two 32-wide or
-/// four 16-wide ones). AVX2 is charged 15 % for its fewer accumulators per loaded operand, as
-/// in [`direct_kernel`].
+/// The microkernel for Winograd's GEMMs, chosen like [`direct_kernel`]'s: small maps such as
+/// 14×14 have 49 tiles, which fill 51 % of two 48-wide panels but 77 % of two 32-wide or
+/// four 16-wide ones.
 fn winograd_kernel(g: &Geometry, ukr: Microkernel) -> Microkernel {
+    least_padded(ukr, |u| Winograd::padded_macs(u, g))
+}
+
+/// `ukr` (an AVX-512 8×48), or the available kernel of AVX2 level or above whose padded
+/// work `macs(kernel)` is least, if that is clearly (5 %) less. AVX2 is charged 15 % for its
+/// fewer accumulators per loaded operand. Other levels keep `ukr`.
+fn least_padded(ukr: Microkernel, macs: impl Fn(Microkernel) -> f64) -> Microkernel {
     if ukr.isa != Isa::Avx512 {
         return ukr;
     }
-    let cost = |u: &Microkernel| {
+    let cost = |u: Microkernel| {
         let slow = if u.isa == Isa::Avx2 { 1.15 } else { 1.0 };
-        slow * Winograd::padded_macs(*u, g)
+        slow * macs(u)
     };
-    let wide = cost(&ukr);
+    let wide = cost(ukr);
     Microkernel::available()
         .into_iter()
         .filter(|u| u.isa >= Isa::Avx2)
-        .map(|u| (cost(&u), u))
+        .map(|u| (cost(u), u))
         .filter(|(c, _)| *c < 0.95 * wide)
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map_or(ukr, |(_, u)| u)
