@@ -36,6 +36,30 @@ pub(crate) enum Stage {
     },
 }
 
+/// The columns of a row-major `kh × kw` kernel that the 2D path multiplies: those not zero in
+/// every row (Sobel-x skips its middle one); column 0 alone for an all-zero kernel.
+pub(crate) fn live_columns(k: &[f32], kh: usize, kw: usize) -> Vec<usize> {
+    let live: Vec<usize> = (0..kw)
+        .filter(|&j| (0..kh).any(|i| k[i * kw + j] != 0.0))
+        .collect();
+    if live.is_empty() {
+        vec![0]
+    } else {
+        live
+    }
+}
+
+/// The taps of a separable row vector that the row pass multiplies: its non-zero weights
+/// (Sobel's [1, 0, −1]: two); tap 0 alone (weight 0) for an all-zero row.
+pub(crate) fn live_taps(row: &[f32]) -> Vec<usize> {
+    let live: Vec<usize> = (0..row.len()).filter(|&j| row[j] != 0.0).collect();
+    if live.is_empty() {
+        vec![0]
+    } else {
+        live
+    }
+}
+
 /// Geometry of one filter run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
@@ -168,12 +192,8 @@ impl<T: Sample> Ctx<'_, T> {
                     .collect(),
             ),
             Stage::Direct(k) => {
-                // Kernel columns that are zero in every row (Sobel's middle one) are skipped.
                 let kw = self.shape.kw;
-                let live: Vec<usize> = (0..kw)
-                    .filter(|&j| (0..self.shape.kh).any(|i| k[i * kw + j] != 0.0))
-                    .collect();
-                let live = if live.is_empty() { vec![0] } else { live };
+                let live = live_columns(k, self.shape.kh, kw);
                 (
                     live.iter().map(|&j| shifts[j]).collect(),
                     (0..self.shape.kh)
@@ -188,15 +208,10 @@ impl<T: Sample> Ctx<'_, T> {
             Stage::Separable(t) => t
                 .iter()
                 .map(|(_, row)| {
-                    let (c, w): (Vec<usize>, Vec<f32>) = (0..self.shape.kw)
-                        .filter(|&j| row[j] != 0.0)
+                    live_taps(row)
+                        .into_iter()
                         .map(|j| (shifts[j], row[j]))
-                        .unzip();
-                    if c.is_empty() {
-                        (vec![0], vec![0.0])
-                    } else {
-                        (c, w)
-                    }
+                        .unzip()
                 })
                 .collect(),
             _ => Vec::new(),

@@ -694,11 +694,8 @@ fn plan_part(k: &Kernel, opts: &FilterOptions) -> Result<Part> {
 /// Multiplies per output sample of the direct 2D path as the engine runs it: kernel columns
 /// that are zero in every row are skipped (Sobel-x: 3 rows × 2 columns = 6, not 9).
 fn taps_2d(k: &Kernel) -> usize {
-    let (kh, kw) = (k.rows(), k.cols());
-    let live = (0..kw)
-        .filter(|&j| (0..kh).any(|i| k.at(i, j) as f32 != 0.0))
-        .count();
-    kh * live.max(1)
+    let w: Vec<f32> = k.data().iter().map(|&v| v as f32).collect();
+    k.rows() * engine::live_columns(&w, k.rows(), k.cols()).len()
 }
 
 /// Multiplies per output sample of the separable path as the engine runs it: each term's row
@@ -707,7 +704,10 @@ fn taps_2d(k: &Kernel) -> usize {
 fn taps_separable(terms: &[(Vec<f64>, Vec<f64>)], kh: usize) -> usize {
     terms
         .iter()
-        .map(|(_, row)| row.iter().filter(|&&v| v as f32 != 0.0).count().max(1) + kh)
+        .map(|(_, row)| {
+            let r: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+            engine::live_taps(&r).len() + kh
+        })
         .sum()
 }
 

@@ -124,7 +124,7 @@ pub fn copy_row(dst: &mut [f32], src: &[f32], bias: f32, add: bool, avx512: bool
 /// Packs one depth row of an im2col panel from one input plane: for each segment `i`,
 /// `dst[panel_i·panel_stride + base + lane_i ..][..len_i] = src[src_off[i]..][..len_i]`, with
 /// `(panel_i, lane_i, len_i)` taken from `segs[i] = (panel, lane, _, _, len)`. One call per
-/// depth row; AVX-512 moves each segment with a masked load and store (segments are ≤ NR
+/// depth row; AVX-512 moves each segment in vectors with a masked tail (segments are ≤ NR
 /// floats, often a few), the fallback with `copy_from_slice`.
 ///
 /// # Panics
@@ -144,8 +144,7 @@ pub fn pack_segments(
             .checked_mul(panel_stride)
             .and_then(|v| v.checked_add(base + lane));
         assert!(
-            len <= 64
-                && d0.is_some_and(|d| d + len <= dst.len())
+            d0.is_some_and(|d| d + len <= dst.len())
                 && so.checked_add(len).is_some_and(|e| e <= src.len()),
             "segment out of bounds"
         );
@@ -153,7 +152,7 @@ pub fn pack_segments(
     #[cfg(target_arch = "x86_64")]
     if avx512 {
         // SAFETY: `avx512` is only true when AVX-512F was detected; every segment's source
-        // and destination ranges were checked above, and each is ≤ 64 floats.
+        // and destination ranges were checked above.
         unsafe {
             x86::pack_segments(
                 dst.as_mut_ptr(),
@@ -224,7 +223,7 @@ mod x86 {
     /// [`super::pack_segments`]'s copies, 16 lanes at a time with masked tails.
     ///
     /// # Safety
-    /// AVX-512F available; every segment's ranges (≤ 64 floats) valid in `src` and `dst`.
+    /// AVX-512F available; every segment's ranges valid in `src` and `dst`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn pack_segments(
         dst: *mut f32,

@@ -299,8 +299,9 @@ fn correlate_grouping(
                     let (lo, hi) = live_rows((t0 / kw) * dh, sh, pad[0], h, oh);
                     (qa, qb) = (qa.max(lo * ow), qb.min(hi * ow));
                 }
-                let per =
-                    (qb.saturating_sub(qa)).div_ceil(qb.saturating_sub(qa).div_ceil(KC).max(1));
+                // Chunks of ≤ KC pixels, balanced.
+                let span = qb.saturating_sub(qa);
+                let per = span.div_ceil(span.div_ceil(KC).max(1));
                 let mut c0 = qa;
                 while c0 < qb {
                     let c1 = (c0 + per).min(qb);
