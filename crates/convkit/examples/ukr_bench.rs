@@ -1,13 +1,17 @@
-//! Throughput of every sgemm microkernel on L1-resident panels, in GFLOP/s (best of several
+//! Throughput of every sgemm microkernel (every width of each ISA's family) on L1-resident panels, in GFLOP/s (best of several
 //! trials): `cargo run --release -p convkit --example ukr_bench [kc]`.
 use convkit::kernels::gemm::{Microkernel, RowOffsets};
+use convkit::kernels::Isa;
 use std::time::Instant;
 
 fn main() {
     let kc: usize = std::env::args()
         .nth(1)
         .map_or(128, |s| s.parse().expect("kc is a number"));
-    for u in Microkernel::available() {
+    let all = Isa::available_levels()
+        .into_iter()
+        .flat_map(Microkernel::family);
+    for u in all {
         let a = vec![0.5f32; kc * u.mr];
         let ldb = u.nr + 16;
         let b = vec![0.25f32; kc * ldb + u.nr];

@@ -354,7 +354,9 @@ impl Col2im {
                     let kc = k1 - k0;
                     for p in 0..npan {
                         let q = q0 + p * nr;
-                        let (b, offs, kb0): (&[f32], &RowOffsets, usize) = if q + nr <= hw {
+                        // The last panel on the narrowest kernel that covers it.
+                        let ukr = self.ukr.narrowed(q1 - q);
+                        let (b, offs, kb0): (&[f32], &RowOffsets, usize) = if q + ukr.nr <= hw {
                             (&xg[q..], &self.offs_planes, k0)
                         } else {
                             // Tail panel narrower than the kernel: copied, zero-padded.
@@ -369,7 +371,7 @@ impl Col2im {
                         for i in p0..p1 {
                             let a = &ablk[i * apan + k0 * mr..i * apan + k1 * mr];
                             let c = &mut cols[(i - p0) * mr * ldc + p * nr..];
-                            self.ukr.run(kc, a, b, offs, kb0, c, ldc, k0 > 0);
+                            ukr.run(kc, a, b, offs, kb0, c, ldc, k0 > 0);
                         }
                     }
                     k0 = k1;

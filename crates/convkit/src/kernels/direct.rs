@@ -92,7 +92,7 @@ impl DirectConv {
     /// compares to choose a microkernel width).
     pub fn padded_macs(geom: &Geometry, ukr: Microkernel) -> f64 {
         let d = Self::layout(geom, ukr);
-        let flat = round_up((d.rows - 1) * d.wb + d.cols, ukr.nr);
+        let flat = ukr.covered((d.rows - 1) * d.wb + d.cols);
         let bands = (geom.n * d.groups * d.nbx * d.nby) as f64;
         bands * flat as f64 * (d.mpanels * ukr.mr) as f64 * d.ktot as f64
     }
@@ -338,11 +338,12 @@ impl DirectConv {
             let kk1 = (kk0 + per).min(self.ktot);
             for p in 0..npan {
                 let b = &band[p * nr..];
+                // The last tile runs on the narrowest kernel that covers it.
+                let ukr = self.ukr.narrowed(flat - p * nr);
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr
-                        .run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
+                    ukr.run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
                 }
             }
             kk0 = kk1;

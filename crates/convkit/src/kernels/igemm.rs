@@ -524,11 +524,13 @@ impl ConvGemm {
                 }
             }
             for p in 0..npan {
+                // The last panel on the narrowest kernel that covers it.
+                let ukr = self.ukr.narrowed(len - p * nr);
                 let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
                     (&bbuf[p * kc * nr..], &self.offs_packed, 0)
                 } else {
                     let q = tile.q0 + p * nr;
-                    if q + nr <= hw {
+                    if q + ukr.nr <= hw {
                         (&xg[q..], &self.offs_planes, kk0)
                     } else {
                         // Tail panel narrower than the kernel: copy it, zero-padded.
@@ -544,7 +546,7 @@ impl ConvGemm {
                 for i in p0..p1 {
                     let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                     let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    self.ukr.run(kc, a, b, offs, k0, c, ldc, !first);
+                    ukr.run(kc, a, b, offs, k0, c, ldc, !first);
                 }
             }
             first = false;

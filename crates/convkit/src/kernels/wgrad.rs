@@ -87,7 +87,7 @@ pub fn padded_macs(
     ukr: Microkernel,
 ) -> f64 {
     let (ag, bg) = (a_channels / groups.max(1), b_channels / groups.max(1));
-    (round_up(ag, ukr.nr) * round_up(bg, ukr.mr) * groups * taps) as f64 * batch_pixels as f64
+    (ukr.covered(ag) * round_up(bg, ukr.mr) * groups * taps) as f64 * batch_pixels as f64
 }
 
 /// The correlation above with `a` zero-padded by `pad = [top, bottom, left, right]`:
@@ -321,6 +321,8 @@ fn correlate_grouping(
                         let tt = (tap - t0) * tile_rows * ldc;
                         for cbi in cb0..cb1 {
                             let bsl = &an[origin + cbi * nr..];
+                            // The group's last channels on the narrowest kernel covering them.
+                            let ukr = ukr.narrowed(ag - cbi * nr);
                             for kb in kb0..kb1 {
                                 let a0 = (((ni * groups + gi) * kblocks + kb) * ohw + q0) * mr;
                                 let ci = tt + (kb - kb0) * mr * ldc + (cbi - cb0) * nr;

@@ -115,7 +115,7 @@ impl Winograd {
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
         let max_tiles = (MAX_V_BYTES / (64 * c)).max(nr);
         let max_rows = (max_tiles / tw).clamp(1, th);
-        let util = |r: usize| (r * tw) as f64 / round_up(r * tw, nr) as f64;
+        let util = |r: usize| (r * tw) as f64 / ukr.covered(r * tw) as f64;
         let mut rows = max_rows;
         for r in (1..=max_rows).rev() {
             if util(r) > util(rows) + 0.02 {
@@ -153,7 +153,7 @@ impl Winograd {
     /// against the direct algorithms' `K·C·9·OH·OW`).
     pub fn padded_macs(ukr: Microkernel, g: &Geometry) -> f64 {
         let (tw, th) = (g.ow.div_ceil(2), g.oh.div_ceil(2));
-        16.0 * round_up(g.k, ukr.mr) as f64 * g.c as f64 * round_up(tw * th, ukr.nr) as f64
+        16.0 * round_up(g.k, ukr.mr) as f64 * g.c as f64 * ukr.covered(tw * th) as f64
     }
 
     /// The microkernel in use.
@@ -317,8 +317,17 @@ impl Winograd {
                     let row0 = ((i - ib0) * 16 + xi) * mr;
                     for p in 0..npan {
                         let c = &mut mbuf[row0 * self.tbpad + p * nr..];
-                        self.ukr
-                            .run(g.c, a, &vx[p * nr..], &self.offs, 0, c, self.tbpad, false);
+                        // The last panel on the narrowest kernel that covers its tiles.
+                        self.ukr.narrowed(tiles - p * nr).run(
+                            g.c,
+                            a,
+                            &vx[p * nr..],
+                            &self.offs,
+                            0,
+                            c,
+                            self.tbpad,
+                            false,
+                        );
                     }
                 }
             }
