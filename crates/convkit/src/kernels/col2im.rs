@@ -354,12 +354,13 @@ impl Col2im {
                     let kc = k1 - k0;
                     for p in 0..npan {
                         let q = q0 + p * nr;
-                        // The last panel on the narrowest kernel that covers it.
-                        let ukr = self.ukr.narrowed(q1 - q);
-                        let (b, offs, kb0): (&[f32], &RowOffsets, usize) = if q + ukr.nr <= hw {
+                        // The last panel runs on the kernels that cover it.
+                        let pcols = (q1 - q).min(nr);
+                        let in_place = q + self.ukr.covered(pcols) <= hw;
+                        let (b, offs, kb0): (&[f32], &RowOffsets, usize) = if in_place {
                             (&xg[q..], &self.offs_planes, k0)
                         } else {
-                            // Tail panel narrower than the kernel: copied, zero-padded.
+                            // Tail panel past the end of the planes: copied, zero-padded.
                             let w = hw - q;
                             for c in k0..k1 {
                                 let d = &mut tailbuf[(c - k0) * nr..(c - k0 + 1) * nr];
@@ -368,10 +369,12 @@ impl Col2im {
                             }
                             (&tailbuf[..], &self.offs_packed, 0)
                         };
-                        for i in p0..p1 {
-                            let a = &ablk[i * apan + k0 * mr..i * apan + k1 * mr];
-                            let c = &mut cols[(i - p0) * mr * ldc + p * nr..];
-                            ukr.run(kc, a, b, offs, kb0, c, ldc, k0 > 0);
+                        for (j, ukr) in self.ukr.parts(pcols) {
+                            for i in p0..p1 {
+                                let a = &ablk[i * apan + k0 * mr..i * apan + k1 * mr];
+                                let c = &mut cols[(i - p0) * mr * ldc + p * nr + j..];
+                                ukr.run(kc, a, &b[j..], offs, kb0, c, ldc, k0 > 0);
+                            }
                         }
                     }
                     k0 = k1;

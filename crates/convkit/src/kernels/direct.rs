@@ -337,13 +337,14 @@ impl DirectConv {
         while kk0 < self.ktot {
             let kk1 = (kk0 + per).min(self.ktot);
             for p in 0..npan {
-                let b = &band[p * nr..];
-                // The last tile runs on the narrowest kernel that covers it.
-                let ukr = self.ukr.narrowed(flat - p * nr);
-                for i in p0..p1 {
-                    let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
-                    let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    ukr.run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
+                // The last tile runs on the kernels that cover it.
+                for (j, ukr) in self.ukr.parts(flat - p * nr) {
+                    let b = &band[p * nr + j..];
+                    for i in p0..p1 {
+                        let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
+                        let c = &mut cbuf[(i - p0) * mr * ldc + p * nr + j..];
+                        ukr.run(kk1 - kk0, a, b, &self.offs, kk0, c, ldc, kk0 > 0);
+                    }
                 }
             }
             kk0 = kk1;

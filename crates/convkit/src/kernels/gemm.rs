@@ -144,9 +144,7 @@ impl Microkernel {
     }
 
     /// The narrowest kernel of this one's family at least `cols` wide (this one if none is
-    /// narrower), for the last, partial tile of a run of columns: 196 output pixels in 32-wide
-    /// tiles fill 6 tiles and 4 columns of a seventh, which an 8-wide kernel covers with 200
-    /// multiply-accumulate columns instead of 224.
+    /// narrower).
     pub fn narrowed(&self, cols: usize) -> Microkernel {
         if cols >= self.nr {
             return *self;
@@ -159,12 +157,24 @@ impl Microkernel {
             .unwrap_or(*self)
     }
 
-    /// Columns the tiles of a `cols`-wide run multiply, full tiles of `NR` then one narrowed
-    /// tile ([`Microkernel::narrowed`]).
+    /// The kernels that cover the first `cols` columns of one `NR`-wide panel, each with its
+    /// column offset: the whole panel if `cols ≥ NR`, else the widest of the family that fit,
+    /// then the narrowest that covers the rest. 196 output pixels in 32-wide tiles fill 6
+    /// panels and 4 columns of a seventh, which an 8-wide kernel covers (200 columns
+    /// multiplied, not 224); 36 columns of a 48-wide panel run as 32 + 8 (40, not 48).
+    pub fn parts(&self, cols: usize) -> Parts {
+        Parts {
+            ukr: *self,
+            at: 0,
+            cols: cols.min(self.nr),
+        }
+    }
+
+    /// Columns the tiles of a `cols`-wide run multiply: full `NR`-wide panels, then the
+    /// [`Microkernel::parts`] of the last.
     pub fn covered(&self, cols: usize) -> usize {
         let full = cols / self.nr * self.nr;
-        let rest = cols - full;
-        full + if rest > 0 { self.narrowed(rest).nr } else { 0 }
+        full + self.parts(cols - full).map(|(_, u)| u.nr).sum::<usize>()
     }
 
     /// `C[MR×NR] (+)= A · B` over depth `kc`, B row `k` at `b[offs[k0 + k]..]` (see the
@@ -210,6 +220,34 @@ impl Microkernel {
                 accumulate,
             )
         }
+    }
+}
+
+/// The kernels covering a partial panel, from [`Microkernel::parts`]: `(column offset, kernel)`.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    ukr: Microkernel,
+    at: usize,
+    cols: usize,
+}
+
+impl Iterator for Parts {
+    type Item = (usize, Microkernel);
+
+    fn next(&mut self) -> Option<(usize, Microkernel)> {
+        if self.at >= self.cols {
+            return None;
+        }
+        let left = self.cols - self.at;
+        let fits = Microkernel::widths(self.ukr.isa)
+            .iter()
+            .rev()
+            .copied()
+            .find(|u| u.mr == self.ukr.mr && u.nr <= left && u.nr <= self.ukr.nr);
+        let u = fits.unwrap_or_else(|| self.ukr.narrowed(left));
+        let at = self.at;
+        self.at += u.nr;
+        Some((at, u))
     }
 }
 
@@ -541,14 +579,21 @@ mod tests {
             let mut want = vec![0.0; wide.mr * wide.nr];
             wide.run(kc, &a, &b, &offs, 0, &mut want, wide.nr, false);
             for cols in 1..=wide.nr {
-                let u = wide.narrowed(cols);
-                assert!(u.nr >= cols && u.mr == wide.mr, "{u:?} for {cols}");
                 let mut got = vec![f32::NAN; wide.mr * wide.nr];
-                u.run(kc, &a, &b, &offs, 0, &mut got, wide.nr, false);
+                let mut end = 0;
+                for (at, u) in wide.parts(cols) {
+                    assert!(u.mr == wide.mr && at == end, "{u:?} at {at} for {cols}");
+                    u.run(kc, &a, &b[at..], &offs, 0, &mut got[at..], wide.nr, false);
+                    end = at + u.nr;
+                }
+                assert!(
+                    end >= cols && end <= wide.nr,
+                    "{cols} columns covered to {end}"
+                );
                 for r in 0..wide.mr {
-                    for j in 0..u.nr {
+                    for j in 0..cols {
                         let (g, w) = (got[r * wide.nr + j], want[r * wide.nr + j]);
-                        assert_eq!(g.to_bits(), w.to_bits(), "{u:?} r={r} j={j}");
+                        assert_eq!(g.to_bits(), w.to_bits(), "{cols} columns: r={r} j={j}");
                     }
                 }
             }
@@ -560,9 +605,15 @@ mod tests {
         if let Some(u) = Microkernel::avx512_8x32() {
             assert_eq!(u.covered(196), 200);
             assert_eq!(u.covered(64), 64);
-            assert_eq!(u.covered(49), 64);
+            assert_eq!(u.covered(49), 56);
             assert_eq!(u.narrowed(17).nr, 32);
             assert_eq!(u.narrowed(9).nr, 16);
+            let parts: Vec<_> = u.parts(20).map(|(at, k)| (at, k.nr)).collect();
+            assert_eq!(parts, [(0, 16), (16, 8)]);
+            let wide = Microkernel::for_isa(Isa::Avx512).unwrap();
+            let parts: Vec<_> = wide.parts(36).map(|(at, k)| (at, k.nr)).collect();
+            assert_eq!(parts, [(0, 32), (32, 8)]);
+            assert_eq!(wide.parts(48).count(), 1);
         }
         let s = Microkernel::for_isa(Isa::Scalar).unwrap();
         assert_eq!(s.covered(17), 32);

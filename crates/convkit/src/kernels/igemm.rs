@@ -524,16 +524,16 @@ impl ConvGemm {
                 }
             }
             for p in 0..npan {
-                // The last panel on the narrowest kernel that covers it.
-                let ukr = self.ukr.narrowed(len - p * nr);
+                // The last panel runs on the kernels that cover it.
+                let cols = (len - p * nr).min(nr);
                 let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
                     (&bbuf[p * kc * nr..], &self.offs_packed, 0)
                 } else {
                     let q = tile.q0 + p * nr;
-                    if q + ukr.nr <= hw {
+                    if q + self.ukr.covered(cols) <= hw {
                         (&xg[q..], &self.offs_planes, kk0)
                     } else {
-                        // Tail panel narrower than the kernel: copy it, zero-padded.
+                        // Tail panel past the end of the planes: copy it, zero-padded.
                         let w = hw - q;
                         for kk in kk0..kk1 {
                             let d = &mut bbuf[(kk - kk0) * nr..(kk - kk0 + 1) * nr];
@@ -543,10 +543,12 @@ impl ConvGemm {
                         (&bbuf[..], &self.offs_packed, 0)
                     }
                 };
-                for i in p0..p1 {
-                    let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
-                    let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                    ukr.run(kc, a, b, offs, k0, c, ldc, !first);
+                for (j, ukr) in self.ukr.parts(cols) {
+                    for i in p0..p1 {
+                        let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
+                        let c = &mut cbuf[(i - p0) * mr * ldc + p * nr + j..];
+                        ukr.run(kc, a, &b[j..], offs, k0, c, ldc, !first);
+                    }
                 }
             }
             first = false;

@@ -320,22 +320,23 @@ fn correlate_grouping(
                         let acc = started[tap - t0];
                         let tt = (tap - t0) * tile_rows * ldc;
                         for cbi in cb0..cb1 {
-                            let bsl = &an[origin + cbi * nr..];
-                            // The group's last channels on the narrowest kernel covering them.
-                            let ukr = ukr.narrowed(ag - cbi * nr);
-                            for kb in kb0..kb1 {
-                                let a0 = (((ni * groups + gi) * kblocks + kb) * ohw + q0) * mr;
-                                let ci = tt + (kb - kb0) * mr * ldc + (cbi - cb0) * nr;
-                                ukr.run(
-                                    kc,
-                                    &bp[a0..a0 + kc * mr],
-                                    bsl,
-                                    &offs,
-                                    q0,
-                                    &mut tile[ci..],
-                                    ldc,
-                                    acc,
-                                );
+                            // The group's last channels on the kernels covering them.
+                            for (j, ukr) in ukr.parts(ag - cbi * nr) {
+                                let bsl = &an[origin + cbi * nr + j..];
+                                for kb in kb0..kb1 {
+                                    let a0 = (((ni * groups + gi) * kblocks + kb) * ohw + q0) * mr;
+                                    let ci = tt + (kb - kb0) * mr * ldc + (cbi - cb0) * nr + j;
+                                    ukr.run(
+                                        kc,
+                                        &bp[a0..a0 + kc * mr],
+                                        bsl,
+                                        &offs,
+                                        q0,
+                                        &mut tile[ci..],
+                                        ldc,
+                                        acc,
+                                    );
+                                }
                             }
                         }
                         started[tap - t0] = true;
