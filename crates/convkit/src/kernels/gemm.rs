@@ -14,10 +14,15 @@
 //! accumulators (Zen 4 needs ≥ 8 independent FMA chains: 4-cycle latency × 2 pipes; oneDNN and
 //! XNNPACK keep 24–28), loading 3 B vectors and 8 broadcasts per 24 FMAs.
 
+// The raw kernels share one C-like signature of eight scalars and pointers (`RawUkr`).
+#![allow(clippy::too_many_arguments)]
+
 use super::Isa;
 
-/// Raw microkernel: `(kc, a, b, offs, c, ldc, accumulate)`.
-type RawUkr = unsafe fn(usize, *const f32, *const f32, *const usize, *mut f32, usize, bool);
+/// Raw microkernel: `(kc, a, b, offs, c, ldc, accumulate, bias)`: `C (+)= bias + A·B`, the
+/// `MR` bias values (one per row) at `bias`, or none if it is null.
+type RawUkr =
+    unsafe fn(usize, *const f32, *const f32, *const usize, *mut f32, usize, bool, *const f32);
 
 /// A table of B row offsets with its maximum, computed once so that each microkernel call
 /// checks its bounds in O(1).
@@ -218,6 +223,55 @@ impl Microkernel {
                 c.as_mut_ptr(),
                 ldc,
                 accumulate,
+                std::ptr::null(),
+            )
+        }
+    }
+
+    /// [`Microkernel::run`] writing its tile straight into a buffer other threads write other
+    /// parts of, `C (+)= bias + A · B` with one bias value per row (`bias[..MR]`): a kernel
+    /// that stores its finished tile in the output saves a copy pass over it.
+    ///
+    /// # Safety
+    /// `c` must be valid for reads and writes of `MR` rows of `NR` values at stride `ldc`, and
+    /// no other thread may access those elements during the call.
+    ///
+    /// # Panics
+    /// If `a`, `b`, the offsets or `bias` are too short.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_raw(
+        &self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        offs: &RowOffsets,
+        k0: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: Option<&[f32]>,
+    ) {
+        assert!(a.len() >= kc * self.mr, "A panel too short");
+        assert!(k0 + kc <= offs.len(), "offset table too short");
+        assert!(
+            kc == 0 || b.len() >= offs.max + self.nr,
+            "B rows out of bounds"
+        );
+        assert!(bias.is_none_or(|v| v.len() >= self.mr), "bias too short");
+        assert!(ldc >= self.nr, "C rows overlap");
+        // SAFETY: `a`, `b`, the offsets and `bias` are bounded by the asserts above, `c` by
+        // the caller's contract; the ISA was checked available when `self` was built.
+        unsafe {
+            (self.f)(
+                kc,
+                a.as_ptr(),
+                b.as_ptr(),
+                offs.offs.as_ptr().add(k0),
+                c,
+                ldc,
+                accumulate,
+                bias.map_or(std::ptr::null(), |v| v.as_ptr()),
             )
         }
     }
@@ -268,8 +322,16 @@ unsafe fn ukr_scalar(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    bias: *const f32,
 ) {
-    let mut acc = [[0f32; SCALAR_NR]; SCALAR_MR];
+    // SAFETY: `bias`, if not null, holds one value per row (the contract).
+    let mut acc: [[f32; SCALAR_NR]; SCALAR_MR] = std::array::from_fn(|r| {
+        [if bias.is_null() {
+            0.0
+        } else {
+            unsafe { *bias.add(r) }
+        }; SCALAR_NR]
+    });
     for k in 0..kc {
         // SAFETY: within the bounds stated in the contract above.
         let (av, bv) = unsafe {
@@ -313,9 +375,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: the contracts are the same, with NV = 3.
-        unsafe { ukr_avx512_8xnv::<3>(kc, a, b, offs, c, ldc, accumulate) }
+        unsafe { ukr_avx512_8xnv::<3>(kc, a, b, offs, c, ldc, accumulate, bias) }
     }
 
     /// AVX-512F 8×32 kernel: 16 zmm accumulators (enough on cores that issue one 512-bit FMA
@@ -333,9 +396,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: the contracts are the same, with NV = 2.
-        unsafe { ukr_avx512_8xnv::<2>(kc, a, b, offs, c, ldc, accumulate) }
+        unsafe { ukr_avx512_8xnv::<2>(kc, a, b, offs, c, ldc, accumulate, bias) }
     }
 
     /// The AVX-512F 8 × 16·NV kernel body.
@@ -352,11 +416,15 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: every pointer offset below stays within the contract's bounds; the caller
         // runs with AVX-512F enabled.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); NV]; 8];
+            let mut acc: [[__m512; NV]; 8] = std::array::from_fn(|r| {
+                let b0 = if bias.is_null() { 0.0 } else { *bias.add(r) };
+                [_mm512_set1_ps(b0); NV]
+            });
             let mut ap = a;
             for k in 0..kc {
                 let bp = b.add(*offs.add(k));
@@ -398,9 +466,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: the contracts are the same, with NV = 1.
-        unsafe { ukr_avx512_8xnv::<1>(kc, a, b, offs, c, ldc, accumulate) }
+        unsafe { ukr_avx512_8xnv::<1>(kc, a, b, offs, c, ldc, accumulate, bias) }
     }
 
     /// 8×8 kernel on the AVX-512 family's packing (MR = 8), 8 ymm accumulators, for a tile's
@@ -420,9 +489,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: the contracts are the same, with MR = 8, NV = 1.
-        unsafe { ukr_ymm::<8, 1>(kc, a, b, offs, c, ldc, accumulate) }
+        unsafe { ukr_ymm::<8, 1>(kc, a, b, offs, c, ldc, accumulate, bias) }
     }
 
     /// AVX2+FMA 6×16 kernel: 12 ymm accumulators (16 registers in all).
@@ -439,9 +509,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: the contracts are the same, with MR = 6, NV = 2.
-        unsafe { ukr_ymm::<6, 2>(kc, a, b, offs, c, ldc, accumulate) }
+        unsafe { ukr_ymm::<6, 2>(kc, a, b, offs, c, ldc, accumulate, bias) }
     }
 
     /// AVX2+FMA 6×8 kernel, for a tile's last ≤ 8 columns.
@@ -458,9 +529,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: the contracts are the same, with MR = 6, NV = 1.
-        unsafe { ukr_ymm::<6, 1>(kc, a, b, offs, c, ldc, accumulate) }
+        unsafe { ukr_ymm::<6, 1>(kc, a, b, offs, c, ldc, accumulate, bias) }
     }
 
     /// The `MR × 8·NV` ymm kernel body.
@@ -477,11 +549,15 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        bias: *const f32,
     ) {
         // SAFETY: every pointer offset below stays within the contract's bounds; the caller
         // runs with AVX2 and FMA enabled.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            let mut acc: [[__m256; NV]; MR] = std::array::from_fn(|r| {
+                let b0 = if bias.is_null() { 0.0 } else { *bias.add(r) };
+                [_mm256_set1_ps(b0); NV]
+            });
             let mut ap = a;
             for k in 0..kc {
                 let bp = b.add(*offs.add(k));
@@ -617,5 +693,40 @@ mod tests {
         }
         let s = Microkernel::for_isa(Isa::Scalar).unwrap();
         assert_eq!(s.covered(17), 32);
+    }
+
+    /// `run_raw` with a bias starts each row's sums at its bias value, and accumulates onto C.
+    #[test]
+    fn raw_runs_add_the_bias_per_row() {
+        let all = Isa::available_levels()
+            .into_iter()
+            .flat_map(Microkernel::family);
+        for u in all {
+            let kc = 37;
+            let a = data(kc * u.mr, 6);
+            let b = data(kc * u.nr + u.nr, 7);
+            let bias = data(u.mr, 8);
+            let offs = RowOffsets::new((0..kc).map(|k| k * u.nr).collect());
+            let c0 = data(u.mr * u.nr, 9);
+            for acc in [false, true] {
+                let mut c = c0.clone();
+                // SAFETY: `c` holds MR rows of NR at stride NR and is not shared.
+                unsafe { u.run_raw(kc, &a, &b, &offs, 0, c.as_mut_ptr(), u.nr, acc, Some(&bias)) };
+                for r in 0..u.mr {
+                    for j in 0..u.nr {
+                        let mut want =
+                            bias[r] as f64 + if acc { c0[r * u.nr + j] as f64 } else { 0.0 };
+                        for k in 0..kc {
+                            want += a[k * u.mr + r] as f64 * b[k * u.nr + j] as f64;
+                        }
+                        let got = c[r * u.nr + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * 40.0,
+                            "{u:?} r={r} j={j}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

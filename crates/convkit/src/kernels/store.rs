@@ -3,6 +3,7 @@
 //! (compilers turn plain copy loops into a `memcpy` call per row, costly for rows of a few
 //! dozen floats).
 
+use super::gemm::{Microkernel, RowOffsets};
 use super::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -213,6 +214,54 @@ impl SharedOut {
         // SAFETY: in bounds (asserted); exclusive access is the caller's contract.
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), src.len()) };
         copy_row(dst, src, bias, true, self.avx512);
+    }
+
+    /// Runs `ukr` with its C tile in this buffer: `MR` rows of `NR` values from `offset` at
+    /// stride `ldc`, `C (+)= bias + A · B` ([`Microkernel::run_raw`]).
+    ///
+    /// # Safety
+    /// No other thread may access the tile's elements concurrently, and the buffer given to
+    /// [`SharedOut::new`] must still be alive and otherwise unused.
+    ///
+    /// # Panics
+    /// If the tile or an operand is out of bounds.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tile(
+        &self,
+        ukr: Microkernel,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        offs: &RowOffsets,
+        k0: usize,
+        offset: usize,
+        ldc: usize,
+        accumulate: bool,
+        bias: Option<&[f32]>,
+    ) {
+        let end = (ukr.mr - 1)
+            .checked_mul(ldc)
+            .and_then(|v| v.checked_add(offset + ukr.nr));
+        assert!(
+            end.is_some_and(|e| e <= self.len),
+            "output tile out of bounds"
+        );
+        // SAFETY: the tile lies in the buffer (asserted); exclusive access is the caller's
+        // contract.
+        unsafe {
+            ukr.run_raw(
+                kc,
+                a,
+                b,
+                offs,
+                k0,
+                self.ptr.add(offset),
+                ldc,
+                accumulate,
+                bias,
+            )
+        };
     }
 }
 
