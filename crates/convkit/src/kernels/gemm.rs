@@ -164,15 +164,25 @@ impl Microkernel {
 
     /// The kernels that cover the first `cols` columns of one `NR`-wide panel, each with its
     /// column offset: the whole panel if `cols ≥ NR`, else the widest of the family that fit,
-    /// then the narrowest that covers the rest. 196 output pixels in 32-wide tiles fill 6
-    /// panels and 4 columns of a seventh, which an 8-wide kernel covers (200 columns
-    /// multiplied, not 224); 36 columns of a 48-wide panel run as 32 + 8 (40, not 48).
+    /// then the narrowest that covers the rest, where that multiplies fewer columns than the
+    /// one narrowest kernel covering them all (each call has its own start and store). 196
+    /// output pixels in 32-wide tiles fill 6 panels and 4 columns of a seventh, which an
+    /// 8-wide kernel covers (200 columns multiplied, not 224); 36 columns of a 48-wide panel
+    /// run as 32 + 8 (40, not 48), but 44 on the one 48-wide kernel, not as 32 + 16.
     pub fn parts(&self, cols: usize) -> Parts {
-        Parts {
+        let cols = cols.min(self.nr);
+        let mut greedy = Parts {
             ukr: *self,
             at: 0,
-            cols: cols.min(self.nr),
+            cols,
+            single: false,
+        };
+        let split: usize = greedy.by_ref().map(|(_, u)| u.nr).sum();
+        Parts {
+            single: split >= self.narrowed(cols).nr,
+            ..greedy
         }
+        .restart()
     }
 
     /// Columns the tiles of a `cols`-wide run multiply: full `NR`-wide panels, then the
@@ -283,6 +293,14 @@ pub struct Parts {
     ukr: Microkernel,
     at: usize,
     cols: usize,
+    /// One narrowed kernel for all the columns, not the greedy split.
+    single: bool,
+}
+
+impl Parts {
+    fn restart(self) -> Parts {
+        Parts { at: 0, ..self }
+    }
 }
 
 impl Iterator for Parts {
@@ -298,7 +316,10 @@ impl Iterator for Parts {
             .rev()
             .copied()
             .find(|u| u.mr == self.ukr.mr && u.nr <= left && u.nr <= self.ukr.nr);
-        let u = fits.unwrap_or_else(|| self.ukr.narrowed(left));
+        let u = match fits {
+            Some(u) if !self.single => u,
+            _ => self.ukr.narrowed(left),
+        };
         let at = self.at;
         self.at += u.nr;
         Some((at, u))
@@ -690,6 +711,10 @@ mod tests {
             let parts: Vec<_> = wide.parts(36).map(|(at, k)| (at, k.nr)).collect();
             assert_eq!(parts, [(0, 32), (32, 8)]);
             assert_eq!(wide.parts(48).count(), 1);
+            let parts: Vec<_> = wide.parts(44).map(|(at, k)| (at, k.nr)).collect();
+            assert_eq!(parts, [(0, 48)]);
+            let parts: Vec<_> = wide.parts(24).map(|(at, k)| (at, k.nr)).collect();
+            assert_eq!(parts, [(0, 16), (16, 8)]);
         }
         let s = Microkernel::for_isa(Isa::Scalar).unwrap();
         assert_eq!(s.covered(17), 32);
