@@ -1,8 +1,10 @@
 //! The backward pass on the fast engine: every gradient is itself a convolution.
 //!
-//! * grad input of a direct conv is the transposed conv of `dy` with the same weights
-//!   (run by the stride-phase [`Subpixel`] decomposition, so no inserted zero is multiplied);
-//!   padding modes other than zeros fold the padded gradient back with the adjoint of the pad.
+//! * grad input of a direct conv is the transposed conv of `dy` with the same weights. At
+//!   stride 1 with zero padding that is a direct conv with flipped weights, planned like any
+//!   forward layer (Winograd for 3×3); otherwise the stride-phase [`Subpixel`] decomposition
+//!   runs it, so no inserted zero is multiplied; padding modes other than zeros fold the
+//!   padded gradient back with the adjoint of the pad.
 //! * grad input of a transposed conv is the direct conv of `dy` with the same weights.
 //! * grad weight is a correlation of the input with `dy` over the batch and space. With the
 //!   batch and channel axes swapped it is a direct convolution whose *kernel* is `dy`
@@ -61,7 +63,10 @@ fn backward_on_pool(
         Some(if spec.is_transposed() {
             grad_input_transposed(&geom, x, w, dy)?
         } else {
-            grad_input_direct(&geom, w, dy, isa)?
+            match grad_input_flipped(&geom, w, dy)? {
+                Some(dx) => dx,
+                None => grad_input_direct(&geom, w, dy, isa)?,
+            }
         })
     } else {
         None
@@ -156,6 +161,57 @@ fn adjoint_spec(geom: &Geometry, padded: bool) -> Result<ValidSpec> {
         t.padding_sides(geom.pad)
     };
     t.build()
+}
+
+/// dL/dx of a stride-1 direct conv with zero padding, as a forward convolution the planner
+/// runs like any other (Winograd, implicit GEMM, the 1×1 GEMM): the transposed conv of `dy`
+/// at stride 1 is the direct conv of `dy` with the weights flipped in space and their channel
+/// axes swapped per group, padded `d·(k−1) − p` per side. `None` where that padding would be
+/// negative or the shapes do not come back (the sub-pixel path handles those). 3×3 64 → 64
+/// on 56×56 at one thread: grad input 3.1–3.9 ms on the sub-pixel direct kernel, 2.2–2.8 on
+/// Winograd; ASPP 3×3 dilation 6, 256 channels on 32×32: 13.8–17.3 → 12.0–13.1 ms.
+fn grad_input_flipped(
+    geom: &Geometry,
+    w: ArrayView4<f32>,
+    dy: ArrayView4<f32>,
+) -> Result<Option<Array4<f32>>> {
+    let s = &geom.spec;
+    let ([kh, kw], [dh, dw]) = (s.kernel(), s.dilation());
+    let [pt, pb, pl, pr] = geom.pad;
+    let (eh, ew) = (dh * (kh - 1), dw * (kw - 1));
+    let folded = s.padding_mode() != PaddingMode::Zeros && geom.pad != [0; 4];
+    if s.stride() != [1, 1] || folded || pt.max(pb) > eh || pl.max(pr) > ew {
+        return Ok(None);
+    }
+    let groups = s.groups();
+    let (cg, kg) = (geom.c / groups, geom.k / groups);
+    let spec = ConvSpec::conv2d(geom.k, geom.c, [kh, kw])
+        .dilation([dh, dw])
+        .groups(groups)
+        .padding_sides([eh - pt, eh - pb, ew - pl, ew - pr])
+        .bias(false)
+        .build()?;
+    match spec.geometry(geom.output_shape()) {
+        Ok(g) if g.output_shape() == geom.input_shape() => {}
+        _ => return Ok(None),
+    }
+    // w'[g·Cg + c, k, i, j] = w[g·Kg + k, c, kh−1−i, kw−1−j].
+    let taps = kh * kw;
+    let ws = w.as_standard_layout();
+    let ws = ws.as_slice().expect("standard layout is contiguous");
+    let mut flipped = vec![0f32; geom.c * kg * taps];
+    for (ko, wk) in ws.chunks_exact(cg * taps).enumerate() {
+        let (gi, k) = (ko / kg, ko % kg);
+        for (c, plane) in wk.chunks_exact(taps).enumerate() {
+            let dst = &mut flipped[((gi * cg + c) * kg + k) * taps..][..taps];
+            // Flipping both spatial axes reverses the row-major tap order.
+            for (d, &v) in dst.iter_mut().zip(plane.iter().rev()) {
+                *d = v;
+            }
+        }
+    }
+    let flipped = Array4::from_shape_vec((geom.c, kg, kh, kw), flipped).expect("sized above");
+    plan::forward(&spec, dy, flipped.view(), None, Algo::Auto).map(Some)
 }
 
 /// dL/dx of a direct conv: the transposed conv of `dy` (stride phases, no zeros multiplied).

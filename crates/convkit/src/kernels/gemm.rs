@@ -169,8 +169,16 @@ impl Microkernel {
     /// output pixels in 32-wide tiles fill 6 panels and 4 columns of a seventh, which an
     /// 8-wide kernel covers (200 columns multiplied, not 224); 36 columns of a 48-wide panel
     /// run as 32 + 8 (40, not 48), but 44 on the one 48-wide kernel, not as 32 + 16.
+    #[inline]
     pub fn parts(&self, cols: usize) -> Parts {
-        let cols = cols.min(self.nr);
+        if cols >= self.nr {
+            return Parts {
+                ukr: *self,
+                at: 0,
+                cols: self.nr,
+                single: true,
+            };
+        }
         let mut greedy = Parts {
             ukr: *self,
             at: 0,
@@ -306,6 +314,7 @@ impl Parts {
 impl Iterator for Parts {
     type Item = (usize, Microkernel);
 
+    #[inline]
     fn next(&mut self) -> Option<(usize, Microkernel)> {
         if self.at >= self.cols {
             return None;

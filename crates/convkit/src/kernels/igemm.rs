@@ -90,15 +90,17 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
     let ktot = cg * kh * kw;
     let mpanels = kg.div_ceil(mr);
     let mut a = vec![0f32; groups * mpanels * ktot * mr];
+    let ws = w.as_standard_layout();
+    let ws = ws.as_slice().expect("standard layout is contiguous");
     for g in 0..groups {
         for m in 0..kg {
             let (p, r) = (m / mr, m % mr);
-            for c in 0..cg {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let kk = (ky * kw + kx) * cg + c;
-                        a[((g * mpanels + p) * ktot + kk) * mr + r] = w[[g * kg + m, c, ky, kx]];
-                    }
+            let src = &ws[(g * kg + m) * ktot..][..ktot];
+            let dst = &mut a[(g * mpanels + p) * ktot * mr..][..ktot * mr];
+            // Source order (c, ky, kx); depth order (ky, kx, c).
+            for (c, plane) in src.chunks_exact(kh * kw).enumerate() {
+                for (t, &v) in plane.iter().enumerate() {
+                    dst[(t * cg + c) * mr + r] = v;
                 }
             }
         }

@@ -18,12 +18,11 @@
 //! `Algo::Direct` and `Algo::ImplicitGemm` never use this; `Algo::Auto` does.
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::igemm::pack_weights;
 use super::round_up;
 use super::store::{for_each_task_keyed, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
-use ndarray::{Array4, ArrayView1, ArrayView4};
+use ndarray::{ArrayView1, ArrayView4};
 
 /// Largest transformed-input block per task (16 × C × tiles floats), bytes.
 const MAX_V_BYTES: usize = 1024 * 1024;
@@ -90,27 +89,30 @@ impl Winograd {
             [0.5, -0.5, 0.5],
             [0.0, 0.0, 1.0],
         ];
-        let mut us: Vec<Array4<f32>> = (0..16).map(|_| Array4::zeros((k, c, 1, 1))).collect();
-        for kk in 0..k {
-            for cc in 0..c {
+        // Written straight in the microkernel's packing (as `pack_weights` lays out a
+        // K × C 1×1 layer): matrix ξ, panel p of MR output channels, depth cc.
+        let mpanels = k.div_ceil(mr);
+        let umat = mpanels * c * mr;
+        let mut u = vec![0f32; 16 * umat];
+        let ws = w.as_standard_layout();
+        let ws = ws.as_slice().expect("standard layout is contiguous");
+        for (kk, wk) in ws.chunks_exact(c * 9).enumerate() {
+            let (p, r) = (kk / mr, kk % mr);
+            for (cc, g3) in wk.chunks_exact(9).enumerate() {
                 let mut gg = [[0f32; 3]; 4];
                 for (i, row) in gg.iter_mut().enumerate() {
                     for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|t| G[i][t] * w[[kk, cc, t, j]]).sum();
+                        *v = (0..3).map(|t| G[i][t] * g3[t * 3 + j]).sum();
                     }
                 }
+                let at = (p * c + cc) * mr + r;
                 for i in 0..4 {
                     for j in 0..4 {
-                        us[i * 4 + j][[kk, cc, 0, 0]] = (0..3).map(|t| gg[i][t] * G[j][t]).sum();
+                        u[(i * 4 + j) * umat + at] = (0..3).map(|t| gg[i][t] * G[j][t]).sum();
                     }
                 }
             }
         }
-        let mut u = Vec::new();
-        for m in &us {
-            u.extend(pack_weights(m.view(), 1, mr));
-        }
-        let mpanels = k.div_ceil(mr);
         let (tw, th) = (geom.ow.div_ceil(2), geom.oh.div_ceil(2));
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
         let max_tiles = (MAX_V_BYTES / (64 * c)).max(nr);
