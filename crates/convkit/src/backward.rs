@@ -464,6 +464,50 @@ mod tests {
         Ok(())
     }
 
+    /// Grad input through the flipped forward conv (stride 1, zero padding ≤ d·(k−1)): groups,
+    /// dilation, asymmetric padding, non-square kernels, a 3×3 that Winograd takes, and the
+    /// layers it must leave to the sub-pixel path (padding past the kernel's reach, stride 2,
+    /// reflect padding).
+    #[test]
+    fn flipped_grad_input_matches_reference() {
+        let flipped = [
+            (ConvSpec::conv2d(64, 64, 3).padding(1), [1, 64, 12, 12]),
+            (
+                ConvSpec::conv2d(12, 8, [3, 2])
+                    .groups(4)
+                    .dilation([2, 1])
+                    .padding_sides([3, 1, 0, 1]),
+                [2, 12, 11, 9],
+            ),
+            (ConvSpec::conv2d(6, 10, 1), [1, 6, 5, 7]),
+        ];
+        let others = [
+            (ConvSpec::conv2d(4, 4, 3).padding(3), [1, 4, 6, 6]),
+            (ConvSpec::conv2d(4, 6, 3).stride(2).padding(1), [1, 4, 9, 8]),
+            (
+                ConvSpec::conv2d(4, 6, 3)
+                    .padding(1)
+                    .padding_mode(PaddingMode::Reflect),
+                [1, 4, 7, 8],
+            ),
+        ];
+        for (i, (spec, input)) in flipped.into_iter().chain(others).enumerate() {
+            let v = spec.clone().build().unwrap();
+            let g = v.geometry(input).unwrap();
+            let w = Array4::from_shape_vec(
+                v.weight_shape(),
+                pseudo(v.weight_shape().iter().product(), 4),
+            )
+            .unwrap();
+            let dy = Array4::<f32>::zeros(g.output_shape());
+            let taken = grad_input_flipped(&g, w.view(), dy.view())
+                .unwrap()
+                .is_some();
+            assert_eq!(taken, i < 3, "{spec:?}");
+            check(spec, input).unwrap();
+        }
+    }
+
     #[test]
     fn matches_reference_on_suite_like_layers() {
         check(ConvSpec::conv2d(8, 6, 3).padding(1), [2, 8, 9, 11]).unwrap();
