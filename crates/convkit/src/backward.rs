@@ -492,7 +492,7 @@ mod tests {
             ),
         ];
         for (i, (spec, input)) in flipped.into_iter().chain(others).enumerate() {
-            let v = spec.clone().build().unwrap();
+            let v = spec.build().unwrap();
             let g = v.geometry(input).unwrap();
             let w = Array4::from_shape_vec(
                 v.weight_shape(),
