@@ -24,8 +24,11 @@ use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
 
-/// Largest transformed-input block per task (16 × C × tiles floats), bytes.
-const MAX_V_BYTES: usize = 1024 * 1024;
+/// Largest transformed-input block per task (16 × C × tiles floats), bytes, at one thread and
+/// with more. Smaller blocks at two threads: 3×3 64 → 64 on 56×56 (2 tile rows a block, not
+/// 5) ran 1.14–1.18 ms instead of 1.30–1.34 (`convkit bench`, alternating); at one thread the
+/// larger blocks were as fast or faster (batch 8: 15.5–19.3 vs 16.9–21.1 ms).
+const MAX_V_BYTES: [usize; 2] = [1024 * 1024, 256 * 1024];
 /// Largest buffer of GEMM results (16 × channel panels × tiles) before the output transform,
 /// bytes: the panels done together, each `V_ξ` being read once per group of panels.
 const MAX_M_BYTES: usize = 256 * 1024;
@@ -115,7 +118,8 @@ impl Winograd {
         }
         let (tw, th) = (geom.ow.div_ceil(2), geom.oh.div_ceil(2));
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
-        let max_tiles = (MAX_V_BYTES / (64 * c)).max(nr);
+        let budget = MAX_V_BYTES[usize::from(rayon::current_num_threads() > 1)];
+        let max_tiles = (budget / (64 * c)).max(nr);
         let max_rows = (max_tiles / tw).clamp(1, th);
         // (Whole panels, not the narrowed last one: counting that picks the largest blocks,
         // 1.6 → 2.5 MiB of workspace on a 56×56 layer, 15 % slower at two threads.)
