@@ -92,15 +92,26 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
     let mut a = vec![0f32; groups * mpanels * ktot * mr];
     let ws = w.as_standard_layout();
     let ws = ws.as_slice().expect("standard layout is contiguous");
+    let taps = kh * kw;
+    // Each output channel's weights in depth order (ky, kx, c) (the source is (c, ky, kx)),
+    // then a panel's MR rows interleaved; both passes write contiguously.
+    let mut rows = vec![0f32; mr * ktot];
     for g in 0..groups {
-        for m in 0..kg {
-            let (p, r) = (m / mr, m % mr);
-            let src = &ws[(g * kg + m) * ktot..][..ktot];
+        for p in 0..mpanels {
+            let m0 = p * mr;
+            let nrows = mr.min(kg - m0);
+            for (r, row) in rows.chunks_exact_mut(ktot).enumerate().take(nrows) {
+                let src = &ws[(g * kg + m0 + r) * ktot..][..ktot];
+                for (t, dst) in row.chunks_exact_mut(cg).enumerate() {
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        *d = src[c * taps + t];
+                    }
+                }
+            }
             let dst = &mut a[(g * mpanels + p) * ktot * mr..][..ktot * mr];
-            // Source order (c, ky, kx); depth order (ky, kx, c).
-            for (c, plane) in src.chunks_exact(kh * kw).enumerate() {
-                for (t, &v) in plane.iter().enumerate() {
-                    dst[(t * cg + c) * mr + r] = v;
+            for (kk, lane) in dst.chunks_exact_mut(mr).enumerate() {
+                for (r, d) in lane.iter_mut().enumerate().take(nrows) {
+                    *d = rows[r * ktot + kk];
                 }
             }
         }
