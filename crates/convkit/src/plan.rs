@@ -6,7 +6,8 @@
 //! channels per group: col2im; see `transposed_algo`); depthwise → the depthwise
 //! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
 //! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
-//! one; undilated layers with a small gap share, strided ones included → direct (input bands,
+//! one (dilated: zero padding in multiples of the dilation and stride phases ≥ 12 tiles wide,
+//! `WINOGRAD_MIN_PHASE_TILES`); undilated layers with a small gap share, strided ones included → direct (input bands,
 //! split into stride phases, read in place); everything else (dilated with padding-tap
 //! skipping, huge strides, wide kernels on narrow maps) → implicit GEMM.
 //! Every choice can be forced with its `Algo` and is tested against the reference.
@@ -256,10 +257,22 @@ fn transposed_algo(g: &Geometry) -> Algo {
     }
 }
 
-/// Whether Winograd pays: enough channels for its transforms to amortise, and its padded
-/// GEMM work well under the direct convolution's.
+/// Tiles per stride-phase row from which Auto runs a dilated layer on Winograd: its
+/// transforms work a tile row at a time, costly on narrow phases. Measured at one thread (perf
+/// CPU time, Winograd vs implicit GEMM): 128 → 128 on 64×64, dilation 2 (16 tiles a row):
+/// 186–228 vs 300–305 ms per 20 runs; dilation 4 (8 tiles): 264–303 vs 286–289; 256 → 256
+/// on 32×32, dilation 3 (6 tiles): 253–265 vs 247–258; ASPP dilation 6 (3 tiles): 481–510
+/// vs 326–360 per 30.
+const WINOGRAD_MIN_PHASE_TILES: usize = 12;
+
+/// Whether Winograd pays: enough channels for its transforms to amortise, wide enough stride
+/// phases if dilated, and its padded GEMM work well under the direct convolution's.
 fn prefers_winograd(g: &Geometry, ukr: Microkernel) -> bool {
     if !winograd::applies(g) || g.c < 16 || g.k < 16 {
+        return false;
+    }
+    let dw = g.spec.dilation()[1];
+    if g.spec.dilation() != [1, 1] && g.ow.div_ceil(dw).div_ceil(2) < WINOGRAD_MIN_PHASE_TILES {
         return false;
     }
     let direct = 9.0 * g.k as f64 * g.c as f64 * (g.oh * g.ow) as f64;
@@ -345,7 +358,8 @@ impl Plan {
                 if !winograd::applies(&geom) {
                     return Err(unavailable(
                         chosen,
-                        "it needs a 3x3 kernel, stride 1, dilation 1 and groups 1",
+                        "it needs a 3x3 kernel, stride 1 and groups 1 (dilated: zero padding, \
+                         top and left padding multiples of the dilation)",
                     ));
                 }
                 Imp::Winograd(Box::new(Winograd::new(

@@ -673,6 +673,23 @@ proptest! {
 /// ratio |error| / Σ|x·w| next to the direct kernel's (run with --nocapture).
 #[test]
 fn winograd_error_is_bounded() {
+    // Dilated layers Winograd cannot split into phases: padding not a multiple of the
+    // dilation, or a border mode that mixes the phases.
+    for s in [
+        ConvSpec::conv2d(8, 8, 3).dilation(2).padding(1),
+        ConvSpec::conv2d(8, 8, 3)
+            .dilation(2)
+            .padding(2)
+            .padding_mode(PaddingMode::Reflect),
+    ] {
+        let spec = s.build().unwrap();
+        let (_, w, _) = operands(&spec, [1, 8, 12, 12], 1);
+        let err = Plan::new(&spec, [1, 8, 12, 12], w.view(), None, Algo::Winograd).unwrap_err();
+        assert!(
+            matches!(err, ConvError::AlgorithmUnavailable { .. }),
+            "{spec}: {err}"
+        );
+    }
     let cases = [
         (ConvSpec::conv2d(64, 64, 3).padding(1), [1, 64, 30, 29]),
         (ConvSpec::conv2d(256, 32, 3).padding(1), [1, 256, 14, 14]),
@@ -685,6 +702,22 @@ fn winograd_error_is_bounded() {
                 .padding(1)
                 .padding_mode(PaddingMode::Reflect),
             [1, 16, 7, 8],
+        ),
+        // Dilated layers, split into stride phases of unequal sizes: odd maps, unequal
+        // dilations with asymmetric padding, batch 2, an ASPP-like dilation 6.
+        (
+            ConvSpec::conv2d(16, 24, 3).dilation(2).padding(2),
+            [1, 16, 19, 22],
+        ),
+        (
+            ConvSpec::conv2d(8, 8, 3)
+                .dilation([3, 2])
+                .padding_sides([3, 1, 4, 0]),
+            [2, 8, 17, 13],
+        ),
+        (
+            ConvSpec::conv2d(32, 16, 3).dilation(6).padding(6),
+            [1, 32, 20, 20],
         ),
     ];
     for (i, (s, input)) in cases.into_iter().enumerate() {
@@ -853,4 +886,37 @@ fn reuse_case(spec: &ValidSpec, input: [usize; 4], algo: Algo) {
             });
         }
     });
+}
+
+/// Auto runs a dilated 3×3 on Winograd only when its stride phases are wide (≥ 12 tiles a
+/// row): 128 → 128 on 64×64 at dilation 2 yes, the suite's ASPP (dilation 6 on 32×32, 3 tiles)
+/// no; an undilated 3×3 with channels as before.
+#[test]
+fn auto_picks_dilated_winograd_only_on_wide_phases() {
+    if !Isa::Avx512.available() && !Isa::Avx2.available() {
+        return;
+    }
+    let cases = [
+        (
+            ConvSpec::conv2d(128, 128, 3).dilation(2).padding(2),
+            [1, 128, 64, 64],
+            Algo::Winograd,
+        ),
+        (
+            ConvSpec::conv2d(256, 256, 3).dilation(6).padding(6),
+            [1, 256, 32, 32],
+            Algo::ImplicitGemm,
+        ),
+        (
+            ConvSpec::conv2d(64, 64, 3).padding(1),
+            [1, 64, 56, 56],
+            Algo::Winograd,
+        ),
+    ];
+    for (s, input, want) in cases {
+        let spec = s.build().unwrap();
+        let (_, w, _) = operands(&spec, input, 3);
+        let plan = Plan::new(&spec, input, w.view(), None, Algo::Auto).unwrap();
+        assert_eq!(plan.algo(), want, "{spec}");
+    }
 }

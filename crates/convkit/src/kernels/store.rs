@@ -216,6 +216,36 @@ impl SharedOut {
         copy_row(dst, src, bias, true, self.avx512);
     }
 
+    /// `out[offset + i·stride] = src[i] + bias` (`stride` 1 is [`SharedOut::write_row`]).
+    ///
+    /// # Safety
+    /// As [`SharedOut::write_row`], for these elements.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    #[inline]
+    pub unsafe fn write_strided(&self, offset: usize, src: &[f32], stride: usize, bias: f32) {
+        if stride == 1 {
+            // SAFETY: the same contract.
+            return unsafe { self.write_row(offset, src, bias) };
+        }
+        if src.is_empty() {
+            return;
+        }
+        let last = (src.len() - 1)
+            .checked_mul(stride)
+            .and_then(|v| v.checked_add(offset));
+        assert!(
+            last.is_some_and(|l| l < self.len),
+            "output row out of bounds"
+        );
+        for (i, &v) in src.iter().enumerate() {
+            // SAFETY: every index ≤ `last` < len (asserted); exclusive access is the caller's
+            // contract.
+            unsafe { *self.ptr.add(offset + i * stride) = v + bias };
+        }
+    }
+
     /// Runs `ukr` with its C tile in this buffer: `MR` rows of `NR` values from `offset` at
     /// stride `ldc`, `C (+)= bias + A · B` ([`Microkernel::run_raw`]).
     ///

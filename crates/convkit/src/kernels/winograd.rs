@@ -1,11 +1,14 @@
-//! Winograd F(2×2, 3×3) (Lavin & Gray 2016) for 3×3, stride-1, dilation-1, ungrouped layers.
+//! Winograd F(2×2, 3×3) (Lavin & Gray 2016) for 3×3, stride-1, ungrouped layers, dilated ones
+//! split into their stride phases (see [`applies`]).
 //!
 //! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d Bᵀᵀ)] A` per 2×2 output tile: 16 multiplies instead of 36
 //! (2.25× fewer). The 16 element-wise products, summed over input channels, are 16 GEMMs
 //! `M_ξ[K × T] = U_ξ[K × C] · V_ξ[C × T]` run by the same microkernels as everything else:
 //! `U_ξ` (transformed weights) packed once at plan time, `V_ξ` (transformed input tiles) built
 //! per task for a block of tile rows (≤ 1 MiB), and the output transform applied per 8- or
-//! 6-channel panel straight from a small buffer.
+//! 6-channel panel straight from a small buffer. A dilated layer runs as its stride phases,
+//! each an undilated convolution of the phase's pixels (see [`applies`]), their tile rows
+//! stacked into one column so that narrow phases still fill the GEMM panels.
 //!
 //! The input transform is vectorised across the tiles of a tile row: each padded input row is
 //! split into even and odd columns, so `d·B` is four contiguous vector expressions.
@@ -18,6 +21,7 @@
 //! `Algo::Direct` and `Algo::ImplicitGemm` never use this; `Algo::Auto` does.
 
 use super::gemm::{Microkernel, RowOffsets};
+use super::igemm::gather_strided;
 use super::round_up;
 use super::store::{for_each_task_keyed, SharedOut};
 use crate::border::Border;
@@ -43,9 +47,10 @@ pub struct Winograd {
     ukr: Microkernel,
     geom: Geometry,
     border: Border,
-    /// Tiles per tile row and tile rows.
+    /// Tiles per tile row and tile rows per stride phase (see [`applies`]), and the phases.
     tw: usize,
     th: usize,
+    dil: [usize; 2],
     /// Tile rows per block.
     rows: usize,
     nblocks: usize,
@@ -62,13 +67,33 @@ pub struct Winograd {
 }
 
 /// Whether Winograd F(2×2, 3×3) applies to the layer.
+///
+/// A dilated layer (`d > 1`, zero padding, top and left padding multiples of `d`) splits into
+/// `dh·dw` stride phases: output pixels `(py + dh·i, px + dw·j)` read only input pixels of
+/// the same phase, through the undilated kernel with padding `(pt/dh, pl/dw)`; the tiles of
+/// every phase are one long column of tile rows.
 pub fn applies(g: &Geometry) -> bool {
     let s = &g.spec;
+    let [dh, dw] = s.dilation();
+    let phases_split = (dh == 1 && dw == 1)
+        || (s.padding_mode() == crate::spec::PaddingMode::Zeros
+            && g.pad[0].is_multiple_of(dh)
+            && g.pad[2].is_multiple_of(dw));
     !s.is_transposed()
         && s.kernel() == [3, 3]
         && s.stride() == [1, 1]
-        && s.dilation() == [1, 1]
         && s.groups() == 1
+        && phases_split
+}
+
+/// Tiles per tile row and tile rows per stride phase, and the phases `[dh, dw]`.
+fn tiling(g: &Geometry) -> (usize, usize, [usize; 2]) {
+    let [dh, dw] = g.spec.dilation();
+    (
+        g.ow.div_ceil(dw).div_ceil(2),
+        g.oh.div_ceil(dh).div_ceil(2),
+        [dh, dw],
+    )
 }
 
 impl Winograd {
@@ -116,11 +141,12 @@ impl Winograd {
                 }
             }
         }
-        let (tw, th) = (geom.ow.div_ceil(2), geom.oh.div_ceil(2));
+        let (tw, th, dil) = tiling(geom);
+        let tall = th * dil[0] * dil[1];
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
         let budget = MAX_V_BYTES[usize::from(rayon::current_num_threads() > 1)];
         let max_tiles = (budget / (64 * c)).max(nr);
-        let max_rows = (max_tiles / tw).clamp(1, th);
+        let max_rows = (max_tiles / tw).clamp(1, tall);
         // (Whole panels, not the narrowed last one: counting that picks the largest blocks,
         // 1.6 → 2.5 MiB of workspace on a 56×56 layer, 15 % slower at two threads.)
         let util = |r: usize| (r * tw) as f64 / round_up(r * tw, nr) as f64;
@@ -130,7 +156,7 @@ impl Winograd {
                 rows = r;
             }
         }
-        let nblocks = th.div_ceil(rows);
+        let nblocks = tall.div_ceil(rows);
         let mut mc_panels = mpanels;
         // The pool the plan is made in (a plan run in another pool is as exact, maybe slower).
         let min_tasks = TASKS_PER_THREAD * rayon::current_num_threads().max(1);
@@ -144,6 +170,7 @@ impl Winograd {
             border: Border::from(geom.spec.padding_mode()),
             tw,
             th,
+            dil,
             rows,
             nblocks,
             mpanels,
@@ -162,8 +189,9 @@ impl Winograd {
     /// counting the narrowed last panel made 14×14 layers pick 8×48 + 8×8 over 8×32, 1.53–1.60
     /// → 1.59–1.78 ms for 3×3 256 → 256 (`convkit bench`, three alternating runs).
     pub fn padded_macs(ukr: Microkernel, g: &Geometry) -> f64 {
-        let (tw, th) = (g.ow.div_ceil(2), g.oh.div_ceil(2));
-        16.0 * round_up(g.k, ukr.mr) as f64 * g.c as f64 * round_up(tw * th, ukr.nr) as f64
+        let (tw, th, [dh, dw]) = tiling(g);
+        let tiles = tw * th * dh * dw;
+        16.0 * round_up(g.k, ukr.mr) as f64 * g.c as f64 * round_up(tiles, ukr.nr) as f64
     }
 
     /// The microkernel in use.
@@ -224,23 +252,45 @@ impl Winograd {
         // Columns of the padded row that come straight from the input.
         let j0 = pl.min(2 * tw + 2);
         let j1 = (pl + g.w).clamp(j0, 2 * tw + 2);
+        let [dh, dw] = self.dil;
+        let (qt, ql) = (pt / dh, pl / dw);
         for c in 0..g.c {
             let plane = &xn[c * hw..(c + 1) * hw];
-            for ty in ty0..ty1 {
+            for tr in ty0..ty1 {
+                let (phase, ty) = (tr / self.th, tr % self.th);
+                let (py, px) = (phase / dw, phase % dw);
                 for i in 0..4 {
-                    let iy = (2 * ty + i) as isize - pt as isize;
-                    match self.border.source(iy, g.h) {
-                        None => prow.fill(0.0),
-                        Some(r) => {
-                            let row = &plane[r * g.w..(r + 1) * g.w];
-                            if j1 > j0 {
-                                prow[j0..j1].copy_from_slice(&row[j0 - pl..j1 - pl]);
-                            }
-                            for j in (0..j0).chain(j1..2 * tw + 2) {
-                                prow[j] = self
-                                    .border
-                                    .source(j as isize - pl as isize, g.w)
-                                    .map_or(0.0, |s| row[s]);
+                    if dh * dw > 1 {
+                        // A phase row (zero padding): input row py + dh·(2ty + i − qt),
+                        // columns px + dw·(j − ql).
+                        let iy = (2 * ty + i) as isize - qt as isize;
+                        let r = py as isize + dh as isize * iy;
+                        if iy < 0 || r >= g.h as isize {
+                            prow.fill(0.0);
+                        } else {
+                            let row = &plane[r as usize * g.w..(r as usize + 1) * g.w];
+                            let valid = g.w.saturating_sub(px).div_ceil(dw);
+                            let p0 = ql.min(prow.len());
+                            let p1 = (ql + valid).min(prow.len());
+                            prow[..p0].fill(0.0);
+                            gather_strided(&mut prow[p0..p1], &row[px..], dw);
+                            prow[p1..].fill(0.0);
+                        }
+                    } else {
+                        let iy = (2 * ty + i) as isize - pt as isize;
+                        match self.border.source(iy, g.h) {
+                            None => prow.fill(0.0),
+                            Some(r) => {
+                                let row = &plane[r * g.w..(r + 1) * g.w];
+                                if j1 > j0 {
+                                    prow[j0..j1].copy_from_slice(&row[j0 - pl..j1 - pl]);
+                                }
+                                for j in (0..j0).chain(j1..2 * tw + 2) {
+                                    prow[j] = self
+                                        .border
+                                        .source(j as isize - pl as isize, g.w)
+                                        .map_or(0.0, |s| row[s]);
+                                }
                             }
                         }
                     }
@@ -264,7 +314,7 @@ impl Winograd {
                     }
                 }
                 // Bᵀ·(d·B): the same combination across the four rows.
-                let col0 = (ty - ty0) * tw;
+                let col0 = (tr - ty0) * tw;
                 for b in 0..4 {
                     let r = |i: usize| &tcols[(i * 4 + b) * tw..(i * 4 + b + 1) * tw];
                     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
@@ -299,7 +349,7 @@ impl Winograd {
         let blk = (t / self.nmb) % self.nblocks;
         let n = t / (self.nmb * self.nblocks);
         let ty0 = blk * self.rows;
-        let ty1 = (ty0 + self.rows).min(self.th);
+        let ty1 = (ty0 + self.rows).min(self.th * self.dil[0] * self.dil[1]);
         let tiles = (ty1 - ty0) * self.tw;
         let npan = tiles.div_ceil(nr);
         let (v, rest) = ws.split_at_mut(self.v_len());
@@ -344,8 +394,11 @@ impl Winograd {
                         break;
                     }
                     let bias = self.bias[k];
-                    for ty in ty0..ty1 {
-                        let col0 = (ty - ty0) * tw;
+                    let [dh, dw] = self.dil;
+                    for tr in ty0..ty1 {
+                        let (phase, ty) = (tr / self.th, tr % self.th);
+                        let (py, px) = (phase / dw, phase % dw);
+                        let col0 = (tr - ty0) * tw;
                         let ms: [&[f32]; 16] =
                             std::array::from_fn(|xi| &mbuf[mrow(xi, r) + col0..][..tw]);
                         let (top, bot) = orow.split_at_mut(2 * tw);
@@ -363,14 +416,17 @@ impl Winograd {
                             bot[2 * t] = s1[0] + s1[1] + s1[2];
                             bot[2 * t + 1] = s1[1] - s1[2] - s1[3];
                         }
+                        // This phase's output columns px, px + dw, …
+                        let ncols = (g.ow - px).div_ceil(dw);
                         for (dy, row) in [(0, &*top), (1, &*bot)] {
-                            let oy = 2 * ty + dy;
+                            let oy = py + dh * (2 * ty + dy);
                             if oy < g.oh {
-                                let off = ((n * g.k + k) * g.oh + oy) * g.ow;
+                                let off = ((n * g.k + k) * g.oh + oy) * g.ow + px;
                                 // SAFETY: this task alone writes channel k of image n on tile rows
                                 // [ty0, ty1) (tasks partition batch × tile-row block × channel
-                                // block), and `out` wraps the caller's exclusively borrowed output.
-                                unsafe { out.write_row(off, &row[..g.ow], bias) };
+                                // block; a tile row is one phase's row, its columns that phase's),
+                                // and `out` wraps the caller's exclusively borrowed output.
+                                unsafe { out.write_strided(off, &row[..ncols], dw, bias) };
                             }
                         }
                     }
