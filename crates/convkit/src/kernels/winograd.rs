@@ -234,6 +234,52 @@ impl Winograd {
         });
     }
 
+    /// Row `i` of the 4-row input patches of stacked tile row `tr` of one channel `plane`,
+    /// padded (`2·tw + 2` values): the border rule for an undilated layer; for a dilated one,
+    /// phase `(py, px)`'s row `py + dh·(2ty + i − pt/dh)` at columns `px + dw·(j − pl/dw)`,
+    /// zero outside the input (`applies` requires zero padding there).
+    fn padded_row(&self, plane: &[f32], tr: usize, i: usize, prow: &mut [f32]) {
+        let g = &self.geom;
+        let [pt, _, pl, _] = g.pad;
+        let [dh, dw] = self.dil;
+        let (phase, ty) = (tr / self.th, tr % self.th);
+        if dh * dw > 1 {
+            let (py, px) = (phase / dw, phase % dw);
+            let iy = (2 * ty + i) as isize - (pt / dh) as isize;
+            let r = py as isize + dh as isize * iy;
+            if iy < 0 || r >= g.h as isize {
+                prow.fill(0.0);
+                return;
+            }
+            let row = &plane[r as usize * g.w..(r as usize + 1) * g.w];
+            let valid = g.w.saturating_sub(px).div_ceil(dw);
+            let p0 = (pl / dw).min(prow.len());
+            let p1 = (pl / dw + valid).min(prow.len());
+            prow[..p0].fill(0.0);
+            gather_strided(&mut prow[p0..p1], &row[px..], dw);
+            prow[p1..].fill(0.0);
+            return;
+        }
+        let Some(r) = self.border.source((2 * ty + i) as isize - pt as isize, g.h) else {
+            prow.fill(0.0);
+            return;
+        };
+        let row = &plane[r * g.w..(r + 1) * g.w];
+        // Columns of the padded row that come straight from the input.
+        let n = prow.len();
+        let j0 = pl.min(n);
+        let j1 = (pl + g.w).clamp(j0, n);
+        if j1 > j0 {
+            prow[j0..j1].copy_from_slice(&row[j0 - pl..j1 - pl]);
+        }
+        for j in (0..j0).chain(j1..n) {
+            prow[j] = self
+                .border
+                .source(j as isize - pl as isize, g.w)
+                .map_or(0.0, |s| row[s]);
+        }
+    }
+
     /// Input transform of tile rows `[ty0, ty1)` of image `xn` into `v` (`[ξ][c][tile]`).
     fn transform_input(
         &self,
@@ -245,55 +291,14 @@ impl Winograd {
     ) {
         let g = &self.geom;
         let tw = self.tw;
-        let [pt, _, pl, _] = g.pad;
         let (prow, tcols) = scratch.split_at_mut(2 * tw + 2);
         let tcols = &mut tcols[..16 * tw];
         let hw = g.h * g.w;
-        // Columns of the padded row that come straight from the input.
-        let j0 = pl.min(2 * tw + 2);
-        let j1 = (pl + g.w).clamp(j0, 2 * tw + 2);
-        let [dh, dw] = self.dil;
-        let (qt, ql) = (pt / dh, pl / dw);
         for c in 0..g.c {
             let plane = &xn[c * hw..(c + 1) * hw];
             for tr in ty0..ty1 {
-                let (phase, ty) = (tr / self.th, tr % self.th);
-                let (py, px) = (phase / dw, phase % dw);
                 for i in 0..4 {
-                    if dh * dw > 1 {
-                        // A phase row (zero padding): input row py + dh·(2ty + i − qt),
-                        // columns px + dw·(j − ql).
-                        let iy = (2 * ty + i) as isize - qt as isize;
-                        let r = py as isize + dh as isize * iy;
-                        if iy < 0 || r >= g.h as isize {
-                            prow.fill(0.0);
-                        } else {
-                            let row = &plane[r as usize * g.w..(r as usize + 1) * g.w];
-                            let valid = g.w.saturating_sub(px).div_ceil(dw);
-                            let p0 = ql.min(prow.len());
-                            let p1 = (ql + valid).min(prow.len());
-                            prow[..p0].fill(0.0);
-                            gather_strided(&mut prow[p0..p1], &row[px..], dw);
-                            prow[p1..].fill(0.0);
-                        }
-                    } else {
-                        let iy = (2 * ty + i) as isize - pt as isize;
-                        match self.border.source(iy, g.h) {
-                            None => prow.fill(0.0),
-                            Some(r) => {
-                                let row = &plane[r * g.w..(r + 1) * g.w];
-                                if j1 > j0 {
-                                    prow[j0..j1].copy_from_slice(&row[j0 - pl..j1 - pl]);
-                                }
-                                for j in (0..j0).chain(j1..2 * tw + 2) {
-                                    prow[j] = self
-                                        .border
-                                        .source(j as isize - pl as isize, g.w)
-                                        .map_or(0.0, |s| row[s]);
-                                }
-                            }
-                        }
-                    }
+                    self.padded_row(plane, tr, i, prow);
                     // d·B for every tile of the row: with E[t] = d[2t], O[t] = d[2t+1]:
                     // (E − E⁺, O + E⁺, E⁺ − O, O − O⁺), ⁺ = next tile.
                     let t4 = &mut tcols[i * 4 * tw..(i + 1) * 4 * tw];
