@@ -23,7 +23,8 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::gather_strided;
 use super::round_up;
-use super::store::{for_each_task_keyed, SharedOut};
+use super::store::{copy_row, for_each_task_keyed, SharedOut};
+use super::Isa;
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
@@ -47,6 +48,8 @@ pub struct Winograd {
     ukr: Microkernel,
     geom: Geometry,
     border: Border,
+    /// Whether row copies may use AVX-512 ([`copy_row`]).
+    avx512: bool,
     /// Tiles per tile row and tile rows per stride phase (see [`applies`]), and the phases.
     tw: usize,
     th: usize,
@@ -168,6 +171,7 @@ impl Winograd {
             ukr,
             geom: *geom,
             border: Border::from(geom.spec.padding_mode()),
+            avx512: ukr.isa == Isa::Avx512,
             tw,
             th,
             dil,
@@ -270,7 +274,14 @@ impl Winograd {
         let j0 = pl.min(n);
         let j1 = (pl + g.w).clamp(j0, n);
         if j1 > j0 {
-            prow[j0..j1].copy_from_slice(&row[j0 - pl..j1 - pl]);
+            // Masked vector copies: `copy_from_slice` is a `memmove` call per row.
+            copy_row(
+                &mut prow[j0..j1],
+                &row[j0 - pl..j1 - pl],
+                0.0,
+                false,
+                self.avx512,
+            );
         }
         for j in (0..j0).chain(j1..n) {
             prow[j] = self
@@ -404,8 +415,14 @@ impl Winograd {
                         let (phase, ty) = (tr / self.th, tr % self.th);
                         let (py, px) = (phase / dw, phase % dw);
                         let col0 = (tr - ty0) * tw;
-                        let ms: [&[f32]; 16] =
-                            std::array::from_fn(|xi| &mbuf[mrow(xi, r) + col0..][..tw]);
+                        // The 16 rows M_ξ of this channel and tile row (`from_fn` over the
+                        // rows was a function call per tile row, 4 % of a 56×56 layer).
+                        let step = mr * self.tbpad;
+                        let m = &mbuf[mrow(0, r) + col0..][..15 * step + tw];
+                        let mut ms = [&m[..tw]; 16];
+                        for (xi, row) in ms.iter_mut().enumerate().skip(1) {
+                            *row = &m[xi * step..xi * step + tw];
+                        }
                         let (top, bot) = orow.split_at_mut(2 * tw);
                         for t in 0..tw {
                             let mut s0 = [0f32; 4];
