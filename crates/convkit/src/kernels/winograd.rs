@@ -308,11 +308,17 @@ impl Winograd {
         for c in 0..g.c {
             let plane = &xn[c * hw..(c + 1) * hw];
             for tr in ty0..ty1 {
-                for i in 0..4 {
+                // Patch row i of tile row ty is padded row 2·ty + i, kept in slot (2·ty + i) mod
+                // 4: rows 0 and 1 are the previous tile row's rows 2 and 3 (same phase), whose
+                // copies and d·B are reused.
+                let ty = tr % self.th;
+                let first = if tr > ty0 && ty > 0 { 2 } else { 0 };
+                let slot = |i: usize| (2 * ty + i) % 4;
+                for i in first..4 {
                     self.padded_row(plane, tr, i, prow);
                     // d·B for every tile of the row: with E[t] = d[2t], O[t] = d[2t+1]:
                     // (E − E⁺, O + E⁺, E⁺ − O, O − O⁺), ⁺ = next tile.
-                    let t4 = &mut tcols[i * 4 * tw..(i + 1) * 4 * tw];
+                    let t4 = &mut tcols[slot(i) * 4 * tw..(slot(i) + 1) * 4 * tw];
                     let (c0, rest) = t4.split_at_mut(tw);
                     let (c1, rest) = rest.split_at_mut(tw);
                     let (c2, c3) = rest.split_at_mut(tw);
@@ -332,7 +338,7 @@ impl Winograd {
                 // Bᵀ·(d·B): the same combination across the four rows.
                 let col0 = (tr - ty0) * tw;
                 for b in 0..4 {
-                    let r = |i: usize| &tcols[(i * 4 + b) * tw..(i * 4 + b + 1) * tw];
+                    let r = |i: usize| &tcols[(slot(i) * 4 + b) * tw..(slot(i) * 4 + b + 1) * tw];
                     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
                     let base = |a: usize| ((a * 4 + b) * g.c + c) * self.tbpad + col0;
                     let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
