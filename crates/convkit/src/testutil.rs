@@ -12,3 +12,47 @@ pub(crate) fn pseudo(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Random transposed layers for the kernels' property tests: 1–3 channels per group each way,
+/// 1–2 groups, kernels up to 4 × `max_kw`, strides and dilations up to 3, padding up to 3 per
+/// side, a valid output padding, batch 1–2 on inputs up to 6 × `max_w`, with or without bias.
+/// Yields the spec (unbuilt) and the input shape.
+pub(crate) fn arb_transposed(
+    max_kw: usize,
+    max_w: usize,
+) -> impl proptest::strategy::Strategy<Value = (crate::spec::ConvSpec, [usize; 4])> {
+    use crate::spec::{ConvSpec, Padding};
+    use proptest::prelude::*;
+    (
+        (1usize..4, 1usize..4, 1usize..3),
+        (1usize..5, 1usize..max_kw + 1),
+        (1usize..4, 1usize..4),
+        (1usize..4, 1usize..4),
+        (0usize..4, 0usize..4, 0usize..4, 0usize..4),
+        (0usize..3, 0usize..3),
+        (1usize..3, 1usize..7, 1usize..max_w + 1),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                (cg, kg, groups),
+                (kh, kw),
+                (sh, sw),
+                (dh, dw),
+                pads,
+                (oph, opw),
+                (n, h, w),
+                bias,
+            )| {
+                let spec = ConvSpec::conv_transpose2d(cg * groups, kg * groups, [kh, kw])
+                    .stride([sh, sw])
+                    .dilation([dh, dw])
+                    .padding_rule(Padding::Explicit([pads.0, pads.1, pads.2, pads.3]))
+                    // Always a valid output padding: below max(stride, dilation).
+                    .output_padding([oph % sh.max(dh), opw % sw.max(dw)])
+                    .groups(groups)
+                    .bias(bias);
+                (spec, [n, cg * groups, h, w])
+            },
+        )
+}

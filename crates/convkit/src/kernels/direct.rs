@@ -234,6 +234,16 @@ impl DirectConv {
         self.ukr
     }
 
+    /// The depth chunks `(kk0, kk1)` every tile is summed over, in order: ≤ KC rows each,
+    /// balanced.
+    fn depth_chunks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let per = self.ktot.div_ceil(self.ktot.div_ceil(KC));
+        let ktot = self.ktot;
+        (0..ktot)
+            .step_by(per.max(1))
+            .map(move |k0| (k0, (k0 + per).min(ktot)))
+    }
+
     fn band_len(&self) -> usize {
         self.cg * self.phases.len() * self.br * self.wb + self.ukr.nr
     }
@@ -371,11 +381,7 @@ impl DirectConv {
         let ldc = self.ldc();
         let apan = self.ktot * mr;
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
-        let nchunks = self.ktot.div_ceil(KC);
-        let per = self.ktot.div_ceil(nchunks);
-        let mut kk0 = 0;
-        while kk0 < self.ktot {
-            let kk1 = (kk0 + per).min(self.ktot);
+        for (kk0, kk1) in self.depth_chunks() {
             for p in 0..npan {
                 // The last tile runs on the kernels that cover it.
                 for (j, ukr) in self.ukr.parts(flat - p * nr) {
@@ -387,7 +393,6 @@ impl DirectConv {
                     }
                 }
             }
-            kk0 = kk1;
         }
         for r in 0..(p1 - p0) * mr {
             let m = p0 * mr + r;
@@ -423,11 +428,7 @@ impl DirectConv {
         let ohw = g.oh * g.ow;
         let apan = self.ktot * mr;
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
-        let nchunks = self.ktot.div_ceil(KC);
-        let per = self.ktot.div_ceil(nchunks);
-        let mut kk0 = 0;
-        while kk0 < self.ktot {
-            let kk1 = (kk0 + per).min(self.ktot);
+        for (kk0, kk1) in self.depth_chunks() {
             for rr in 0..rv {
                 let orow = (oy0 + rr) * g.ow + ox0;
                 for x in (0..cv).step_by(nr) {
@@ -462,7 +463,6 @@ impl DirectConv {
                     }
                 }
             }
-            kk0 = kk1;
         }
     }
 }

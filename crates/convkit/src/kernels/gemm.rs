@@ -222,28 +222,13 @@ impl Microkernel {
         accumulate: bool,
     ) {
         let (mr, nr) = (self.mr, self.nr);
-        assert!(a.len() >= kc * mr, "A panel too short");
-        assert!(k0 + kc <= offs.len(), "offset table too short");
-        assert!(kc == 0 || b.len() >= offs.max + nr, "B rows out of bounds");
         assert!(
             ldc >= nr && c.len() >= (mr - 1) * ldc + nr,
             "C tile too short"
         );
-        // SAFETY: the asserts above bound every read of `a` (kc·MR values), of `b` (kc rows of
-        // NR starting at offsets ≤ offs.max) and every write of `c` (MR rows of NR at stride
-        // ldc); the ISA was checked available when `self` was built.
-        unsafe {
-            (self.f)(
-                kc,
-                a.as_ptr(),
-                b.as_ptr(),
-                offs.offs.as_ptr().add(k0),
-                c.as_mut_ptr(),
-                ldc,
-                accumulate,
-                std::ptr::null(),
-            )
-        }
+        // SAFETY: `c` holds MR rows of NR at stride ldc (asserted) and is exclusively
+        // borrowed; `run_raw` checks the other operands.
+        unsafe { self.run_raw(kc, a, b, offs, k0, c.as_mut_ptr(), ldc, accumulate, None) }
     }
 
     /// [`Microkernel::run`] writing its tile straight into a buffer other threads write other
