@@ -7,9 +7,10 @@
 //! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
 //! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
 //! one (dilated: zero padding in multiples of the dilation and stride phases ≥ 12 tiles wide,
-//! `WINOGRAD_MIN_PHASE_TILES`); undilated layers with a small gap share, strided ones included → direct (input bands,
-//! split into stride phases, read in place); everything else (dilated with padding-tap
-//! skipping, huge strides, wide kernels on narrow maps) → implicit GEMM.
+//! `WINOGRAD_MIN_PHASE_TILES`); undilated layers with a small gap share, strided ones
+//! included → direct (input bands, split into stride phases, read in place); everything else
+//! (dilated with padding-tap skipping, huge strides, wide kernels on narrow maps) → implicit
+//! GEMM.
 //! Every choice can be forced with its `Algo` and is tested against the reference.
 //!
 //! ```
