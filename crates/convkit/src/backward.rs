@@ -59,27 +59,35 @@ fn backward_on_pool(
     if spec.is_depthwise() {
         return depthwise(&geom, x, w, dy, want, isa);
     }
-    let input = if want.input {
-        Some(if spec.is_transposed() {
-            grad_input_transposed(&geom, x, w, dy)?
-        } else {
-            match grad_input_flipped(&geom, w, dy)? {
-                Some(dx) => dx,
-                None => grad_input_direct(&geom, w, dy, isa)?,
+    // Grad input and grad weight share nothing but their operands: run them side by side, so
+    // the idle tail of one gradient's parallel region is filled with the other's tasks (each
+    // kernel's result depends only on its own task decomposition, never on the schedule).
+    let (input, weight) = rayon::join(
+        || -> Result<Option<Array4<f32>>> {
+            if !want.input {
+                return Ok(None);
             }
-        })
-    } else {
-        None
-    };
-    let weight = if want.weight {
-        Some(if spec.is_transposed() {
-            grad_weight_transposed(&geom, x, dy)?
-        } else {
-            grad_weight_direct(&geom, x, dy)?
-        })
-    } else {
-        None
-    };
+            Ok(Some(if spec.is_transposed() {
+                grad_input_transposed(&geom, x, w, dy)?
+            } else {
+                match grad_input_flipped(&geom, w, dy)? {
+                    Some(dx) => dx,
+                    None => grad_input_direct(&geom, w, dy, isa)?,
+                }
+            }))
+        },
+        || -> Result<Option<Array4<f32>>> {
+            if !want.weight {
+                return Ok(None);
+            }
+            Ok(Some(if spec.is_transposed() {
+                grad_weight_transposed(&geom, x, dy)?
+            } else {
+                grad_weight_direct(&geom, x, dy)?
+            }))
+        },
+    );
+    let (input, weight) = (input?, weight?);
     let bias = want.bias.then(|| grad_bias(dy));
     Ok(Gradients {
         input,

@@ -719,6 +719,13 @@ fn winograd_error_is_bounded() {
             ConvSpec::conv2d(32, 16, 3).dilation(6).padding(6),
             [1, 32, 20, 20],
         ),
+        // Dilated along rows only: the output transform writes the phase rows in place.
+        (
+            ConvSpec::conv2d(8, 12, 3)
+                .dilation([2, 1])
+                .padding_sides([2, 1, 1, 1]),
+            [1, 8, 15, 11],
+        ),
     ];
     for (i, (s, input)) in cases.into_iter().enumerate() {
         let spec = s.build().unwrap();

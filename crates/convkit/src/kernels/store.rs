@@ -216,6 +216,25 @@ impl SharedOut {
         copy_row(dst, src, bias, true, self.avx512);
     }
 
+    /// `out[offset .. offset + len]` as a slice, for a kernel that computes straight into the
+    /// output (no buffer and copy).
+    ///
+    /// # Safety
+    /// As [`SharedOut::write_row`], for these elements, for as long as the slice lives.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    #[inline]
+    #[allow(clippy::mut_from_ref)] // disjoint parts of the wrapped buffer, by the contract
+    pub unsafe fn row_mut(&self, offset: usize, len: usize) -> &mut [f32] {
+        assert!(
+            offset <= self.len && len <= self.len - offset,
+            "output row out of bounds"
+        );
+        // SAFETY: in bounds (asserted); exclusive access is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
+    }
+
     /// `out[offset + i·stride] = src[i] + bias` (`stride` 1 is [`SharedOut::write_row`]).
     ///
     /// # Safety
