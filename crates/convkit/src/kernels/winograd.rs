@@ -10,8 +10,8 @@
 //! each an undilated convolution of the phase's pixels (see [`applies`]), their tile rows
 //! stacked into one column so that narrow phases still fill the GEMM panels.
 //!
-//! The transforms ([`transforms`]) are vectorised across the tiles of a tile row: each padded
-//! input row is split into even and odd columns, so `d·B` is four contiguous vector
+//! The transforms (module `transforms`) are vectorised across the tiles of a tile row: each
+//! padded input row is split into even and odd columns, so `d·B` is four contiguous vector
 //! expressions, and the output transform writes its two output rows straight into the output
 //! (bias added) where the columns are contiguous. Explicit AVX-512 versions (bit-identical to
 //! the portable ones): on Zen 5, where the GEMMs run twice as fast as on Zen 4, the compiler's
