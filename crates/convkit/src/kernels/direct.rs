@@ -20,8 +20,9 @@
 //! result does not depend on the number of threads.
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::igemm::{gather_strided, pack_weights};
+use super::igemm::pack_weights;
 use super::round_up;
+use super::store::gather_strided;
 use super::store::{for_each_task_keyed, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
@@ -327,7 +328,12 @@ impl DirectConv {
                         if sw == 1 {
                             dst[j0..j1].copy_from_slice(&row[s0..s0 + (j1 - j0)]);
                         } else {
-                            gather_strided(&mut dst[j0..j1], &row[s0..], sw);
+                            gather_strided(
+                                &mut dst[j0..j1],
+                                &row[s0..],
+                                sw,
+                                self.ukr.isa == super::Isa::Avx512,
+                            );
                         }
                     }
                     for j in (0..j0).chain(j1..ncol) {

@@ -22,7 +22,7 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::{copy_row, for_each_task, pack_segments, SharedOut};
+use super::store::{copy_row, for_each_task, gather_strided, pack_segments, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
@@ -117,27 +117,6 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
         }
     }
     a
-}
-
-/// `dst[i] = src[i·stride]`; stride 2 (the common strided layers) in blocks of 8 that the
-/// compiler turns into shuffles.
-#[inline]
-pub(crate) fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
-    if stride == 2 {
-        let n8 = (dst.len() / 8).min(src.len() / 16);
-        for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(16)).take(n8) {
-            let d: &mut [f32; 8] = d.try_into().expect("chunk of 8");
-            let s: &[f32; 16] = s.try_into().expect("chunk of 16");
-            *d = [s[0], s[2], s[4], s[6], s[8], s[10], s[12], s[14]];
-        }
-        for i in n8 * 8..dst.len() {
-            dst[i] = src[2 * i];
-        }
-    } else {
-        for (v, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
-            *v = *s;
-        }
-    }
 }
 
 /// Where [`ConvGemm::split_phases`] put the rows: channels from `c0`, input rows
@@ -741,7 +720,7 @@ impl ConvGemm {
                     let n = (g.w - p.min(g.w)).div_ceil(s);
                     let d = &mut phase[base + p * wph..base + (p + 1) * wph];
                     if n > 0 {
-                        gather_strided(&mut d[..n], &row[p..p + (n - 1) * s + 1], s);
+                        gather_strided(&mut d[..n], &row[p..p + (n - 1) * s + 1], s, self.avx512);
                     }
                     d[n..].fill(0.0);
                 }
@@ -832,7 +811,12 @@ impl ConvGemm {
             if sw == 1 {
                 copy_row(d, &row[start..start + (b - a)], 0.0, false, self.avx512);
             } else {
-                gather_strided(d, &row[start..start + (b - a - 1) * sw + 1], sw);
+                gather_strided(
+                    d,
+                    &row[start..start + (b - a - 1) * sw + 1],
+                    sw,
+                    self.avx512,
+                );
             }
         }
         for o in b..end {

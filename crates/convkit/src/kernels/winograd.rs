@@ -26,9 +26,8 @@
 //! `Algo::Direct` and `Algo::ImplicitGemm` never use this; `Algo::Auto` does.
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::igemm::gather_strided;
 use super::round_up;
-use super::store::{copy_row, for_each_task_keyed, SharedOut};
+use super::store::{copy_row, for_each_task_keyed, gather_strided, SharedOut};
 use super::Isa;
 use crate::border::Border;
 use crate::geometry::Geometry;
@@ -268,7 +267,7 @@ impl Winograd {
             let p0 = (pl / dw).min(prow.len());
             let p1 = (pl / dw + valid).min(prow.len());
             prow[..p0].fill(0.0);
-            gather_strided(&mut prow[p0..p1], &row[px..], dw);
+            gather_strided(&mut prow[p0..p1], &row[px..], dw, self.avx512);
             prow[p1..].fill(0.0);
             return;
         }
