@@ -193,6 +193,28 @@ impl Microkernel {
         .restart()
     }
 
+    /// [`Microkernel::parts`] for callers whose operand and result buffers are padded to whole
+    /// panels (so a kernel may run past `cols` up to the panel's end): on cores whose 512-bit
+    /// FMAs run at twice the 256-bit rate ([`full_width_avx512`]), one narrowest kernel
+    /// covering `cols` instead of a split. There the 8-wide kernel (one ymm accumulator per
+    /// row) runs at half the rate of the others, so that a column costs 107 / 207 / 243 /
+    /// 246 GFLOP/s on the 8 / 16 / 32 / 48-wide kernels (Zen 5, `ukr_bench`), and 32 + 8
+    /// columns cost more than 48, 16 + 8 more than 32: Winograd's 49 tiles of a 14×14 map as
+    /// 32 + 32, not 32 + 16 + 8 (whose 8-wide part, one live column, was 18 % of the layer),
+    /// 0.89× the CPU time. Elsewhere the same as `parts`.
+    #[inline]
+    pub fn parts_padded(&self, cols: usize) -> Parts {
+        if cols < self.nr && self.isa == Isa::Avx512 && full_width_avx512() {
+            return Parts {
+                ukr: *self,
+                at: 0,
+                cols,
+                single: true,
+            };
+        }
+        self.parts(cols)
+    }
+
     /// Columns the tiles of a `cols`-wide run multiply: full `NR`-wide panels, then the
     /// [`Microkernel::parts`] of the last.
     pub fn covered(&self, cols: usize) -> usize {
@@ -278,6 +300,38 @@ impl Microkernel {
             )
         }
     }
+}
+
+/// Whether this CPU runs 512-bit FMAs at twice its 256-bit rate (two full-width FMA pipes):
+/// AMD from Zen 5 (family 1Ah) and Intel's AVX-512 cores, not Zen 4 (family 19h), which splits
+/// each 512-bit FMA into two 256-bit halves (there the 8-wide ymm kernel keeps pace: 91 of
+/// 116 GFLOP/s). Read once from CPUID; only the choice of tail kernels depends on it, never a
+/// result (the kernels of a family are bit-identical column for column).
+pub fn full_width_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *FULL.get_or_init(|| {
+            use std::arch::x86_64::__cpuid;
+            // CPUID leaves 0 and 1 exist on every x86-64 CPU.
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID has no preconditions on x86-64.
+            let (v, f) = unsafe { (__cpuid(0), __cpuid(1)) };
+            let vendor = [v.ebx, v.edx, v.ecx].map(u32::to_le_bytes).concat();
+            let base = (f.eax >> 8) & 0xf;
+            let family = if base == 0xf {
+                base + ((f.eax >> 20) & 0xff)
+            } else {
+                base
+            };
+            match &vendor[..] {
+                b"AuthenticAMD" => family >= 0x1a,
+                _ => true,
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The kernels covering a partial panel, from [`Microkernel::parts`]: `(column offset, kernel)`.
@@ -712,6 +766,35 @@ mod tests {
         }
         let s = Microkernel::for_isa(Isa::Scalar).unwrap();
         assert_eq!(s.covered(17), 32);
+    }
+
+    /// `parts_padded` covers every column of a partial panel without leaving the panel: one
+    /// narrowest kernel on full-width AVX-512 cores, `parts`' split elsewhere; whole panels
+    /// unchanged.
+    #[test]
+    fn padded_parts_cover_the_columns_inside_the_panel() {
+        let all = Isa::available_levels()
+            .into_iter()
+            .flat_map(Microkernel::family);
+        for u in all {
+            for cols in 1..=2 * u.nr {
+                let parts: Vec<_> = u.parts_padded(cols).map(|(at, k)| (at, k.nr)).collect();
+                let end = parts.last().map_or(0, |&(at, nr)| at + nr);
+                assert!(
+                    end >= cols.min(u.nr) && end <= u.nr,
+                    "{u:?} {cols}: {parts:?}"
+                );
+                assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+                if cols >= u.nr {
+                    assert_eq!(parts, [(0, u.nr)]);
+                } else if u.isa == Isa::Avx512 && full_width_avx512() {
+                    assert_eq!(parts, [(0, u.narrowed(cols).nr)], "{u:?} {cols}");
+                } else {
+                    let split: Vec<_> = u.parts(cols).map(|(at, k)| (at, k.nr)).collect();
+                    assert_eq!(parts, split);
+                }
+            }
+        }
     }
 
     /// `run_raw` with a bias starts each row's sums at its bias value, and accumulates onto C.

@@ -535,7 +535,13 @@ impl ConvGemm {
                         (&bbuf[..], &self.offs_packed, 0)
                     }
                 };
-                for (j, ukr) in self.ukr.parts(cols) {
+                // Packed panels are padded to whole panels: any kernel may run to the end.
+                let parts = if self.direct {
+                    self.ukr.parts(cols)
+                } else {
+                    self.ukr.parts_padded(cols)
+                };
+                for (j, ukr) in parts {
                     for i in p0..p1 {
                         let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
                         let c = &mut cbuf[(i - p0) * mr * ldc + p * nr + j..];

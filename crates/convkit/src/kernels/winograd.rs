@@ -392,8 +392,9 @@ impl Winograd {
                     let a = &self.u[xi * umat + i * apan..xi * umat + (i + 1) * apan];
                     let row0 = ((i - ib0) * 16 + xi) * mr;
                     for p in 0..npan {
-                        // The last panel on the kernels that cover its tiles.
-                        for (j, ukr) in self.ukr.parts(tiles - p * nr) {
+                        // The last panel on the kernels that cover its tiles (V and M are
+                        // padded to whole panels).
+                        for (j, ukr) in self.ukr.parts_padded(tiles - p * nr) {
                             let c = &mut mbuf[row0 * self.tbpad + p * nr + j..];
                             let b = &vx[p * nr + j..];
                             ukr.run(g.c, a, b, &self.offs, 0, c, self.tbpad, false);
