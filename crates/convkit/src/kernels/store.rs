@@ -166,6 +166,23 @@ pub fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize, avx512: bool)
     }
 }
 
+/// Asks the caches for every 64-byte line of `data` (`prefetcht0`; nothing elsewhere): for a
+/// kernel about to read, or write whole lines of, memory it has not touched for a while (a
+/// batch's planes, which outgrow the caches between runs), one channel plane ahead.
+#[inline]
+pub fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for line in data.chunks(16) {
+            // SAFETY: a prefetch is a hint that never faults; the address lies in `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// Packs one depth row of an im2col panel from one input plane: for each segment `i`,
 /// `dst[panel_i·panel_stride + base + lane_i ..][..len_i] = src[src_off[i]..][..len_i]`, with
 /// `(panel_i, lane_i, len_i)` taken from `segs[i] = (panel, lane, _, _, len)`. One call per
@@ -277,6 +294,18 @@ impl SharedOut {
         );
         // SAFETY: in bounds (asserted); exclusive access is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
+    }
+
+    /// [`prefetch`]es `out[offset .. offset + len]` (clamped to the buffer): a hint before a
+    /// task writes those elements, never an access.
+    #[inline]
+    pub fn prefetch(&self, offset: usize, len: usize) {
+        let end = offset.saturating_add(len).min(self.len);
+        if offset >= end {
+            return;
+        }
+        // SAFETY: in bounds; only read by prefetch hints, which never fault nor change data.
+        prefetch(unsafe { std::slice::from_raw_parts(self.ptr.add(offset), end - offset) });
     }
 
     /// `out[offset + i·stride] = src[i] + bias` (`stride` 1 is [`SharedOut::write_row`]).
