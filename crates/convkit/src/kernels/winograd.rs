@@ -36,10 +36,13 @@ use ndarray::{ArrayView1, ArrayView4};
 /// The per-row input and output transforms (portable and AVX-512).
 mod transforms;
 
-/// Largest transformed-input block per task (16 × C × tiles floats), bytes, at one thread and
-/// with more. Smaller blocks at two threads: 3×3 64 → 64 on 56×56 (2 tile rows a block, not
-/// 5) ran 1.14–1.18 ms instead of 1.30–1.34 (`convkit bench`, alternating); at one thread the
-/// larger blocks were as fast or faster (batch 8: 15.5–19.3 vs 16.9–21.1 ms).
+/// Largest transformed-input block per task (16 × C × tiles floats), bytes: the large budget
+/// wherever it leaves every worker thread [`TASKS_PER_THREAD`] blocks, else the small one.
+/// Small blocks at two threads on one image: 3×3 64 → 64 on 56×56 (2 tile rows a block, not
+/// 5) ran 1.14–1.18 ms instead of 1.30–1.34 (`convkit bench`, alternating, Zen 4); at one
+/// thread the larger blocks were as fast or faster (batch 8: 15.5–19.3 vs 16.9–21.1 ms), and
+/// so at two threads on a batch of 8 (Zen 5, after the prefetches: 3.25–3.45 vs 3.69–3.92 ms,
+/// four alternating rounds).
 const MAX_V_BYTES: [usize; 2] = [1024 * 1024, 256 * 1024];
 /// Largest buffer of GEMM results (16 × channel panels × tiles) before the output transform,
 /// bytes: the panels done together, each `V_ξ` being read once per group of panels.
@@ -154,9 +157,15 @@ impl Winograd {
         let (tw, th, dil) = tiling(geom);
         let tall = th * dil[0] * dil[1];
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
-        let budget = MAX_V_BYTES[usize::from(rayon::current_num_threads() > 1)];
-        let max_tiles = (budget / (64 * c)).max(nr);
-        let max_rows = (max_tiles / tw).clamp(1, tall);
+        let threads = rayon::current_num_threads().max(1);
+        let min_tasks = TASKS_PER_THREAD * threads;
+        let max_rows = |budget: usize| ((budget / (64 * c)).max(nr) / tw).clamp(1, tall);
+        let max_rows =
+            if threads == 1 || geom.n * tall.div_ceil(max_rows(MAX_V_BYTES[0])) >= min_tasks {
+                max_rows(MAX_V_BYTES[0])
+            } else {
+                max_rows(MAX_V_BYTES[1])
+            };
         // (Whole panels, not the narrowed last one: counting that picks the largest blocks,
         // 1.6 → 2.5 MiB of workspace on a 56×56 layer, 15 % slower at two threads.)
         let util = |r: usize| (r * tw) as f64 / round_up(r * tw, nr) as f64;
@@ -168,8 +177,8 @@ impl Winograd {
         }
         let nblocks = tall.div_ceil(rows);
         let mut mc_panels = mpanels;
-        // The pool the plan is made in (a plan run in another pool is as exact, maybe slower).
-        let min_tasks = TASKS_PER_THREAD * rayon::current_num_threads().max(1);
+        // (`threads`: the pool the plan is made in; a plan run in another pool is as exact,
+        // maybe slower.)
         while mc_panels > 1 && geom.n * nblocks * mpanels.div_ceil(mc_panels) < min_tasks {
             mc_panels = mc_panels.div_ceil(2);
         }
