@@ -3,8 +3,9 @@
 //! 12 on AVX2) on L1-resident operands, so nothing but FMA throughput limits it.
 //!
 //! On Zen 4 this reaches 32 FLOP/cycle (one 512-bit or two 256-bit FMAs per cycle) at the
-//! running clock, ≈ 116–118 GFLOP/s per core: the bound every layer's % of peak is quoted
-//! against.
+//! running clock, ≈ 116–118 GFLOP/s per core; on Zen 5 (two full-width 512-bit FMA pipes)
+//! 64 FLOP/cycle with AVX-512, ≈ 246–252 GFLOP/s per core, and still ≈ 126 with AVX2. That is
+//! the bound every layer's % of peak is quoted against.
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::Isa;
