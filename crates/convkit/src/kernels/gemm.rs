@@ -671,14 +671,18 @@ mod tests {
             .collect()
     }
 
+    /// Every kernel of every family this CPU runs.
+    fn every_kernel() -> impl Iterator<Item = Microkernel> {
+        Isa::available_levels()
+            .into_iter()
+            .flat_map(Microkernel::family)
+    }
+
     /// Every available kernel against a plain f64 product, for both store modes and odd
     /// depths / strides.
     #[test]
     fn kernels_match_plain_product() {
-        let all = Isa::available_levels()
-            .into_iter()
-            .flat_map(Microkernel::family);
-        for u in all {
+        for u in every_kernel() {
             let isa = format!("{u:?}");
             for &kc in &[0usize, 1, 7, 64, 129] {
                 for &(ldb, ldc) in &[(u.nr, u.nr), (u.nr + 5, u.nr + 3)] {
@@ -773,10 +777,7 @@ mod tests {
     /// unchanged.
     #[test]
     fn padded_parts_cover_the_columns_inside_the_panel() {
-        let all = Isa::available_levels()
-            .into_iter()
-            .flat_map(Microkernel::family);
-        for u in all {
+        for u in every_kernel() {
             for cols in 1..=2 * u.nr {
                 let parts: Vec<_> = u.parts_padded(cols).map(|(at, k)| (at, k.nr)).collect();
                 let end = parts.last().map_or(0, |&(at, nr)| at + nr);
@@ -800,10 +801,7 @@ mod tests {
     /// `run_raw` with a bias starts each row's sums at its bias value, and accumulates onto C.
     #[test]
     fn raw_runs_add_the_bias_per_row() {
-        let all = Isa::available_levels()
-            .into_iter()
-            .flat_map(Microkernel::family);
-        for u in all {
+        for u in every_kernel() {
             let kc = 37;
             let a = data(kc * u.mr, 6);
             let b = data(kc * u.nr + u.nr, 7);
