@@ -22,8 +22,8 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
-use super::store::gather_strided;
 use super::store::{for_each_task_keyed, SharedOut};
+use super::store::{gather_strided, prefetch};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
@@ -301,8 +301,22 @@ impl DirectConv {
         let (nrow, ncol) = (rv + (kh - 1) * dh / sh, cv + (kw - 1) * dw / sw);
         let hw = g.h * g.w;
         let np = self.phases.len();
+        // The input rows of a band of whole output rows: one span of each plane, asked for
+        // one channel ahead (a band of part of a row, as conv1d's, reads too little of it).
+        // Pays where the input comes cold from memory: U-Net's grad input (2×2/2 64 → 128 on
+        // 128×128, inside a backward pass) 0.88–0.95× the time (eight alternating rounds);
+        // cache-resident inputs (the 1×1/2 and 7×7/2 layers run alone) are within ±3 %.
+        let span = (ox0 == 0 && cv == g.ow).then(|| {
+            let first = |r: usize| ((oy0 + r) * sh) as isize - pt as isize;
+            let r0 = first(0).clamp(0, g.h as isize) as usize;
+            let r1 = (first(nrow.saturating_sub(1)) + sh as isize).clamp(0, g.h as isize) as usize;
+            (r0 * g.w, r1.max(r0) * g.w)
+        });
         for c in 0..self.cg {
             let plane = &xg[c * hw..(c + 1) * hw];
+            if let (Some((a, b)), true) = (span, c + 1 < self.cg) {
+                prefetch(&xg[(c + 1) * hw + a..(c + 1) * hw + b]);
+            }
             for (p, &(py, px)) in self.phases.iter().enumerate() {
                 // Band column j of this phase reads input column (ox0 + j)·sw + px − pl;
                 // columns [j0, j1) of those lie inside the input.
