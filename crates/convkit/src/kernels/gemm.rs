@@ -215,6 +215,25 @@ impl Microkernel {
         self.parts(cols)
     }
 
+    /// [`Microkernel::covered`] weighted by each part's speed per column: on cores with
+    /// full-width 512-bit FMAs ([`full_width_avx512`]) the 16-wide AVX-512 kernel runs at 207
+    /// and the 8-wide ymm one at 107 GFLOP/s against the 32- and 48-wide ones' 243–246 (Zen 5,
+    /// `ukr_bench`), so 64 columns cost 67 as 48 + 16 but 65 as 32 + 32. Elsewhere the plain
+    /// count. For choosing between kernel widths.
+    pub fn weighted_cols(&self, cols: usize) -> f64 {
+        let full = cols / self.nr * self.nr;
+        let slow = |nr: usize| match nr {
+            8 => 246.0 / 107.0,
+            16 => 246.0 / 207.0,
+            32 => 246.0 / 243.0,
+            _ => 1.0,
+        };
+        let weigh = self.isa == Isa::Avx512 && full_width_avx512();
+        let w = |nr: usize| nr as f64 * if weigh { slow(nr) } else { 1.0 };
+        (full / self.nr) as f64 * w(self.nr)
+            + self.parts(cols - full).map(|(_, u)| w(u.nr)).sum::<f64>()
+    }
+
     /// Columns the tiles of a `cols`-wide run multiply: full `NR`-wide panels, then the
     /// [`Microkernel::parts`] of the last.
     pub fn covered(&self, cols: usize) -> usize {
@@ -795,6 +814,30 @@ mod tests {
                     assert_eq!(parts, split);
                 }
             }
+        }
+    }
+
+    /// `weighted_cols` is `covered` where kernel speeds are even, and on full-width AVX-512
+    /// cores ranks 64 columns as two 32-wide tiles below 48 + 16.
+    #[test]
+    fn weighted_columns_rank_kernel_widths() {
+        for u in every_kernel() {
+            for cols in [1, 7, 16, 49, 64, 196] {
+                let w = u.weighted_cols(cols);
+                assert!(w >= u.covered(cols) as f64, "{u:?} {cols}");
+                if u.isa != Isa::Avx512 || !full_width_avx512() {
+                    assert_eq!(w, u.covered(cols) as f64, "{u:?} {cols}");
+                }
+            }
+        }
+        if let (Some(w48), Some(w32)) = (
+            Microkernel::for_isa(Isa::Avx512),
+            Microkernel::avx512_8x32(),
+        ) {
+            if full_width_avx512() {
+                assert!(w32.weighted_cols(64) < w48.weighted_cols(64));
+            }
+            assert_eq!(w48.weighted_cols(96), 96.0);
         }
     }
 

@@ -79,8 +79,9 @@ fn overflow(what: &'static str) -> ConvError {
 }
 
 /// The multiply-accumulates [`correlate`] runs for these shapes with microkernel `ukr`,
-/// counting the padding of channel blocks to whole `MR × NR` tiles: what a caller compares to
-/// choose between microkernels of different widths.
+/// counting the padding of channel blocks to whole `MR × NR` tiles, each tile weighted by its
+/// kernel's speed ([`Microkernel::weighted_cols`]): what a caller compares to choose between
+/// microkernels of different widths (64 channels: two 32-wide tiles, not 48 + 16).
 pub fn padded_macs(
     batch_pixels: usize,
     a_channels: usize,
@@ -90,7 +91,7 @@ pub fn padded_macs(
     ukr: Microkernel,
 ) -> f64 {
     let (ag, bg) = (a_channels / groups.max(1), b_channels / groups.max(1));
-    (ukr.covered(ag) * round_up(bg, ukr.mr) * groups * taps) as f64 * batch_pixels as f64
+    ukr.weighted_cols(ag) * (round_up(bg, ukr.mr) * groups * taps) as f64 * batch_pixels as f64
 }
 
 /// The correlation above with `a` zero-padded by `pad = [top, bottom, left, right]`:
