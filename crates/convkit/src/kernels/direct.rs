@@ -22,8 +22,7 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
-use super::store::{for_each_task_keyed, SharedOut};
-use super::store::{gather_strided, prefetch};
+use super::store::{for_each_task_keyed, gather_strided, prefetch, SharedOut};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};

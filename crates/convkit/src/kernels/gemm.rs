@@ -194,44 +194,51 @@ impl Microkernel {
     }
 
     /// [`Microkernel::parts`] for callers whose operand and result buffers are padded to whole
-    /// panels (so a kernel may run past `cols` up to the panel's end): on cores whose 512-bit
-    /// FMAs run at twice the 256-bit rate ([`full_width_avx512`]), one narrowest kernel
-    /// covering `cols` instead of a split. There the 8-wide kernel (one ymm accumulator per
-    /// row) runs at half the rate of the others, so that a column costs 107 / 207 / 243 /
-    /// 246 GFLOP/s on the 8 / 16 / 32 / 48-wide kernels (Zen 5, `ukr_bench`), and 32 + 8
-    /// columns cost more than 48, 16 + 8 more than 32: Winograd's 49 tiles of a 14×14 map as
-    /// 32 + 32, not 32 + 16 + 8 (whose 8-wide part, one live column, was 18 % of the layer),
-    /// 0.89× the CPU time. Elsewhere the same as `parts`.
+    /// panels (so a kernel may run past `cols` up to the panel's end): one narrowest kernel
+    /// covering `cols` wherever that costs no more than the split, by each kernel's speed per
+    /// column ([`Microkernel::column_cost`]). On cores with full-width 512-bit FMAs that is
+    /// always: there 32 + 8 columns cost more than 48, 16 + 8 more than 32, so Winograd's 49
+    /// tiles of a 14×14 map run as 32 + 32, not 32 + 16 + 8 (whose 8-wide part, one live
+    /// column, was 18 % of the layer): 0.81–0.83× the CPU time. Elsewhere the same as `parts`.
     #[inline]
     pub fn parts_padded(&self, cols: usize) -> Parts {
-        if cols < self.nr && self.isa == Isa::Avx512 && full_width_avx512() {
-            return Parts {
-                ukr: *self,
-                at: 0,
-                cols,
-                single: true,
-            };
+        let split = self.parts(cols);
+        if cols >= self.nr || split.single {
+            return split;
         }
-        self.parts(cols)
+        let split_cost: f64 = split.clone().map(|(_, u)| self.column_cost(u.nr)).sum();
+        let single = self.column_cost(self.narrowed(cols).nr) <= split_cost;
+        Parts { single, ..split }
     }
 
-    /// [`Microkernel::covered`] weighted by each part's speed per column: on cores with
-    /// full-width 512-bit FMAs ([`full_width_avx512`]) the 16-wide AVX-512 kernel runs at 207
-    /// and the 8-wide ymm one at 107 GFLOP/s against the 32- and 48-wide ones' 243–246 (Zen 5,
-    /// `ukr_bench`), so 64 columns cost 67 as 48 + 16 but 65 as 32 + 32. Elsewhere the plain
-    /// count. For choosing between kernel widths.
+    /// What `nr` columns of this family's `nr`-wide kernel cost, in columns of the widest: on
+    /// cores with full-width 512-bit FMAs ([`full_width_avx512`]) the 16-wide AVX-512 kernel
+    /// runs at 207 and the 8-wide ymm one (one accumulator per row) at 107 GFLOP/s against the
+    /// 32- and 48-wide ones' 243–246 (Zen 5, `ukr_bench`); elsewhere every width at one rate.
+    fn column_cost(&self, nr: usize) -> f64 {
+        let slow = if self.isa == Isa::Avx512 && full_width_avx512() {
+            match nr {
+                8 => 246.0 / 107.0,
+                16 => 246.0 / 207.0,
+                32 => 246.0 / 243.0,
+                _ => 1.0,
+            }
+        } else {
+            1.0
+        };
+        nr as f64 * slow
+    }
+
+    /// [`Microkernel::covered`] weighted by each part's speed ([`Microkernel::column_cost`]):
+    /// 64 columns cost 67 as 48 + 16 but 65 as 32 + 32 on full-width AVX-512 cores. For
+    /// choosing between kernel widths.
     pub fn weighted_cols(&self, cols: usize) -> f64 {
         let full = cols / self.nr * self.nr;
-        let slow = |nr: usize| match nr {
-            8 => 246.0 / 107.0,
-            16 => 246.0 / 207.0,
-            32 => 246.0 / 243.0,
-            _ => 1.0,
-        };
-        let weigh = self.isa == Isa::Avx512 && full_width_avx512();
-        let w = |nr: usize| nr as f64 * if weigh { slow(nr) } else { 1.0 };
-        (full / self.nr) as f64 * w(self.nr)
-            + self.parts(cols - full).map(|(_, u)| w(u.nr)).sum::<f64>()
+        (full / self.nr) as f64 * self.column_cost(self.nr)
+            + self
+                .parts(cols - full)
+                .map(|(_, u)| self.column_cost(u.nr))
+                .sum::<f64>()
     }
 
     /// Columns the tiles of a `cols`-wide run multiply: full `NR`-wide panels, then the

@@ -30,6 +30,18 @@ pub mod winograd;
 
 use std::fmt;
 
+/// The AVX-512 lane mask of the first `n` of 16 lanes (all of them for `n ≥ 16`): the masked
+/// tails of the kernels' vector loops.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn lane_mask(n: usize) -> std::arch::x86_64::__mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
+    }
+}
+
 /// An instruction-set level with its own microkernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {

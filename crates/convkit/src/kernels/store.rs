@@ -428,13 +428,7 @@ mod x86 {
     /// AVX-512F available; `dst` valid for `n` values, `src` for `len ≥ 2·(n − 1) + 1`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gather_even(dst: *mut f32, n: usize, src: *const f32, len: usize) {
-        let mask = |k: usize| -> __mmask16 {
-            if k >= 16 {
-                0xffff
-            } else {
-                ((1u32 << k) - 1) as __mmask16
-            }
-        };
+        let mask = crate::kernels::lane_mask;
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let mut i = 0;
         while i < n {

@@ -159,13 +159,13 @@ impl Winograd {
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
         let threads = rayon::current_num_threads().max(1);
         let min_tasks = TASKS_PER_THREAD * threads;
-        let max_rows = |budget: usize| ((budget / (64 * c)).max(nr) / tw).clamp(1, tall);
-        let max_rows =
-            if threads == 1 || geom.n * tall.div_ceil(max_rows(MAX_V_BYTES[0])) >= min_tasks {
-                max_rows(MAX_V_BYTES[0])
-            } else {
-                max_rows(MAX_V_BYTES[1])
-            };
+        let rows_within = |budget: usize| ((budget / (64 * c)).max(nr) / tw).clamp(1, tall);
+        let large = rows_within(MAX_V_BYTES[0]);
+        let max_rows = if threads == 1 || geom.n * tall.div_ceil(large) >= min_tasks {
+            large
+        } else {
+            rows_within(MAX_V_BYTES[1])
+        };
         // (Whole panels, not the narrowed last one: counting that picks the largest blocks,
         // 1.6 → 2.5 MiB of workspace on a 56×56 layer, 15 % slower at two threads.)
         let util = |r: usize| (r * tw) as f64 / round_up(r * tw, nr) as f64;

@@ -138,15 +138,7 @@ pub(super) fn output_rows(
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Lanes `i` with `i < n` (n ≤ 16).
-    #[inline]
-    fn mask(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
+    use crate::kernels::lane_mask as mask;
 
     /// The even (`odd = 0`) or odd (`odd = 1`) elements of 32 consecutive values at `p`, of
     /// which only the first `avail` may be read (the rest read as 0).
