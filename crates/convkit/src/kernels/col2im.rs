@@ -34,11 +34,11 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::store::with_workspace;
+use super::tasks::{for_each_claimed_span, Spans};
 use super::{round_up, Isa};
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
-use rayon::prelude::*;
 
 /// Tasks a layer is cut into at least, where its output channels allow (fixed, so that the
 /// decomposition never depends on the thread count).
@@ -286,34 +286,14 @@ impl Col2im {
         let g = &self.geom;
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
-        let ntasks = self.task_off.len() - 1;
         let wlen = self.workspace_len();
-        if rayon::current_num_threads() == 1 {
-            // One worker: the same tasks in the same order, right here (no hand-off).
-            with_workspace(wlen, |ws| self.tasks(0..ntasks, x, y, ws));
-            return;
-        }
-        // Tasks own contiguous, disjoint slices of `y`: split it recursively at task
-        // boundaries (no per-run list of slices is allocated).
-        rayon::iter::split((0..ntasks, y), |(r, sl)| {
-            if r.len() <= 1 {
-                return ((r, sl), None);
-            }
-            let mid = r.start + r.len() / 2;
-            let (a, b) = sl.split_at_mut(self.task_off[mid] - self.task_off[r.start]);
-            ((r.start..mid, a), Some((mid..r.end, b)))
-        })
-        .for_each(|(r, sl)| with_workspace(wlen, |ws| self.tasks(r, x, sl, ws)));
-    }
-
-    /// Runs tasks `r` in order; `y` is their output slices, back to back.
-    fn tasks(&self, r: std::ops::Range<usize>, x: &[f32], y: &mut [f32], ws: &mut [f32]) {
-        let mut rest = y;
-        for t in r {
-            let (mine, tail) = rest.split_at_mut(self.task_off[t + 1] - self.task_off[t]);
-            self.task(t, x, mine, ws);
-            rest = tail;
-        }
+        // Tasks own contiguous, disjoint slices of `y`, at `task_off`; one worker runs them
+        // right here in order (no hand-off), several claim them (`tasks`).
+        for_each_claimed_span(y, Spans::At(&self.task_off), |claims| {
+            with_workspace(wlen, |ws| {
+                claims.for_each(|(t, yt)| self.task(t, x, yt, ws))
+            })
+        });
     }
 
     /// Task `t`: image `n`, group `grp`, output-channel block `blk`; `y` holds exactly those

@@ -4,8 +4,8 @@
 //! dozen floats).
 
 use super::gemm::{Microkernel, RowOffsets};
+use super::tasks::for_each_claimed;
 use super::Isa;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -64,16 +64,11 @@ pub fn for_each_task_keyed(
         *left = None;
         *left = task(t, out, ws, prev).map(|k| (call, k));
     };
-    if rayon::current_num_threads() == 1 {
-        // One worker: run the tasks right here, in the same order of decomposition (so the
-        // same result), without handing the call to the pool's thread and waiting for it
-        // (measured 7-11 % on 1-2 ms layers called from outside the pool).
-        with_keyed_workspace(wlen, |ws, left| (0..ntasks).for_each(|t| step(t, ws, left)));
-        return;
-    }
-    (0..ntasks)
-        .into_par_iter()
-        .for_each(|t| with_keyed_workspace(wlen, |ws, left| step(t, ws, left)));
+    // One worker runs the tasks right here, in order, without a hand-off to the pool (that
+    // was 7-11 % of 1-2 ms layers called from outside it); several claim them (`tasks`).
+    for_each_claimed(ntasks, |claims| {
+        with_keyed_workspace(wlen, |ws, left| claims.for_each(|t| step(t, ws, left)))
+    });
 }
 
 /// Runs `f` on this thread's workspace, grown to exactly `wlen` floats if shorter (a plain
