@@ -144,8 +144,11 @@ enum Imp {
 /// A planned convolution: algorithm chosen, weights packed, workspace sized.
 ///
 /// `Send + Sync`: one plan may run on several threads at once (each thread uses its own
-/// reusable workspace). `run` allocates nothing per call once a thread's workspace has grown,
-/// unless the caller's arrays are not in standard (C-contiguous) layout.
+/// reusable workspace). `run` allocates no buffer per call once a thread's workspace has grown,
+/// unless the caller's arrays are not in standard (C-contiguous) layout. Called from outside
+/// rayon's pool with several threads, it hands each other thread its share as one small
+/// rayon job (40 bytes), the price of running a share on the calling thread instead of
+/// sleeping while the pool works; called on a pool worker it allocates nothing at all.
 #[derive(Debug)]
 pub struct Plan {
     geom: Geometry,
