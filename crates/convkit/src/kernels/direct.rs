@@ -23,6 +23,7 @@ use super::gemm::{Microkernel, RowOffsets};
 use super::igemm::pack_weights;
 use super::round_up;
 use super::store::{for_each_task_keyed, gather_strided, prefetch, SharedOut};
+use super::tail;
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
@@ -396,10 +397,45 @@ impl DirectConv {
             return Some(rest);
         }
         let flat = (rv - 1) * self.wb + cv;
-        let npan = flat.div_ceil(nr);
+        // A last partial tile of ≤ 8 columns runs on the column-tail kernel (channels on the
+        // lanes) over the whole depth at once, after the panels.
+        let tail = flat % nr;
+        let tail = (tail <= tail::MAX_COLS && tail::available(&self.ukr)).then_some(tail);
+        let npan = if tail.is_some() {
+            flat / nr
+        } else {
+            flat.div_ceil(nr)
+        };
         let ldc = self.ldc();
         let apan = self.ktot * mr;
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
+        if let Some(cols) = tail.filter(|&c| c > 0) {
+            let at = npan * nr;
+            for i in (p0..p1).step_by(tail::MAX_PANELS) {
+                let np = tail::MAX_PANELS.min(p1 - i);
+                let c = &mut cbuf[(i - p0) * mr * ldc + at..];
+                assert!(c.len() > (np * mr - 1) * ldc + cols - 1, "C tile too short");
+                // SAFETY: `c` holds `np·MR` rows of `cols` at stride `ldc` (asserted) and is
+                // this task's own buffer; `tail::available` was checked.
+                unsafe {
+                    tail::run(
+                        self.ktot,
+                        &ag[i * apan..],
+                        apan,
+                        np,
+                        &band[at..],
+                        &self.offs,
+                        0,
+                        cols,
+                        c.as_mut_ptr(),
+                        ldc,
+                        np * mr,
+                        false,
+                        None,
+                    )
+                };
+            }
+        }
         for (kk0, kk1) in self.depth_chunks() {
             for p in 0..npan {
                 // The last tile runs on the kernels that cover it.

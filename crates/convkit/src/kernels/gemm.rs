@@ -53,6 +53,11 @@ impl RowOffsets {
     pub fn max(&self) -> usize {
         self.max
     }
+
+    /// The table's first entry, for kernels that walk it (bounded by [`RowOffsets::len`]).
+    pub(crate) fn as_ptr(&self) -> *const usize {
+        self.offs.as_ptr()
+    }
 }
 
 /// A microkernel with its register blocking.

@@ -23,6 +23,7 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
 use super::store::{copy_row, for_each_task, gather_strided, pack_segments, SharedOut};
+use super::tail;
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
@@ -516,13 +517,15 @@ impl ConvGemm {
                 }
             }
             for p in 0..npan {
-                // The last panel runs on the kernels that cover it.
+                // The last panel runs on the kernels that cover it, or if it is ≤ 8 columns on
+                // the column-tail kernel (channels on the lanes; it reads only those columns).
                 let cols = (len - p * nr).min(nr);
+                let tail = cols < nr && cols <= tail::MAX_COLS && tail::available(&self.ukr);
                 let (b, offs, k0): (&[f32], &RowOffsets, usize) = if !self.direct {
                     (&bbuf[p * kc * nr..], &self.offs_packed, 0)
                 } else {
                     let q = tile.q0 + p * nr;
-                    if q + self.ukr.covered(cols) <= hw {
+                    if tail || q + self.ukr.covered(cols) <= hw {
                         (&xg[q..], &self.offs_planes, kk0)
                     } else {
                         // Tail panel past the end of the planes: copy it, zero-padded.
@@ -535,6 +538,33 @@ impl ConvGemm {
                         (&bbuf[..], &self.offs_packed, 0)
                     }
                 };
+                if tail {
+                    for i in (p0..p1).step_by(tail::MAX_PANELS) {
+                        let np = tail::MAX_PANELS.min(p1 - i);
+                        let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
+                        assert!(c.len() > (np * mr - 1) * ldc + cols - 1, "C tile too short");
+                        // SAFETY: `c` holds `np·MR` rows of `cols` at stride `ldc` (asserted)
+                        // in this task's own buffer; `tail::available` was checked.
+                        unsafe {
+                            tail::run(
+                                kc,
+                                &ag[i * apan + kk0 * mr..],
+                                apan,
+                                np,
+                                b,
+                                offs,
+                                k0,
+                                cols,
+                                c.as_mut_ptr(),
+                                ldc,
+                                np * mr,
+                                !first,
+                                None,
+                            )
+                        };
+                    }
+                    continue;
+                }
                 // Packed panels are padded to whole panels: any kernel may run to the end.
                 let parts = if self.direct {
                     self.ukr.parts(cols)

@@ -24,6 +24,7 @@ pub mod igemm;
 pub mod peak;
 pub mod store;
 pub mod subpixel;
+pub mod tail;
 pub(crate) mod tasks;
 pub mod transpose;
 pub mod wgrad;
