@@ -75,6 +75,9 @@ pub struct DirectConv {
     phases: Vec<(usize, usize)>,
     nbx: usize,
     nby: usize,
+    /// Row-wise tiles: the kernels of a band's row, and of the last (narrower) band's.
+    row_split: Vec<(usize, Microkernel)>,
+    last_split: Vec<(usize, Microkernel)>,
     offs: RowOffsets,
     a: Vec<f32>,
     bias: Vec<f32>,
@@ -192,6 +195,14 @@ impl DirectConv {
             rows = rows.div_ceil(2);
         }
         let br = rows + eh;
+        let split = |c: usize| {
+            if rowwise {
+                ukr.exact_split(c)
+                    .expect("a row-wise band is a sum of kernel widths")
+            } else {
+                Vec::new()
+            }
+        };
         let mut offs = vec![0; ktot];
         for ky in 0..kh {
             for kx in 0..kw {
@@ -224,6 +235,8 @@ impl DirectConv {
             phases,
             nbx,
             nby: geom.oh.div_ceil(rows),
+            row_split: split(cols),
+            last_split: split(last_cols),
             offs: RowOffsets::new(offs),
             a: Vec::new(),
             bias: Vec::new(),
@@ -479,42 +492,45 @@ impl DirectConv {
         band: &[f32],
     ) {
         let g = &self.geom;
-        let (mr, nr) = (self.ukr.mr, self.ukr.nr);
+        let mr = self.ukr.mr;
         let ohw = g.oh * g.ow;
         let apan = self.ktot * mr;
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
+        // `cv` is a sum of kernel widths (the layout's condition): its cheapest exact split
+        // ends at the band's last column.
+        let split = if cv == self.cols {
+            &self.row_split
+        } else {
+            &self.last_split
+        };
         for (kk0, kk1) in self.depth_chunks() {
             for rr in 0..rv {
                 let orow = (oy0 + rr) * g.ow + ox0;
-                for x in (0..cv).step_by(nr) {
-                    // `cv` is a sum of kernel widths (the layout's condition), so the parts
-                    // end exactly at the band's last column.
-                    for (j, ukr) in self.ukr.parts(cv - x) {
-                        let b = &band[rr * self.wb + x + j..];
-                        for i in p0..p1 {
-                            let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
-                            let ch = grp * self.kg + i * mr;
-                            let bias = (kk0 == 0).then(|| &self.bias[ch..ch + mr]);
-                            let off = (n * g.k + ch) * ohw + orow + x + j;
-                            // SAFETY: this task alone writes channels `ch..ch + MR` (within
-                            // the group: `kg` is a multiple of MR) of image `n` in its band,
-                            // and the tile ends at the band's last column; `out` wraps the
-                            // caller's exclusively borrowed output during `run`.
-                            unsafe {
-                                out.run_tile(
-                                    ukr,
-                                    kk1 - kk0,
-                                    a,
-                                    b,
-                                    &self.offs,
-                                    kk0,
-                                    off,
-                                    ohw,
-                                    kk0 > 0,
-                                    bias,
-                                )
-                            };
-                        }
+                for &(x, ukr) in split {
+                    let b = &band[rr * self.wb + x..];
+                    for i in p0..p1 {
+                        let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
+                        let ch = grp * self.kg + i * mr;
+                        let bias = (kk0 == 0).then(|| &self.bias[ch..ch + mr]);
+                        let off = (n * g.k + ch) * ohw + orow + x;
+                        // SAFETY: this task alone writes channels `ch..ch + MR` (within the
+                        // group: `kg` is a multiple of MR) of image `n` in its band, and the
+                        // tile ends at the band's last column; `out` wraps the caller's
+                        // exclusively borrowed output during `run`.
+                        unsafe {
+                            out.run_tile(
+                                ukr,
+                                kk1 - kk0,
+                                a,
+                                b,
+                                &self.offs,
+                                kk0,
+                                off,
+                                ohw,
+                                kk0 > 0,
+                                bias,
+                            )
+                        };
                     }
                 }
             }
