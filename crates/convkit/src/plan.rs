@@ -425,11 +425,13 @@ impl Plan {
     }
 
     /// Bytes of scratch one `run` keeps besides the per-thread workspaces (the sub-pixel
-    /// phase outputs before they are interleaved; 0 for the other algorithms, col2im included:
-    /// its column buffer is part of the per-thread workspace).
+    /// phase outputs before they are interleaved; the input band a single-band direct layer's
+    /// threads share; 0 for the other algorithms, col2im included: its column buffer is part
+    /// of the per-thread workspace).
     pub fn scratch_bytes(&self) -> usize {
         match &self.imp {
             Imp::Subpixel(sp) => sp.scratch_bytes(),
+            Imp::Direct(d) => d.scratch_bytes(),
             _ => 0,
         }
     }

@@ -24,6 +24,7 @@ use super::igemm::pack_weights;
 use super::round_up;
 use super::store::{for_each_task_keyed, gather_strided, prefetch, SharedOut};
 use super::tail;
+use super::tasks::{for_each_claimed_span, Spans};
 use crate::border::Border;
 use crate::geometry::Geometry;
 use ndarray::{ArrayView1, ArrayView4};
@@ -47,6 +48,12 @@ const TASKS_PER_THREAD: usize = 8;
 const MAX_MC: usize = 256;
 /// Depth rows per microkernel call, so that a tile's B rows stay in L1 across channel panels.
 const KC: usize = 128;
+
+thread_local! {
+    /// The band a single-band layer's threads fill together ([`DirectConv::run_shared_band`]),
+    /// kept by the calling thread between runs (no fresh pages per call).
+    static SHARED_BAND: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// A planned stride-1 direct convolution.
 #[derive(Debug)]
@@ -266,17 +273,32 @@ impl DirectConv {
         round_up((self.rows - 1) * self.wb + self.cols, self.ukr.nr)
     }
 
-    fn workspace_len(&self) -> usize {
+    /// Floats of a task's C buffer (none for row-wise tiles, stored straight into `y`).
+    fn cbuf_len(&self) -> usize {
         if self.rowwise {
-            self.band_len()
+            0
         } else {
-            self.band_len() + self.mc_panels * self.ukr.mr * self.ldc()
+            self.mc_panels * self.ukr.mr * self.ldc()
         }
+    }
+
+    fn workspace_len(&self) -> usize {
+        self.band_len() + self.cbuf_len()
     }
 
     /// Bytes of per-thread workspace (band + C buffer).
     pub fn workspace_bytes(&self) -> usize {
         4 * self.workspace_len()
+    }
+
+    /// Bytes of the band a single-band layer's threads share when run by several
+    /// ([`DirectConv::run_shared_band`]; 0 for other layers).
+    pub fn scratch_bytes(&self) -> usize {
+        if self.geom.n * self.groups * self.nby * self.nbx == 1 && self.nmb > 1 {
+            4 * self.band_len()
+        } else {
+            0
+        }
     }
 
     /// Bytes of packed weights.
@@ -290,20 +312,57 @@ impl DirectConv {
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let ntasks = g.n * self.groups * self.nby * self.nbx * self.nmb;
+        let threads = rayon::current_num_threads();
+        if threads > 1 && ntasks == self.nmb && self.nmb > 1 {
+            return self.run_shared_band(x, y, threads);
+        }
         for_each_task_keyed(y, ntasks, self.workspace_len(), |t, out, ws, prev| {
             self.task(x, out, t, ws, prev)
         });
     }
 
-    /// Copies the band (all channels of the group, each stored stride phase, border rule
-    /// applied) into `band`.
+    /// [`DirectConv::run`] for a layer of one band (one image, one group, the whole map in
+    /// one band: a 1×1 stride-2 layer on a 28×28 map) run by several threads: the threads fill
+    /// one shared band together (each a slice of its channels), then each runs channel blocks
+    /// against it. With a band per thread, every thread gathered all of it: 401 KB of strided
+    /// input for each of the 1×1/2 512 → 1024 layer's threads. The band holds the same values
+    /// either way, so the result does not change.
+    fn run_shared_band(&self, x: &[f32], y: &mut [f32], threads: usize) {
+        let g = &self.geom;
+        let mut band = SHARED_BAND.with(|cell| cell.take());
+        if band.len() < self.band_len() {
+            band.resize(self.band_len(), 0.0);
+        }
+        let per_c = self.phases.len() * self.br * self.wb;
+        let chunk = self.cg.div_ceil(4 * threads);
+        let (rv, cv) = (self.rows.min(g.oh), self.cols.min(g.ow));
+        let xg = &x[..self.cg * g.h * g.w];
+        for_each_claimed_span(
+            &mut band[..self.cg * per_c],
+            Spans::Even(chunk * per_c),
+            |claims| {
+                for (i, part) in claims {
+                    let c0 = i * chunk;
+                    let chans = c0..(c0 + chunk).min(self.cg);
+                    self.fill_band(xg, (0, 0, rv, cv), chans, part);
+                }
+            },
+        );
+        let band_ref = &band[..];
+        for_each_task_keyed(y, self.nmb, self.cbuf_len(), |t, out, ws, _| {
+            self.compute(out, t, band_ref, ws);
+            None
+        });
+        SHARED_BAND.with(|cell| cell.set(band));
+    }
+
+    /// Copies channels `chans` of the band (of the group's channels, each stored stride phase,
+    /// border rule applied) into `band`, which starts at channel `chans.start`.
     fn fill_band(
         &self,
         xg: &[f32],
-        oy0: usize,
-        ox0: usize,
-        rv: usize,
-        cv: usize,
+        (oy0, ox0, rv, cv): (usize, usize, usize, usize),
+        chans: std::ops::Range<usize>,
         band: &mut [f32],
     ) {
         let g = &self.geom;
@@ -325,9 +384,9 @@ impl DirectConv {
             let r1 = (first(nrow.saturating_sub(1)) + sh as isize).clamp(0, g.h as isize) as usize;
             (r0 * g.w, r1.max(r0) * g.w)
         });
-        for c in 0..self.cg {
+        for c in chans.clone() {
             let plane = &xg[c * hw..(c + 1) * hw];
-            if let (Some((a, b)), true) = (span, c + 1 < self.cg) {
+            if let (Some((a, b)), true) = (span, c + 1 < chans.end) {
                 prefetch(&xg[(c + 1) * hw + a..(c + 1) * hw + b]);
             }
             for (p, &(py, px)) in self.phases.iter().enumerate() {
@@ -343,7 +402,8 @@ impl DirectConv {
                     j0
                 };
                 for r in 0..nrow {
-                    let dst = &mut band[((c * np + p) * self.br + r) * self.wb..][..ncol];
+                    let dst =
+                        &mut band[(((c - chans.start) * np + p) * self.br + r) * self.wb..][..ncol];
                     let iy = ((oy0 + r) * sh + py) as isize - pt as isize;
                     let Some(iy) = self.border.source(iy, g.h) else {
                         dst.fill(0.0);
@@ -387,8 +447,6 @@ impl DirectConv {
         prev: Option<usize>,
     ) -> Option<usize> {
         let g = &self.geom;
-        let (mr, nr) = (self.ukr.mr, self.ukr.nr);
-        let mb = t % self.nmb;
         let rest = t / self.nmb;
         let bx = rest % self.nbx;
         let by = (rest / self.nbx) % self.nby;
@@ -401,13 +459,30 @@ impl DirectConv {
         let hw = g.h * g.w;
         let xg = &x[(n * g.c + grp * self.cg) * hw..][..self.cg * hw];
         if prev != Some(rest) {
-            self.fill_band(xg, oy0, ox0, rv, cv, band);
+            self.fill_band(xg, (oy0, ox0, rv, cv), 0..self.cg, band);
         }
+        self.compute(out, t, band, cbuf);
+        Some(rest)
+    }
+
+    /// The tiles of task `t` (one channel block of one band) against its filled `band`.
+    fn compute(&self, out: SharedOut, t: usize, band: &[f32], cbuf: &mut [f32]) {
+        let g = &self.geom;
+        let (mr, nr) = (self.ukr.mr, self.ukr.nr);
+        let mb = t % self.nmb;
+        let rest = t / self.nmb;
+        let bx = rest % self.nbx;
+        let by = (rest / self.nbx) % self.nby;
+        let grp = (rest / (self.nbx * self.nby)) % self.groups;
+        let n = rest / (self.nbx * self.nby * self.groups);
+        let (oy0, ox0) = (by * self.rows, bx * self.cols);
+        let rv = self.rows.min(g.oh - oy0);
+        let cv = self.cols.min(g.ow - ox0);
         let p0 = mb * self.mc_panels;
         let p1 = (p0 + self.mc_panels).min(self.mpanels);
         if self.rowwise {
             self.task_rowwise(out, (n, grp), (oy0, ox0, rv, cv), (p0, p1), band);
-            return Some(rest);
+            return;
         }
         let flat = (rv - 1) * self.wb + cv;
         // A last partial tile of ≤ 8 columns runs on the column-tail kernel (channels on the
@@ -477,7 +552,6 @@ impl DirectConv {
                 unsafe { out.write_row(off, src, self.bias[ch]) };
             }
         }
-        Some(rest)
     }
 
     /// The row-wise tiles of one channel block (panels `p0..p1`) of the band at `(oy0, ox0)`
@@ -545,6 +619,51 @@ mod tests {
     use crate::spec::ConvSpec;
     use crate::testutil::pseudo;
     use ndarray::{Array1, Array4};
+
+    /// A layer of one band run by several threads fills one shared band (each thread some of
+    /// its channels): the same result, bit for bit, as one thread with its own band, and the
+    /// reference's; flat tiles (a 1×1 stride-2 layer with a column tail) and row-wise ones.
+    #[test]
+    fn a_shared_band_gives_the_same_result() {
+        let cases = [
+            (ConvSpec::conv2d(40, 64, 1).stride(2), [1, 40, 13, 11]),
+            (ConvSpec::conv2d(5, 48, 3).padding(1), [1, 5, 1, 32]),
+        ];
+        for (spec, input) in cases {
+            let v = spec.build().unwrap();
+            let g = v.geometry(input).unwrap();
+            let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), 4)).unwrap();
+            let ws = v.weight_shape();
+            let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), 5)).unwrap();
+            let b = Array1::from(pseudo(g.k, 6));
+            let want = reference::forward(&v, x.view(), w.view(), Some(b.view())).unwrap();
+            for isa in crate::kernels::Isa::available_levels() {
+                let ukr = Microkernel::for_isa(isa).unwrap();
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        let d = DirectConv::new(&g, w.view(), Some(b.view()), ukr);
+                        let ntasks = g.n * d.groups * d.nby * d.nbx * d.nmb;
+                        assert!(
+                            ntasks == d.nmb && d.nmb > 1,
+                            "{v}: one band, several blocks"
+                        );
+                        let mut y = vec![f32::NAN; g.n * g.k * g.oh * g.ow];
+                        d.run(x.as_slice().unwrap(), &mut y);
+                        y
+                    })
+                };
+                let (one, three) = (run(1), run(3));
+                for (i, ((a, b), r)) in one.iter().zip(&three).zip(want.iter()).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{v} {isa} [{i}]");
+                    assert!((a - r).abs() <= 1e-4, "{v} {isa} [{i}]: {a} vs {r}");
+                }
+            }
+        }
+    }
 
     /// Row-wise tiles (stored straight into the output with the bias) where every band width
     /// is a sum of kernel widths and a group's channels fill whole panels, flat runs
