@@ -22,7 +22,9 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::{copy_row, for_each_task, gather_strided, pack_segments, SharedOut};
+use super::store::{
+    copy_row, for_each_task, for_each_task_ordered, gather_strided, pack_segments, SharedOut,
+};
 use super::tail;
 use crate::border::Border;
 use crate::geometry::Geometry;
@@ -39,6 +41,9 @@ const MIN_TASKS: usize = 8;
 const MAX_C_BYTES: usize = 256 * 1024;
 /// Floats of the phase-split input rows a strided layer's packing may use (256 KiB).
 const PHASE_MAX: usize = 64 * 1024;
+/// Largest-to-median task cost ratio above which tasks run largest first from one queue (a
+/// plain layer's one short last tile does not count).
+const UNEVEN: f64 = 1.5;
 /// Bytes of one packed B micro-panel (`KC × NR` floats) we want resident in L1.
 const B_PANEL_BYTES: usize = 30 * 1024;
 
@@ -171,6 +176,9 @@ pub struct ConvGemm {
     offs_planes: RowOffsets,
     /// Whether row copies may use AVX-512 (the plan's ISA).
     avx512: bool,
+    /// Tasks of uneven cost, largest first (the order threads claim them in from one queue);
+    /// `None`: contiguous shares in index order.
+    order: Option<Vec<usize>>,
 }
 
 /// Source index of each output position along one axis, for each tap (`-1`: a zero).
@@ -352,6 +360,7 @@ impl ConvGemm {
             offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
             avx512: ukr.isa == super::Isa::Avx512,
             offs_planes: RowOffsets::new((0..ktot).map(|c| c * geom.h * geom.w).collect()),
+            order: None,
         };
         plan.tile_chunks = plan.tiles.iter().map(|t| plan.chunks(t)).collect();
         plan.tile_interior = plan.tiles.iter().map(|t| plan.interior(t)).collect();
@@ -389,6 +398,29 @@ impl ConvGemm {
                 v
             })
             .collect();
+        // Tasks of uneven cost (the largest over 1.5× the median) run largest first, claimed
+        // from one queue: a dilated layer's tap classes make tiles from 36 pixels × 4 taps to
+        // 144 × 9 (ASPP 3×3 d6 on 32×32, eleven tiles), and contiguous shares of them left one
+        // of two threads idle for most of a large tile at the end (0.93x the time at 2
+        // threads). Even tasks keep the contiguous shares, whose threads stream neighbouring
+        // pixels (a queue interleaving them was 1.05x on a 1×1 layer and on ASPP d12, whose
+        // classes happen to cost alike).
+        let ntasks = geom.n * groups * plan.tiles.len() * nmb;
+        let cost = |t: usize| {
+            let mb = t % nmb;
+            let ti = (t / nmb) % plan.tiles.len();
+            let depth: usize = plan.tile_chunks[ti].iter().map(|(a, b)| b - a).sum();
+            let panels = mc_panels.min(mpanels - mb * mc_panels);
+            ukr.weighted_cols(plan.tiles[ti].len()) * (depth * panels) as f64
+        };
+        let costs: Vec<f64> = (0..ntasks).map(cost).collect();
+        let mut order: Vec<usize> = (0..ntasks).collect();
+        order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]).then(a.cmp(&b)));
+        if let (Some(&big), Some(&mid)) = (order.first(), order.get(ntasks / 2)) {
+            if costs[big] > UNEVEN * costs[mid] {
+                plan.order = Some(order);
+            }
+        }
         plan
     }
 
@@ -419,10 +451,14 @@ impl ConvGemm {
         let g = &self.geom;
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
-        let ntasks = g.n * self.groups * self.tiles.len() * self.nmb;
-        for_each_task(y, ntasks, self.workspace_len(), |t, out, ws| {
-            self.task(x, out, t, ws)
-        });
+        let task = |t, out, ws: &mut [f32]| self.task(x, out, t, ws);
+        match &self.order {
+            Some(order) => for_each_task_ordered(y, order, self.workspace_len(), task),
+            None => {
+                let ntasks = g.n * self.groups * self.tiles.len() * self.nmb;
+                for_each_task(y, ntasks, self.workspace_len(), task)
+            }
+        }
     }
 
     /// Whether every tap of `tile` reads inside the input for every pixel of the tile (at

@@ -4,7 +4,7 @@
 //! dozen floats).
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::tasks::for_each_claimed;
+use super::tasks::{for_each_claimed, for_each_queued};
 use super::Isa;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,20 @@ pub fn for_each_task(
     for_each_task_keyed(y, ntasks, wlen, |t, out, ws, _| {
         task(t, out, ws);
         None
+    });
+}
+
+/// [`for_each_task`] over `order` (a permutation of the task indices, e.g. largest first):
+/// the threads claim `order[0], order[1], …` from one queue ([`for_each_queued`]).
+pub fn for_each_task_ordered(
+    y: &mut [f32],
+    order: &[usize],
+    wlen: usize,
+    task: impl Fn(usize, SharedOut, &mut [f32]) + Sync,
+) {
+    let out = SharedOut::new(y);
+    for_each_queued(order.len(), |claims| {
+        with_workspace(wlen, |ws| claims.for_each(|i| task(order[i], out, ws)))
     });
 }
 

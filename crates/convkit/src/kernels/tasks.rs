@@ -71,6 +71,22 @@ pub(crate) fn for_each_claimed(
     ntasks: usize,
     body: impl Fn(&mut dyn Iterator<Item = usize>) + Sync,
 ) {
+    run_claims(ntasks, false, body)
+}
+
+/// [`for_each_claimed`] with one queue for all threads: each claims the lowest task left, so
+/// tasks start in index order whichever thread runs them. For tasks of uneven cost listed
+/// largest first (longest-processing-time scheduling): the threads finish within about one
+/// small task of each other, where contiguous shares of a few large tasks may leave one thread
+/// a large task behind the other.
+pub(crate) fn for_each_queued(
+    ntasks: usize,
+    body: impl Fn(&mut dyn Iterator<Item = usize>) + Sync,
+) {
+    run_claims(ntasks, true, body)
+}
+
+fn run_claims(ntasks: usize, queue: bool, body: impl Fn(&mut dyn Iterator<Item = usize>) + Sync) {
     let threads = rayon::current_num_threads().min(ntasks).min(MAX_SHARES);
     if threads <= 1 {
         body(&mut (0..ntasks));
@@ -85,7 +101,7 @@ pub(crate) fn for_each_claimed(
             .for_each(|t| body(&mut std::iter::once(t)));
         return;
     }
-    let shares = Shares::new(ntasks, threads);
+    let shares = Shares::new(ntasks, if queue { 1 } else { threads });
     let finished = AtomicUsize::new(0);
     rayon::in_place_scope(|scope| {
         for me in 1..threads {
@@ -240,6 +256,25 @@ mod tests {
     #[should_panic(expected = "overlap")]
     fn overlapping_spans_are_refused() {
         for_each_claimed_span(&mut [0f32; 8], Spans::At(&[0, 5, 3, 8]), |_| {});
+    }
+
+    /// One queue: every task once, at any thread count.
+    #[test]
+    fn a_queue_runs_every_task_once() {
+        for ntasks in [0, 1, 5, 333] {
+            let seen = Mutex::new(vec![0u32; ntasks]);
+            for_each_queued(ntasks, |claims| {
+                for t in claims {
+                    seen.lock().unwrap()[t] += 1;
+                }
+            });
+            assert!(
+                seen.into_inner().unwrap().iter().all(|&c| c == 1),
+                "{ntasks}"
+            );
+        }
+        let s = Shares::new(10, 1);
+        assert_eq!(s.claims(3).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
     }
 
     /// Shares are contiguous and cover the range: thread `me` claims its own tasks in order
