@@ -99,25 +99,22 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
     let ws = w.as_standard_layout();
     let ws = ws.as_slice().expect("standard layout is contiguous");
     let taps = kh * kw;
-    // Each output channel's weights in depth order (ky, kx, c) (the source is (c, ky, kx)),
-    // then a panel's MR rows interleaved; both passes write contiguously.
-    let mut rows = vec![0f32; mr * ktot];
+    // A panel's MR rows of one (channel, tap) at a time: the MR source rows are read as MR
+    // sequential streams, and the writes are `taps` sequential streams of MR-float runs. (Two
+    // passes with single-float strided writes took 12 % of a backward pass's grad input,
+    // which packs the flipped weights on every call.)
     for g in 0..groups {
         for p in 0..mpanels {
             let m0 = p * mr;
             let nrows = mr.min(kg - m0);
-            for (r, row) in rows.chunks_exact_mut(ktot).enumerate().take(nrows) {
-                let src = &ws[(g * kg + m0 + r) * ktot..][..ktot];
-                for (t, dst) in row.chunks_exact_mut(cg).enumerate() {
-                    for (c, d) in dst.iter_mut().enumerate() {
-                        *d = src[c * taps + t];
-                    }
-                }
-            }
+            let src = &ws[(g * kg + m0) * ktot..][..nrows * ktot];
             let dst = &mut a[(g * mpanels + p) * ktot * mr..][..ktot * mr];
-            for (kk, lane) in dst.chunks_exact_mut(mr).enumerate() {
-                for (r, d) in lane.iter_mut().enumerate().take(nrows) {
-                    *d = rows[r * ktot + kk];
+            for c in 0..cg {
+                for t in 0..taps {
+                    let lane = &mut dst[(t * cg + c) * mr..][..nrows];
+                    for (r, d) in lane.iter_mut().enumerate() {
+                        *d = src[r * ktot + c * taps + t];
+                    }
                 }
             }
         }
