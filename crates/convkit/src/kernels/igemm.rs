@@ -23,7 +23,7 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
 use super::store::{
-    copy_row, for_each_task, for_each_task_ordered, gather_strided, pack_segments, SharedOut,
+    copy_row, for_each_task, for_each_task_ordered, gather_strided, PackTable, SharedOut,
 };
 use super::tail;
 use crate::border::Border;
@@ -163,9 +163,9 @@ pub struct ConvGemm {
     /// Per tile, whether every tap it multiplies reads inside the input for every one of its
     /// pixels (stride 1 only): then it packs by plain copies, with no border logic.
     tile_interior: Vec<bool>,
-    /// Per interior tile, the source offset in its plane of each segment for each tap
-    /// (`[tap·nsegs + seg]`, tap = ky·kw + kx; empty for other tiles).
-    tile_src: Vec<Vec<usize>>,
+    /// Per interior tile, its segments with the source offset in its plane of each for each
+    /// tap (tap = ky·kw + kx), checked once; `None` for other tiles.
+    tile_pack: Vec<Option<PackTable>>,
     direct: bool,
     /// Row offsets of a packed B panel (`k·NR`).
     offs_packed: RowOffsets,
@@ -352,7 +352,7 @@ impl ConvGemm {
             tile_chunks: Vec::new(),
             tile_segs: Vec::new(),
             tile_interior: Vec::new(),
-            tile_src: Vec::new(),
+            tile_pack: Vec::new(),
             direct,
             offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
             avx512: ukr.isa == super::Isa::Avx512,
@@ -370,10 +370,10 @@ impl ConvGemm {
                     .collect()
             })
             .collect();
-        plan.tile_src = (0..plan.tiles.len())
+        plan.tile_pack = (0..plan.tiles.len())
             .map(|ti| {
                 if !plan.tile_interior[ti] {
-                    return Vec::new();
+                    return None;
                 }
                 let t = &plan.tiles[ti];
                 let segs = &plan.tile_segs[ti];
@@ -392,7 +392,7 @@ impl ConvGemm {
                         }
                     }
                 }
-                v
+                Some(PackTable::new(segs, v, nr))
             })
             .collect();
         // Tasks of uneven cost (the largest over 1.5× the median) run largest first, claimed
@@ -542,9 +542,8 @@ impl ConvGemm {
         for &(kk0, kk1) in &self.tile_chunks[ti] {
             let kc = kk1 - kk0;
             if !self.direct {
-                if self.tile_interior[ti] {
-                    let (segs, src) = (&self.tile_segs[ti], &self.tile_src[ti]);
-                    self.pack_interior(xg, segs, src, len, kk0, kk1, bbuf);
+                if let Some(table) = &self.tile_pack[ti] {
+                    self.pack_interior(xg, table, len, kk0, kk1, bbuf);
                 } else {
                     self.pack(xg, tile, &self.tile_segs[ti], kk0, kk1, bbuf, phase);
                 }
@@ -697,8 +696,7 @@ impl ConvGemm {
     fn pack_interior(
         &self,
         xg: &[f32],
-        segs: &[Segment],
-        src: &[usize],
+        table: &PackTable,
         len: usize,
         kk0: usize,
         kk1: usize,
@@ -709,12 +707,10 @@ impl ConvGemm {
         let kc = kk1 - kk0;
         let npan = len.div_ceil(nr);
         let hw = g.h * g.w;
-        let ns = segs.len();
         let (mut c, mut tap) = (kk0 % self.cg, kk0 / self.cg);
         for kl in 0..kc {
             let plane = &xg[c * hw..(c + 1) * hw];
-            let offs = &src[tap * ns..(tap + 1) * ns];
-            pack_segments(dst, (kl * nr, kc * nr), plane, segs, offs, self.avx512);
+            table.pack(tap, dst, (kl * nr, kc * nr), plane, self.avx512);
             c += 1;
             if c == self.cg {
                 c = 0;
