@@ -51,6 +51,15 @@ const MAX_MC: usize = 256;
 /// Depth rows per microkernel call, so that a tile's B rows stay in L1 across channel panels.
 const KC: usize = 128;
 
+/// Where a task lies: image, group, output-channel block and the band's output window
+/// `(oy0, ox0, rows, cols)`.
+struct Place {
+    n: usize,
+    grp: usize,
+    block: usize,
+    window: (usize, usize, usize, usize),
+}
+
 thread_local! {
     /// The band a single-band layer's threads fill together ([`DirectConv::run_shared_band`]),
     /// kept by the calling thread between runs (no fresh pages per call).
@@ -455,38 +464,49 @@ impl DirectConv {
         prev: Option<usize>,
     ) -> Option<usize> {
         let g = &self.geom;
-        let rest = t / self.nmb;
-        let bx = rest % self.nbx;
-        let by = (rest / self.nbx) % self.nby;
-        let grp = (rest / (self.nbx * self.nby)) % self.groups;
-        let n = rest / (self.nbx * self.nby * self.groups);
-        let (oy0, ox0) = (by * self.rows, bx * self.cols);
-        let rv = self.rows.min(g.oh - oy0);
-        let cv = self.cols.min(g.ow - ox0);
+        let at = self.place(t);
         let (band, cbuf) = ws.split_at_mut(self.band_len());
         let hw = g.h * g.w;
-        let xg = &x[(n * g.c + grp * self.cg) * hw..][..self.cg * hw];
-        if prev != Some(rest) {
-            self.fill_band(xg, (oy0, ox0, rv, cv), 0..self.cg, band);
+        let xg = &x[(at.n * g.c + at.grp * self.cg) * hw..][..self.cg * hw];
+        let band_id = t / self.nmb;
+        if prev != Some(band_id) {
+            self.fill_band(xg, at.window, 0..self.cg, band);
         }
         self.compute(out, t, band, cbuf);
-        Some(rest)
+        Some(band_id)
+    }
+
+    /// Where task `t` lies: tasks run batch × group × band row × band column × channel block.
+    fn place(&self, t: usize) -> Place {
+        let g = &self.geom;
+        let band = t / self.nmb;
+        let bx = band % self.nbx;
+        let by = (band / self.nbx) % self.nby;
+        let (oy0, ox0) = (by * self.rows, bx * self.cols);
+        Place {
+            n: band / (self.nbx * self.nby * self.groups),
+            grp: (band / (self.nbx * self.nby)) % self.groups,
+            block: t % self.nmb,
+            window: (
+                oy0,
+                ox0,
+                self.rows.min(g.oh - oy0),
+                self.cols.min(g.ow - ox0),
+            ),
+        }
     }
 
     /// The tiles of task `t` (one channel block of one band) against its filled `band`.
     fn compute(&self, out: SharedOut, t: usize, band: &[f32], cbuf: &mut [f32]) {
         let g = &self.geom;
         let (mr, nr) = (self.ukr.mr, self.ukr.nr);
-        let mb = t % self.nmb;
-        let rest = t / self.nmb;
-        let bx = rest % self.nbx;
-        let by = (rest / self.nbx) % self.nby;
-        let grp = (rest / (self.nbx * self.nby)) % self.groups;
-        let n = rest / (self.nbx * self.nby * self.groups);
-        let (oy0, ox0) = (by * self.rows, bx * self.cols);
-        let rv = self.rows.min(g.oh - oy0);
-        let cv = self.cols.min(g.ow - ox0);
-        let p0 = mb * self.mc_panels;
+        let Place {
+            n,
+            grp,
+            block,
+            window: (oy0, ox0, rv, cv),
+        } = self.place(t);
+        let p0 = block * self.mc_panels;
         let p1 = (p0 + self.mc_panels).min(self.mpanels);
         if self.rowwise {
             self.task_rowwise(out, (n, grp), (oy0, ox0, rv, cv), (p0, p1), band);

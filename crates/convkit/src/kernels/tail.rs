@@ -133,33 +133,31 @@ mod x86 {
         accumulate: bool,
         bias: *const f32,
     ) {
-        const ONE: [Raw; 8] = [
-            kernel::<1, 1>,
-            kernel::<1, 2>,
-            kernel::<1, 3>,
-            kernel::<1, 4>,
-            kernel::<1, 5>,
-            kernel::<1, 6>,
-            kernel::<1, 7>,
-            kernel::<1, 8>,
-        ];
-        const TWO: [Raw; 8] = [
-            kernel::<2, 1>,
-            kernel::<2, 2>,
-            kernel::<2, 3>,
-            kernel::<2, 4>,
-            kernel::<2, 5>,
-            kernel::<2, 6>,
-            kernel::<2, 7>,
-            kernel::<2, 8>,
-        ];
-        let f = if npanels <= 2 { ONE } else { TWO }[cols - 1];
+        let f = if npanels <= 2 {
+            table::<1>()
+        } else {
+            table::<2>()
+        }[cols - 1];
         // SAFETY: the contract is the caller's.
         unsafe {
             f(
                 kc, a, apan, npanels, b, offs, c, ldc, rows, accumulate, bias,
             )
         }
+    }
+
+    /// The kernels of `G` zmm for 1 to 8 columns.
+    const fn table<const G: usize>() -> [Raw; 8] {
+        [
+            kernel::<G, 1>,
+            kernel::<G, 2>,
+            kernel::<G, 3>,
+            kernel::<G, 4>,
+            kernel::<G, 5>,
+            kernel::<G, 6>,
+            kernel::<G, 7>,
+            kernel::<G, 8>,
+        ]
     }
 
     /// `G` zmm of 16 channels × `NT` columns: `G·NT` accumulators (≤ 16), each zmm filled
