@@ -311,11 +311,17 @@ impl DirectConv {
     /// Bytes of the band a single-band layer's threads share when run by several
     /// ([`DirectConv::run_shared_band`]; 0 for other layers).
     pub fn scratch_bytes(&self) -> usize {
-        if self.geom.n * self.groups * self.nby * self.nbx == 1 && self.nmb > 1 {
+        if self.single_band() {
             4 * self.band_len()
         } else {
             0
         }
+    }
+
+    /// Whether the layer is one band (one image, one group, the whole map) cut only into
+    /// channel blocks: what several threads fill together ([`DirectConv::run_shared_band`]).
+    fn single_band(&self) -> bool {
+        self.geom.n * self.groups * self.nby * self.nbx == 1 && self.nmb > 1
     }
 
     /// Bytes of packed weights.
@@ -330,7 +336,7 @@ impl DirectConv {
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let ntasks = g.n * self.groups * self.nby * self.nbx * self.nmb;
         let threads = rayon::current_num_threads();
-        if threads > 1 && ntasks == self.nmb && self.nmb > 1 {
+        if threads > 1 && self.single_band() {
             return self.run_shared_band(x, y, threads);
         }
         for_each_task_keyed(y, ntasks, self.workspace_len(), |t, out, ws, prev| {
@@ -527,30 +533,19 @@ impl DirectConv {
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
         if let Some(cols) = tail.filter(|&c| c > 0) {
             let at = npan * nr;
-            for i in (p0..p1).step_by(tail::MAX_PANELS) {
-                let np = tail::MAX_PANELS.min(p1 - i);
-                let c = &mut cbuf[(i - p0) * mr * ldc + at..];
-                assert!(c.len() > (np * mr - 1) * ldc + cols - 1, "C tile too short");
-                // SAFETY: `c` holds `np·MR` rows of `cols` at stride `ldc` (asserted) and is
-                // this task's own buffer; `tail::available` was checked.
-                unsafe {
-                    tail::run(
-                        self.ktot,
-                        &ag[i * apan..],
-                        apan,
-                        np,
-                        &band[at..],
-                        &self.offs,
-                        0,
-                        cols,
-                        c.as_mut_ptr(),
-                        ldc,
-                        np * mr,
-                        false,
-                        None,
-                    )
-                };
-            }
+            tail::run_panels(
+                self.ktot,
+                &ag[p0 * apan..],
+                apan,
+                p1 - p0,
+                &band[at..],
+                &self.offs,
+                0,
+                cols,
+                &mut cbuf[at..],
+                ldc,
+                false,
+            );
         }
         for (kk0, kk1) in self.depth_chunks() {
             for p in 0..npan {

@@ -571,30 +571,19 @@ impl ConvGemm {
                     }
                 };
                 if tail {
-                    for i in (p0..p1).step_by(tail::MAX_PANELS) {
-                        let np = tail::MAX_PANELS.min(p1 - i);
-                        let c = &mut cbuf[(i - p0) * mr * ldc + p * nr..];
-                        assert!(c.len() > (np * mr - 1) * ldc + cols - 1, "C tile too short");
-                        // SAFETY: `c` holds `np·MR` rows of `cols` at stride `ldc` (asserted)
-                        // in this task's own buffer; `tail::available` was checked.
-                        unsafe {
-                            tail::run(
-                                kc,
-                                &ag[i * apan + kk0 * mr..],
-                                apan,
-                                np,
-                                b,
-                                offs,
-                                k0,
-                                cols,
-                                c.as_mut_ptr(),
-                                ldc,
-                                np * mr,
-                                !first,
-                                None,
-                            )
-                        };
-                    }
+                    tail::run_panels(
+                        kc,
+                        &ag[p0 * apan + kk0 * mr..],
+                        apan,
+                        p1 - p0,
+                        b,
+                        offs,
+                        k0,
+                        cols,
+                        &mut cbuf[p * nr..],
+                        ldc,
+                        !first,
+                    );
                     continue;
                 }
                 // Packed panels are padded to whole panels: any kernel may run to the end.

@@ -95,6 +95,56 @@ pub unsafe fn run(
     }
 }
 
+/// [`run`] over any number of consecutive A panels (`npanels`, in groups of
+/// [`MAX_PANELS`]), writing all their rows into `c`, a task's own C buffer whose row `r` starts
+/// at `c[r·ldc]`: `C[8·npanels × cols] (+)= A·B`, no bias. The safe form the tiled engines
+/// call for a tile's last ≤ 8 columns.
+///
+/// # Panics
+/// If `c` is shorter than its rows, or as [`run`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_panels(
+    kc: usize,
+    a: &[f32],
+    apan: usize,
+    npanels: usize,
+    b: &[f32],
+    offs: &RowOffsets,
+    k0: usize,
+    cols: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(
+        npanels == 0 || c.len() > (8 * npanels - 1) * ldc + cols - 1,
+        "C tile too short"
+    );
+    for p in (0..npanels).step_by(MAX_PANELS) {
+        let np = MAX_PANELS.min(npanels - p);
+        let cp = &mut c[8 * p * ldc..];
+        // SAFETY: `cp` is exclusively borrowed and holds the `np·8` rows of `cols` at stride
+        // `ldc` that this group writes (asserted above for all the rows).
+        unsafe {
+            run(
+                kc,
+                &a[p * apan..],
+                apan,
+                np,
+                b,
+                offs,
+                k0,
+                cols,
+                cp.as_mut_ptr(),
+                ldc,
+                np * 8,
+                accumulate,
+                None,
+            )
+        };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
