@@ -160,6 +160,11 @@ pub struct ConvGemm {
     tile_chunks: Vec<Vec<(usize, usize)>>,
     /// Per tile, its row segments for packing: (NR-panel, lane, oy, ox, length).
     tile_segs: Vec<Vec<Segment>>,
+    /// Per tile, its runs of pixels in one output row for storing: (position in the tile,
+    /// offset `oy·OW + ox` in an output plane, length). Computed at plan time: deriving them
+    /// per output channel (a division per run, ~10 runs a channel on an atrous layer's
+    /// 20-wide class rows) was 3.6 % of ASPP 3×3 d6.
+    tile_out: Vec<Vec<(usize, usize, usize)>>,
     /// Per tile, whether every tap it multiplies reads inside the input for every one of its
     /// pixels (stride 1 only): then it packs by plain copies, with no border logic.
     tile_interior: Vec<bool>,
@@ -351,6 +356,7 @@ impl ConvGemm {
             tiles,
             tile_chunks: Vec::new(),
             tile_segs: Vec::new(),
+            tile_out: Vec::new(),
             tile_interior: Vec::new(),
             tile_pack: Vec::new(),
             direct,
@@ -361,6 +367,15 @@ impl ConvGemm {
         };
         plan.tile_chunks = plan.tiles.iter().map(|t| plan.chunks(t)).collect();
         plan.tile_interior = plan.tiles.iter().map(|t| plan.interior(t)).collect();
+        plan.tile_out = plan
+            .tiles
+            .iter()
+            .map(|t| {
+                t.segments(t.len())
+                    .map(|(j, oy, ox, seg)| (j, oy * geom.ow + ox, seg))
+                    .collect()
+            })
+            .collect();
         plan.tile_segs = plan
             .tiles
             .iter()
@@ -614,8 +629,9 @@ impl ConvGemm {
             let ch = grp * self.kg + m;
             let bias = self.bias[ch];
             let crow = &cbuf[r * ldc..r * ldc + len];
-            for (j, oy, ox, seg) in tile.segments(len) {
-                let off = ((n * g.k + ch) * g.oh + oy) * g.ow + ox;
+            let plane = (n * g.k + ch) * g.oh * g.ow;
+            for &(j, pos, seg) in &self.tile_out[ti] {
+                let off = plane + pos;
                 // SAFETY: task t is the only one writing channel `ch` of image `n` at the
                 // pixels of tile `ti` (tasks partition batch × group × tile × channel block),
                 // and `out` wraps the caller's exclusively borrowed output during `run`.
