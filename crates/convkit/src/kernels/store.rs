@@ -375,6 +375,58 @@ impl SharedOut {
         prefetch(unsafe { std::slice::from_raw_parts(self.ptr.add(offset), end - offset) });
     }
 
+    /// [`tail::run`](super::tail::run) for depth rows `kk0..kk1` into this buffer:
+    /// `out[offset + r·ldc ..][..cols] (+)= bias[r] + A·B` for the `8·npanels` rows of
+    /// `npanels ≤ 4` consecutive A panels (`apan` floats apart), added to what is there from
+    /// the second chunk on (`kk0 > 0`).
+    ///
+    /// # Safety
+    /// As [`SharedOut::write_row`], for these elements; the tail kernel must be available.
+    ///
+    /// # Panics
+    /// If the rows are out of bounds, or as [`tail::run`](super::tail::run).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tail(
+        &self,
+        (kk0, kk1): (usize, usize),
+        a: &[f32],
+        (apan, npanels): (usize, usize),
+        b: &[f32],
+        offs: &RowOffsets,
+        cols: usize,
+        (offset, ldc): (usize, usize),
+        bias: Option<&[f32]>,
+    ) {
+        let rows = 8 * npanels;
+        let end = rows
+            .checked_sub(1)
+            .and_then(|r| r.checked_mul(ldc))
+            .and_then(|v| v.checked_add(offset + cols));
+        assert!(
+            end.is_some_and(|e| e <= self.len),
+            "output tail out of bounds"
+        );
+        // SAFETY: the rows lie in the buffer (asserted); exclusive access is the caller's
+        // contract, availability of the kernel too.
+        unsafe {
+            super::tail::run(
+                kk1 - kk0,
+                a,
+                apan,
+                npanels,
+                b,
+                offs,
+                kk0,
+                cols,
+                self.ptr.add(offset),
+                ldc,
+                rows,
+                kk0 > 0,
+                bias,
+            )
+        };
+    }
+
     /// `out[offset + i·stride] = src[i] + bias` (`stride` 1 is [`SharedOut::write_row`]).
     ///
     /// # Safety
