@@ -1,5 +1,15 @@
 //! Helpers shared by the crate's unit tests.
 
+/// `f` run inside a fresh pool of `threads` threads (plans made there size their tasks for
+/// it).
+pub(crate) fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// `n` deterministic pseudo-random values in [-1, 1) (xorshift64), the same for every test.
 pub(crate) fn pseudo(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;

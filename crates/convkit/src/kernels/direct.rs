@@ -701,31 +701,58 @@ impl DirectConv {
                 }
             }
             for (x, ukr) in whole.clone().chain(parts.iter().copied()) {
-                let b = &band[x..];
-                for i in p0..p1 {
-                    let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
-                    let ch = grp * self.kg + i * mr;
-                    let bias = (kk0 == 0).then(|| &self.bias[ch..ch + mr]);
-                    // SAFETY: this task alone writes channels `ch..ch + MR` (within the group:
-                    // `kg` is a multiple of MR) of image `n` in its band, and the tile ends
-                    // within the band's flat run (an exact cover); `out` wraps the caller's
-                    // exclusively borrowed output during `run`.
-                    unsafe {
-                        out.run_tile(
-                            ukr,
-                            kk1 - kk0,
-                            a,
-                            b,
-                            &self.offs,
-                            kk0,
-                            at(ch, x),
-                            ohw,
-                            kk0 > 0,
-                            bias,
-                        )
-                    };
-                }
+                // SAFETY: this task alone writes channels `p0·MR..p1·MR` of group `grp` of
+                // image `n` in its band, and the tile ends within the band's flat run (an
+                // exact cover); `out` wraps the caller's exclusively borrowed output.
+                unsafe {
+                    self.store_panels(out, ukr, (kk0, kk1), (grp, p0, p1), &band[x..], |ch| {
+                        at(ch, x)
+                    })
+                };
             }
+        }
+    }
+
+    /// One tile column (B rows at `b`, depth rows `kk0..kk1`) for channel panels `p0..p1` of
+    /// group `grp`, each `MR × NR` tile stored straight into `y`: the rows of the panel whose
+    /// first channel is `ch` at `offset(ch)`, `OH·OW` apart, the bias starting the first
+    /// chunk's sum.
+    ///
+    /// # Safety
+    /// No other thread may access those elements during the call (`kg` a multiple of MR, so
+    /// a panel stays within its group), and `out` must wrap the output of the planned shape.
+    unsafe fn store_panels(
+        &self,
+        out: SharedOut,
+        ukr: Microkernel,
+        (kk0, kk1): (usize, usize),
+        (grp, p0, p1): (usize, usize, usize),
+        b: &[f32],
+        offset: impl Fn(usize) -> usize,
+    ) {
+        let g = &self.geom;
+        let mr = self.ukr.mr;
+        let apan = self.ktot * mr;
+        let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
+        for i in p0..p1 {
+            let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
+            let ch = grp * self.kg + i * mr;
+            let bias = (kk0 == 0).then(|| &self.bias[ch..ch + mr]);
+            // SAFETY: the caller's contract; `run_tile` checks the tile's bounds.
+            unsafe {
+                out.run_tile(
+                    ukr,
+                    kk1 - kk0,
+                    a,
+                    b,
+                    &self.offs,
+                    kk0,
+                    offset(ch),
+                    g.oh * g.ow,
+                    kk0 > 0,
+                    bias,
+                )
+            };
         }
     }
 
@@ -741,10 +768,7 @@ impl DirectConv {
         band: &[f32],
     ) {
         let g = &self.geom;
-        let mr = self.ukr.mr;
         let ohw = g.oh * g.ow;
-        let apan = self.ktot * mr;
-        let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
         // `cv` is a sum of kernel widths (the layout's condition): its cheapest exact split
         // ends at the band's last column.
         let split = if cv == self.cols {
@@ -757,30 +781,14 @@ impl DirectConv {
                 let orow = (oy0 + rr) * g.ow + ox0;
                 for &(x, ukr) in split {
                     let b = &band[rr * self.wb + x..];
-                    for i in p0..p1 {
-                        let a = &ag[i * apan + kk0 * mr..i * apan + kk1 * mr];
-                        let ch = grp * self.kg + i * mr;
-                        let bias = (kk0 == 0).then(|| &self.bias[ch..ch + mr]);
-                        let off = (n * g.k + ch) * ohw + orow + x;
-                        // SAFETY: this task alone writes channels `ch..ch + MR` (within the
-                        // group: `kg` is a multiple of MR) of image `n` in its band, and the
-                        // tile ends at the band's last column; `out` wraps the caller's
-                        // exclusively borrowed output during `run`.
-                        unsafe {
-                            out.run_tile(
-                                ukr,
-                                kk1 - kk0,
-                                a,
-                                b,
-                                &self.offs,
-                                kk0,
-                                off,
-                                ohw,
-                                kk0 > 0,
-                                bias,
-                            )
-                        };
-                    }
+                    // SAFETY: this task alone writes channels `p0·MR..p1·MR` of group `grp`
+                    // of image `n` in its band, and the tile ends at the band's last column;
+                    // `out` wraps the caller's exclusively borrowed output.
+                    unsafe {
+                        self.store_panels(out, ukr, (kk0, kk1), (grp, p0, p1), b, |ch| {
+                            (n * g.k + ch) * ohw + orow + x
+                        })
+                    };
                 }
             }
         }
@@ -792,8 +800,36 @@ mod tests {
     use super::*;
     use crate::reference;
     use crate::spec::ConvSpec;
-    use crate::testutil::pseudo;
+    use crate::spec::ValidSpec;
+    use crate::testutil::{in_pool, pseudo};
     use ndarray::{Array1, Array4};
+
+    /// A test layer: spec, geometry, input, weights, bias and the reference's output.
+    type Case = (
+        ValidSpec,
+        Geometry,
+        Array4<f32>,
+        Array4<f32>,
+        Array1<f32>,
+        Array4<f32>,
+    );
+
+    /// The layer `spec` on `input` with pseudo-random operands from `seed` on.
+    fn case(spec: ConvSpec, input: [usize; 4], seed: u64) -> Case {
+        let v = spec.build().unwrap();
+        let g = v.geometry(input).unwrap();
+        let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), seed)).unwrap();
+        let ws = v.weight_shape();
+        let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), seed + 1)).unwrap();
+        let b = Array1::from(pseudo(g.k, seed + 2));
+        let want = reference::forward(&v, x.view(), w.view(), Some(b.view())).unwrap();
+        (v, g, x, w, b, want)
+    }
+
+    /// Multiply-adds per output (a tolerance scale).
+    fn depth(v: &ValidSpec, g: &Geometry) -> f32 {
+        (g.c / v.groups() * v.kernel()[0] * v.kernel()[1]) as f32
+    }
 
     /// A layer of one band run by several threads fills one shared band (each thread some of
     /// its channels): the same result, bit for bit, as one thread with its own band, and the
@@ -805,21 +841,11 @@ mod tests {
             (ConvSpec::conv2d(5, 48, 3).padding(1), [1, 5, 1, 32]),
         ];
         for (spec, input) in cases {
-            let v = spec.build().unwrap();
-            let g = v.geometry(input).unwrap();
-            let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), 4)).unwrap();
-            let ws = v.weight_shape();
-            let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), 5)).unwrap();
-            let b = Array1::from(pseudo(g.k, 6));
-            let want = reference::forward(&v, x.view(), w.view(), Some(b.view())).unwrap();
+            let (v, g, x, w, b, want) = case(spec, input, 4);
             for isa in crate::kernels::Isa::available_levels() {
                 let ukr = Microkernel::for_isa(isa).unwrap();
                 let run = |threads: usize| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
+                    in_pool(threads, || {
                         let d = DirectConv::new(&g, w.view(), Some(b.view()), ukr);
                         let ntasks = g.n * d.groups * d.nby * d.nbx * d.nmb;
                         assert!(
@@ -883,22 +909,12 @@ mod tests {
         ];
         let mut engaged = 0;
         for (spec, input, expect) in cases {
-            let v = spec.build().unwrap();
-            let g = v.geometry(input).unwrap();
-            let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), 7)).unwrap();
-            let ws = v.weight_shape();
-            let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), 8)).unwrap();
-            let b = Array1::from(pseudo(g.k, 9));
-            let want = reference::forward(&v, x.view(), w.view(), Some(b.view())).unwrap();
-            let depth = (g.c / v.groups() * v.kernel()[0] * v.kernel()[1]) as f32;
+            let (v, g, x, w, b, want) = case(spec, input, 7);
+            let depth = depth(&v, &g);
             for isa in crate::kernels::Isa::available_levels() {
                 let ukr = Microkernel::for_isa(isa).unwrap();
                 let run = |threads: usize| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
+                    in_pool(threads, || {
                         let d = DirectConv::new(&g, w.view(), Some(b.view()), ukr);
                         let mut y = vec![f32::NAN; g.n * g.k * g.oh * g.ow];
                         d.run(x.as_slice().unwrap(), &mut y);
@@ -957,14 +973,8 @@ mod tests {
         ];
         let mut modes = [0, 0];
         for (spec, input) in cases {
-            let v = spec.build().unwrap();
-            let g = v.geometry(input).unwrap();
-            let x = Array4::from_shape_vec(input, pseudo(input.iter().product(), 1)).unwrap();
-            let ws = v.weight_shape();
-            let w = Array4::from_shape_vec(ws, pseudo(ws.iter().product(), 2)).unwrap();
-            let b = Array1::from(pseudo(g.k, 3));
-            let want = reference::forward(&v, x.view(), w.view(), Some(b.view())).unwrap();
-            let depth = (g.c / v.groups() * v.kernel()[0] * v.kernel()[1]) as f32;
+            let (v, g, x, w, b, want) = case(spec, input, 1);
+            let depth = depth(&v, &g);
             for isa in crate::kernels::Isa::available_levels() {
                 let ukr = Microkernel::for_isa(isa).unwrap();
                 let d = DirectConv::new(&g, w.view(), Some(b.view()), ukr);
