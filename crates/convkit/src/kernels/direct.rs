@@ -939,7 +939,11 @@ mod tests {
                 }
             }
         }
-        assert!(engaged >= 2, "in-place tiles tested: {engaged}");
+        // (They need the column-tail kernel: AVX-512; valgrind's CPU has none.)
+        assert!(
+            engaged >= 2 || !crate::kernels::Isa::Avx512.available(),
+            "in-place tiles tested: {engaged}"
+        );
     }
 
     /// Row-wise tiles (stored straight into the output with the bias) where every band width
