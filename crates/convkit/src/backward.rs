@@ -38,10 +38,15 @@ pub fn backward(
     want: GradRequest,
     algo: Algo,
 ) -> Result<Gradients<f32>> {
+    if spec.is_depthwise() && algo != Algo::Reference {
+        // One parallel loop, run by the task executor from whatever thread calls (inline at
+        // one thread): no hand-off to a worker.
+        return backward_on_pool(spec, x, w, dy, want, algo);
+    }
     crate::plan::on_pool(|| backward_on_pool(spec, x, w, dy, want, algo))
 }
 
-/// [`backward`] on a worker of the pool.
+/// [`backward`] on a worker of the pool (a depthwise layer's on any thread).
 fn backward_on_pool(
     spec: &ValidSpec,
     x: ArrayView4<f32>,
