@@ -60,20 +60,9 @@ struct Place {
     window: (usize, usize, usize, usize),
 }
 
-/// How flat tiles cover a band's flat run when they are stored straight into `y`: where the
-/// band has no gap columns (`(kw−1)·d_w < s_w`: 1×1 strided, 2×2 stride-2) and whole output
-/// rows, flat position `f` of a band is output position `oy0·OW + f`, so an `MR × NR` tile is
-/// `MR` channel planes' runs in `y` itself, like the C buffer's rows at stride `OH·OW`
-/// instead of its own `ldc`. The run is cut exactly (whole `NR` tiles, then kernels that sum
-/// to the rest, then ≤ 8 columns on the column-tail kernel): no tile may spill into the next
-/// band. Saves the C buffer's copy pass (2.3 % of the 1×1/2 512 → 1024 layer).
-#[derive(Debug, Clone)]
-struct InPlace {
-    /// The covers of a full band's flat run and of the last (shorter) band's.
-    cover: [Cover; 2],
-}
-
-/// An exact cover of a flat run: whole `NR` tiles, then `parts`, then `tail` columns.
+/// An exact cover of a band's flat run, for flat tiles stored straight into `y`: whole `NR`
+/// tiles, then `parts`, then `tail` columns on the column-tail kernel, so that no tile spills
+/// into the next band (see [`DirectConv::inplace`]).
 #[derive(Debug, Clone)]
 struct Cover {
     /// The run's length.
@@ -122,9 +111,13 @@ pub struct DirectConv {
     /// Whether tiles are output-row runs stored straight into `y` with the bias (see
     /// [`DirectConv::layout`]), rather than flat band runs staged in a C buffer.
     rowwise: bool,
-    /// Whether flat tiles are stored straight into `y` (see [`InPlace`]); `None`: staged in
-    /// a C buffer and copied.
-    inplace: Option<InPlace>,
+    /// Where the band has no gap columns (`(kw−1)·d_w < s_w`: 1×1 strided, 2×2 stride-2) and
+    /// whole output rows, flat position `f` of a band is output position `oy0·OW + f`, so an
+    /// `MR × NR` flat tile is `MR` channel planes' runs in `y` itself (rows `OH·OW` apart
+    /// instead of the C buffer's `ldc`): then the covers of a full band's flat run and of the
+    /// last (shorter) band's, and the tiles go straight into `y`, saving the C buffer's copy
+    /// pass (2.3 % of the 1×1/2 512 → 1024 layer). `None`: staged in a C buffer and copied.
+    inplace: Option<[Cover; 2]>,
     /// Output rows per band.
     rows: usize,
     /// Output columns per band.
@@ -270,9 +263,7 @@ impl DirectConv {
             .then(|| {
                 let last = geom.oh - (nby - 1) * rows;
                 let cover = |flat| Cover::new(ukr, flat).expect("8-wide kernels and a tail");
-                InPlace {
-                    cover: [cover(rows * geom.ow), cover(last * geom.ow)],
-                }
+                [cover(rows * geom.ow), cover(last * geom.ow)]
             });
         let split = |c: usize| {
             if rowwise {
@@ -581,13 +572,18 @@ impl DirectConv {
             self.task_rowwise(out, (n, grp), (oy0, ox0, rv, cv), (p0, p1), band);
             return;
         }
-        if let Some(inplace) = &self.inplace {
-            self.task_inplace(inplace, out, (n, grp), (oy0, rv), (p0, p1), band);
+        if let Some(covers) = &self.inplace {
+            let cover = if rv == self.rows {
+                &covers[0]
+            } else {
+                &covers[1]
+            };
+            self.task_inplace(cover, out, (n, grp), (oy0, rv), (p0, p1), band);
             return;
         }
         let flat = (rv - 1) * self.wb + cv;
         // A last partial tile of ≤ 8 columns runs on the column-tail kernel (channels on the
-        // lanes) over the whole depth at once, after the panels.
+        // lanes), chunk by chunk like the panels.
         let tail = flat % nr;
         let tail = (tail <= tail::MAX_COLS && tail::available(&self.ukr)).then_some(tail);
         let npan = if tail.is_some() {
@@ -649,11 +645,11 @@ impl DirectConv {
     }
 
     /// The flat tiles of one channel block (panels `p0..p1`) of the band of `rv` output rows
-    /// from `oy0` of image `n`, group `grp`, stored straight into `y` ([`InPlace`]); the bias
-    /// starts each tile's sum.
+    /// from `oy0` of image `n`, group `grp`, cut by `cover`, stored straight into `y` (see
+    /// [`DirectConv::inplace`]); the bias starts each tile's sum.
     fn task_inplace(
         &self,
-        inplace: &InPlace,
+        cover: &Cover,
         out: SharedOut,
         (n, grp): (usize, usize),
         (oy0, rv): (usize, usize),
@@ -665,11 +661,7 @@ impl DirectConv {
         let ohw = g.oh * g.ow;
         let apan = self.ktot * mr;
         let ag = &self.a[grp * self.mpanels * apan..][..self.mpanels * apan];
-        let Cover { flat, parts, tail } = if rv == self.rows {
-            &inplace.cover[0]
-        } else {
-            &inplace.cover[1]
-        };
+        let Cover { flat, parts, tail } = cover;
         let (flat, tail) = (*flat, *tail);
         debug_assert_eq!(flat, rv * g.ow);
         // Offset in `y` of channel `ch`'s band position `x`.
@@ -679,26 +671,23 @@ impl DirectConv {
             // The tail in the same depth chunks as the tiles (see `compute`).
             if tail > 0 {
                 let x = flat - tail;
-                for q in (p0..p1).step_by(tail::MAX_PANELS) {
-                    let np = tail::MAX_PANELS.min(p1 - q);
-                    let ch = grp * self.kg + q * mr;
-                    // SAFETY: this task alone writes channels `ch..ch + np·MR` (inside the
-                    // group: `kg` is a multiple of MR) of image `n` in its band, columns
-                    // `x..flat` of it; `out` wraps the caller's exclusively borrowed output
-                    // during `run`.
-                    unsafe {
-                        out.run_tail(
-                            (kk0, kk1),
-                            &ag[q * apan + kk0 * mr..],
-                            (apan, np),
-                            &band[x..],
-                            &self.offs,
-                            tail,
-                            (at(ch, x), ohw),
-                            (kk0 == 0).then(|| &self.bias[ch..ch + np * mr]),
-                        )
-                    };
-                }
+                let ch = grp * self.kg + p0 * mr;
+                // SAFETY: this task alone writes channels `ch..ch + (p1 − p0)·MR` (inside the
+                // group: `kg` is a multiple of MR) of image `n` in its band, columns
+                // `x..flat` of it; `out` wraps the caller's exclusively borrowed output
+                // during `run`.
+                unsafe {
+                    out.run_tail(
+                        (kk0, kk1),
+                        &ag[p0 * apan + kk0 * mr..],
+                        (apan, p1 - p0),
+                        &band[x..],
+                        &self.offs,
+                        tail,
+                        (at(ch, x), ohw),
+                        (kk0 == 0).then(|| &self.bias[ch..ch + (p1 - p0) * mr]),
+                    )
+                };
             }
             for (x, ukr) in whole.clone().chain(parts.iter().copied()) {
                 // SAFETY: this task alone writes channels `p0·MR..p1·MR` of group `grp` of
@@ -866,7 +855,7 @@ mod tests {
         }
     }
 
-    /// Flat tiles stored straight into the output ([`InPlace`]) where a band has no gap
+    /// Flat tiles stored straight into the output ([`DirectConv::inplace`]) where a band has no gap
     /// columns, whole rows and whole panels per group: against the reference on every
     /// microkernel, bit for bit the same at 1 and 3 threads, with column tails, exact
     /// remainders, groups, batch 2, several bands (the last shorter) and several depth

@@ -375,10 +375,12 @@ impl SharedOut {
         prefetch(unsafe { std::slice::from_raw_parts(self.ptr.add(offset), end - offset) });
     }
 
-    /// [`tail::run`](super::tail::run) for depth rows `kk0..kk1` into this buffer:
-    /// `out[offset + r·ldc ..][..cols] (+)= bias[r] + A·B` for the `8·npanels` rows of
-    /// `npanels ≤ 4` consecutive A panels (`apan` floats apart), added to what is there from
-    /// the second chunk on (`kk0 > 0`).
+    /// [`tail::run`](super::tail::run) for depth rows `kk0..kk1` into this buffer, over any
+    /// number of consecutive A panels (`apan` floats apart, in groups of
+    /// [`MAX_PANELS`](super::tail::MAX_PANELS)): for their `8·npanels` rows,
+    /// `out[offset + r·ldc ..][..cols] (+)= bias[r] + A·B`, added to what is there from the
+    /// second chunk on (`kk0 > 0`). The form of [`tail::run_panels`](super::tail::run_panels) for tiles
+    /// stored straight into the output.
     ///
     /// # Safety
     /// As [`SharedOut::write_row`], for these elements; the tail kernel must be available.
@@ -397,8 +399,7 @@ impl SharedOut {
         (offset, ldc): (usize, usize),
         bias: Option<&[f32]>,
     ) {
-        let rows = 8 * npanels;
-        let end = rows
+        let end = (8 * npanels)
             .checked_sub(1)
             .and_then(|r| r.checked_mul(ldc))
             .and_then(|v| v.checked_add(offset + cols));
@@ -406,25 +407,29 @@ impl SharedOut {
             end.is_some_and(|e| e <= self.len),
             "output tail out of bounds"
         );
-        // SAFETY: the rows lie in the buffer (asserted); exclusive access is the caller's
-        // contract, availability of the kernel too.
-        unsafe {
-            super::tail::run(
-                kk1 - kk0,
-                a,
-                apan,
-                npanels,
-                b,
-                offs,
-                kk0,
-                cols,
-                self.ptr.add(offset),
-                ldc,
-                rows,
-                kk0 > 0,
-                bias,
-            )
-        };
+        let group = super::tail::MAX_PANELS;
+        for p in (0..npanels).step_by(group) {
+            let np = group.min(npanels - p);
+            // SAFETY: the rows lie in the buffer (asserted for all of them); exclusive access
+            // is the caller's contract, availability of the kernel too.
+            unsafe {
+                super::tail::run(
+                    kk1 - kk0,
+                    &a[p * apan..],
+                    apan,
+                    np,
+                    b,
+                    offs,
+                    kk0,
+                    cols,
+                    self.ptr.add(offset + 8 * p * ldc),
+                    ldc,
+                    8 * np,
+                    kk0 > 0,
+                    bias.map(|v| &v[8 * p..]),
+                )
+            };
+        }
     }
 
     /// `out[offset + i·stride] = src[i] + bias` (`stride` 1 is [`SharedOut::write_row`]).
