@@ -715,7 +715,15 @@ impl ConvGemm {
         let (mut c, mut tap) = (kk0 % self.cg, kk0 / self.cg);
         for kl in 0..kc {
             let plane = &xg[c * hw..(c + 1) * hw];
-            table.pack(tap, dst, (kl * nr, kc * nr), plane, self.avx512);
+            // Every row but the last may spill into the next row of its panel, packed next.
+            table.pack(
+                tap,
+                dst,
+                (kl * nr, kc * nr),
+                plane,
+                self.avx512,
+                kl + 1 < kc,
+            );
             c += 1;
             if c == self.cg {
                 c = 0;
