@@ -21,7 +21,7 @@ use crate::kernels::depthwise::Depthwise;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::subpixel::Subpixel;
 use crate::kernels::{wgrad, Isa};
-use crate::plan::{self, Algo};
+use crate::plan::{self, Algo, Plan, Weights};
 use crate::reference::{self, GradRequest, Gradients};
 use crate::spec::{ConvSpec, PaddingMode, ValidSpec};
 use ndarray::{Array1, Array4, ArrayView4, Axis};
@@ -198,7 +198,6 @@ fn grad_input_flipped(
         return Ok(None);
     }
     let groups = s.groups();
-    let (cg, kg) = (geom.c / groups, geom.k / groups);
     let spec = ConvSpec::conv2d(geom.k, geom.c, [kh, kw])
         .dilation([dh, dw])
         .groups(groups)
@@ -209,23 +208,20 @@ fn grad_input_flipped(
         Ok(g) if g.output_shape() == geom.input_shape() => {}
         _ => return Ok(None),
     }
-    // w'[g·Cg + c, k, i, j] = w[g·Kg + k, c, kh−1−i, kw−1−j].
-    let taps = kh * kw;
-    let ws = w.as_standard_layout();
-    let ws = ws.as_slice().expect("standard layout is contiguous");
-    let mut flipped = vec![0f32; geom.c * kg * taps];
-    for (ko, wk) in ws.chunks_exact(cg * taps).enumerate() {
-        let (gi, k) = (ko / kg, ko % kg);
-        for (c, plane) in wk.chunks_exact(taps).enumerate() {
-            let dst = &mut flipped[((gi * cg + c) * kg + k) * taps..][..taps];
-            // Flipping both spatial axes reverses the row-major tap order.
-            for (d, &v) in dst.iter_mut().zip(plane.iter().rev()) {
-                *d = v;
-            }
-        }
-    }
-    let flipped = Array4::from_shape_vec((geom.c, kg, kh, kw), flipped).expect("sized above");
-    plan::forward(&spec, dy, flipped.view(), None, Algo::Auto).map(Some)
+    // The adjoint's weights w'[g·Cg + c, k, i, j] = w[g·Kg + k, c, kh−1−i, kw−1−j], packed
+    // straight from `w` by the GEMM engines.
+    let (n, _, oh, ow) = dy.dim();
+    let plan = Plan::with_weights(
+        &spec,
+        [n, geom.k, oh, ow],
+        Weights::Adjoint(w),
+        None,
+        Algo::Auto,
+        Isa::best(),
+    )?;
+    let mut dx = Array4::<f32>::zeros(plan.geometry().output_shape());
+    plan.run(dy, dx.view_mut())?;
+    Ok(Some(dx))
 }
 
 /// dL/dx of a direct conv: the transposed conv of `dy` (stride phases, no zeros multiplied).

@@ -33,13 +33,13 @@ use crate::kernels::col2im::Col2im;
 use crate::kernels::depthwise::Depthwise;
 use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
-use crate::kernels::igemm::ConvGemm;
+use crate::kernels::igemm::{pack_weights, pack_weights_adjoint, ConvGemm};
 use crate::kernels::subpixel::Subpixel;
 use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::Isa;
 use crate::reference;
 use crate::spec::ValidSpec;
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut4};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut4, CowArray, Ix4};
 use std::fmt;
 
 /// A convolution algorithm (`--algo` on the command line, kebab-case names).
@@ -120,6 +120,69 @@ impl std::str::FromStr for Algo {
                     names.join(", ")
                 )
             })
+    }
+}
+
+/// A plan's weights: the layer's own, or those of the layer whose grad input it computes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    /// PyTorch layout `(K, C/groups, kh, kw)` of the planned layer.
+    Plain(ArrayView4<'a, f32>),
+    /// The weights `w` (`(K, Cg, kh, kw)`) of a layer whose grad input (at stride 1, zero
+    /// padding) the plan computes: the plan's own weights are `w` flipped in space with the
+    /// channel axes swapped per group, `w'[g·Cg + c, k, i, j] = w[g·Kg + k, c, kh−1−i, kw−1−j]`.
+    Adjoint(ArrayView4<'a, f32>),
+}
+
+impl<'a> Weights<'a> {
+    /// The shape of the plan's weights.
+    fn shape(&self, groups: usize) -> [usize; 4] {
+        match self {
+            Weights::Plain(w) => {
+                let (k, c, kh, kw) = w.dim();
+                [k, c, kh, kw]
+            }
+            Weights::Adjoint(w) => {
+                let (k, cg, kh, kw) = w.dim();
+                [cg * groups, k / groups.max(1), kh, kw]
+            }
+        }
+    }
+
+    /// The plan's weights packed for an `mr`-row microkernel (one pass either way).
+    fn packed(&self, groups: usize, mr: usize) -> Vec<f32> {
+        match self {
+            Weights::Plain(w) => pack_weights(*w, groups, mr),
+            Weights::Adjoint(w) => pack_weights_adjoint(*w, groups, mr),
+        }
+    }
+
+    /// The plan's weights in PyTorch's layout (an adjoint's materialised).
+    fn plain(&self, groups: usize) -> CowArray<'a, f32, Ix4> {
+        match *self {
+            Weights::Plain(w) => w.into(),
+            Weights::Adjoint(w) => {
+                let (k, cg, kh, kw) = w.dim();
+                let kg = k / groups;
+                let taps = kh * kw;
+                let ws = w.as_standard_layout();
+                let ws = ws.as_slice().expect("standard layout is contiguous");
+                let mut flipped = vec![0f32; k * cg * taps];
+                for (ko, wk) in ws.chunks_exact(cg * taps).enumerate() {
+                    let (gi, kk) = (ko / kg, ko % kg);
+                    for (c, plane) in wk.chunks_exact(taps).enumerate() {
+                        let dst = &mut flipped[((gi * cg + c) * kg + kk) * taps..][..taps];
+                        // Flipping both spatial axes reverses the row-major tap order.
+                        for (d, &v) in dst.iter_mut().zip(plane.iter().rev()) {
+                            *d = v;
+                        }
+                    }
+                }
+                Array4::from_shape_vec((cg * groups, kg, kh, kw), flipped)
+                    .expect("sized above")
+                    .into()
+            }
+        }
     }
 }
 
@@ -304,7 +367,21 @@ impl Plan {
         algo: Algo,
         isa: Isa,
     ) -> Result<Plan> {
-        let geom = reference::check_operands(spec, &input, weight.shape(), bias.map(|b| b.len()))?;
+        Self::with_weights(spec, input, Weights::Plain(weight), bias, algo, isa)
+    }
+
+    /// [`Plan::with_isa`] with the weights given either way [`Weights`] allows.
+    pub(crate) fn with_weights(
+        spec: &ValidSpec,
+        input: [usize; 4],
+        weights: Weights,
+        bias: Option<ArrayView1<f32>>,
+        algo: Algo,
+        isa: Isa,
+    ) -> Result<Plan> {
+        let groups = spec.groups();
+        let wshape = weights.shape(groups);
+        let geom = reference::check_operands(spec, &input, &wshape, bias.map(|b| b.len()))?;
         let ukr = Microkernel::for_isa(isa)
             .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
         let chosen = match algo {
@@ -327,14 +404,21 @@ impl Plan {
         if matches!(chosen, Algo::Subpixel | Algo::Col2im) && !spec.is_transposed() {
             return Err(unavailable(chosen, "it runs transposed convolutions only"));
         }
+        // The GEMM engines pack the weights either way in one pass; the others take them in
+        // PyTorch's layout (an adjoint's flipped copy made here).
+        let plain = || weights.plain(groups);
         let imp = match chosen {
             Algo::Reference => Imp::Reference {
-                w: weight.to_owned(),
+                w: plain().into_owned(),
                 bias: bias.map(|b| b.to_owned()),
             },
-            Algo::ImplicitGemm => {
-                Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, false)))
-            }
+            Algo::ImplicitGemm => Imp::Gemm(Box::new(ConvGemm::with_packed(
+                &geom,
+                weights.packed(groups, ukr.mr),
+                bias,
+                ukr,
+                false,
+            ))),
             Algo::Gemm1x1 => {
                 if !is_pointwise(&geom) {
                     return Err(unavailable(
@@ -342,7 +426,13 @@ impl Plan {
                         "it needs a 1x1 kernel, stride 1 and no padding",
                     ));
                 }
-                Imp::Gemm(Box::new(ConvGemm::new(&geom, weight, bias, ukr, true)))
+                Imp::Gemm(Box::new(ConvGemm::with_packed(
+                    &geom,
+                    weights.packed(groups, ukr.mr),
+                    bias,
+                    ukr,
+                    true,
+                )))
             }
             Algo::Direct => {
                 if spec.stride().iter().any(|&s| s > MAX_DIRECT_STRIDE) {
@@ -351,11 +441,12 @@ impl Plan {
                         format!("it needs strides of at most {MAX_DIRECT_STRIDE}"),
                     ));
                 }
-                Imp::Direct(Box::new(DirectConv::new(
+                let ukr = direct_kernel(&geom, ukr);
+                Imp::Direct(Box::new(DirectConv::with_packed(
                     &geom,
-                    weight,
+                    weights.packed(groups, ukr.mr),
                     bias,
-                    direct_kernel(&geom, ukr),
+                    ukr,
                 )))
             }
             Algo::Winograd => {
@@ -368,18 +459,20 @@ impl Plan {
                 }
                 Imp::Winograd(Box::new(Winograd::new(
                     &geom,
-                    weight,
+                    plain().view(),
                     bias,
                     winograd_kernel(&geom, ukr),
                 )))
             }
             Algo::Depthwise => Imp::Depthwise {
                 dw: Box::new(Depthwise::new(&geom, isa)?),
-                w: weight.iter().copied().collect(),
+                w: plain().iter().copied().collect(),
                 bias: bias.map(|b| b.to_vec()),
             },
-            Algo::Subpixel => Imp::Subpixel(Box::new(Subpixel::new(&geom, weight, bias, isa)?)),
-            Algo::Col2im => Imp::Col2im(Box::new(Col2im::new(&geom, weight, bias, ukr)?)),
+            Algo::Subpixel => {
+                Imp::Subpixel(Box::new(Subpixel::new(&geom, plain().view(), bias, isa)?))
+            }
+            Algo::Col2im => Imp::Col2im(Box::new(Col2im::new(&geom, plain().view(), bias, ukr)?)),
             Algo::Auto => unreachable!("Auto is resolved above"),
         };
         Ok(Plan {

@@ -145,8 +145,29 @@ impl DirectConv {
         bias: Option<ArrayView1<f32>>,
         ukr: Microkernel,
     ) -> DirectConv {
+        Self::with_packed(geom, pack_weights(w, geom.spec.groups(), ukr.mr), bias, ukr)
+    }
+
+    /// [`DirectConv::new`] with the weights already packed for `ukr` (the layout of
+    /// [`pack_weights`], e.g. by [`super::igemm::pack_weights_adjoint`]).
+    ///
+    /// # Panics
+    /// If `a` is not the packed size of the layer's weights.
+    pub(crate) fn with_packed(
+        geom: &Geometry,
+        a: Vec<f32>,
+        bias: Option<ArrayView1<f32>>,
+        ukr: Microkernel,
+    ) -> DirectConv {
         let mut d = Self::layout(geom, ukr);
-        d.a = pack_weights(w, d.groups, ukr.mr);
+        let [kh, kw] = geom.spec.kernel();
+        let (kg, cg) = (geom.k / d.groups, geom.c / d.groups);
+        assert_eq!(
+            a.len(),
+            d.groups * kg.div_ceil(ukr.mr) * cg * kh * kw * ukr.mr,
+            "packed weights"
+        );
+        d.a = a;
         d.bias = bias.map_or_else(|| vec![0.0; geom.k], |b| b.to_vec());
         d
     }

@@ -26,6 +26,7 @@ use super::store::{
     copy_row, for_each_task, for_each_task_ordered, gather_strided, PackTable, SharedOut,
 };
 use super::tail;
+use super::transpose::transpose;
 use crate::border::Border;
 use crate::geometry::Geometry;
 use crate::spec::PaddingMode;
@@ -99,21 +100,77 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
     let ws = w.as_standard_layout();
     let ws = ws.as_slice().expect("standard layout is contiguous");
     let taps = kh * kw;
-    // A panel's MR rows of one (channel, tap) at a time: the MR source rows are read as MR
-    // sequential streams, and the writes are `taps` sequential streams of MR-float runs. (Two
-    // passes with single-float strided writes took 12 % of a backward pass's grad input,
-    // which packs the flipped weights on every call.)
+    // Two blocked transposes: the taps' planes `[tap][k][c]`, then per panel and tap the
+    // `MR × Cg` block of that plane into `Cg` runs of `MR`. (Element by element this was ~7
+    // instructions a float: 8 % of a backward pass's grad input, which packs on every call.)
+    let planes = tap_planes(ws, taps);
+    let planes = planes.as_deref().unwrap_or(ws);
     for g in 0..groups {
         for p in 0..mpanels {
             let m0 = p * mr;
             let nrows = mr.min(kg - m0);
-            let src = &ws[(g * kg + m0) * ktot..][..nrows * ktot];
             let dst = &mut a[(g * mpanels + p) * ktot * mr..][..ktot * mr];
-            for c in 0..cg {
-                for t in 0..taps {
-                    let lane = &mut dst[(t * cg + c) * mr..][..nrows];
-                    for (r, d) in lane.iter_mut().enumerate() {
-                        *d = src[r * ktot + c * taps + t];
+            for t in 0..taps {
+                let src = &planes[(t * k + g * kg + m0) * cg..][..nrows * cg];
+                transpose(src, cg, &mut dst[t * cg * mr..], mr, nrows, cg);
+            }
+        }
+    }
+    a
+}
+
+/// The taps' planes of PyTorch-layout weights `ws` (`rows × taps`): `[tap][row]`, `None`
+/// for one tap (the weights are their own plane).
+fn tap_planes(ws: &[f32], taps: usize) -> Option<Vec<f32>> {
+    if taps == 1 {
+        return None;
+    }
+    let rows = ws.len() / taps;
+    let mut t = vec![0f32; ws.len()];
+    transpose(ws, taps, &mut t, rows, rows, taps);
+    Some(t)
+}
+
+/// [`pack_weights`] of the adjoint convolution's weights (the grad input of the layer whose
+/// PyTorch-layout weights `(K, Cg, kh, kw)` are `w`), straight from `w`: the adjoint has
+/// `Cg` output and `Kg` input channels per group and the taps flipped,
+/// `w'[g·Cg + c, k, i, j] = w[g·Kg + k, c, kh−1−i, kw−1−j]`.
+///
+/// Through the taps' planes, as [`pack_weights`], whose second transpose becomes plain copies
+/// of `MR`-float runs here. (A flipped copy then [`pack_weights`] was 12 % of an atrous
+/// 256-channel layer's grad input.)
+pub(crate) fn pack_weights_adjoint(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<f32> {
+    let (k, cg, kh, kw) = w.dim();
+    let kg = k / groups;
+    let taps = kh * kw;
+    // The adjoint's depth per group and its output-channel panels.
+    let ktot = kg * taps;
+    let mpanels = cg.div_ceil(mr);
+    let mut a = vec![0f32; groups * mpanels * ktot * mr];
+    let ws = w.as_standard_layout();
+    let ws = ws.as_slice().expect("standard layout is contiguous");
+    // The taps' planes `[tap][k][c]`; then every `MR`-float run is a copy from one of them.
+    let planes = tap_planes(ws, taps);
+    let planes = planes.as_deref().unwrap_or(ws);
+    for g in 0..groups {
+        for p in 0..mpanels {
+            let m0 = p * mr;
+            let nrows = mr.min(cg - m0);
+            let dst = &mut a[(g * mpanels + p) * ktot * mr..][..ktot * mr];
+            for (t, runs) in dst.chunks_exact_mut(kg * mr).enumerate() {
+                // Adjoint tap t is the layer's tap taps − 1 − t (both axes flipped).
+                let plane = &planes[(taps - 1 - t) * k * cg..][..k * cg];
+                let src = |kk: usize| &plane[(g * kg + kk) * cg + m0..];
+                if nrows == 8 {
+                    // The AVX-512 and AVX2 kernels' MR: one register per run, not a memmove
+                    // call (3 % of the grad input).
+                    for (kk, run) in runs.chunks_exact_mut(8).enumerate() {
+                        let run: &mut [f32; 8] = run.try_into().expect("MR = 8");
+                        *run = src(kk)[..8].try_into().expect("8 floats");
+                    }
+                } else {
+                    for (kk, run) in runs.chunks_exact_mut(mr).enumerate() {
+                        run[..nrows].copy_from_slice(&src(kk)[..nrows]);
                     }
                 }
             }
@@ -242,6 +299,22 @@ impl ConvGemm {
         ukr: Microkernel,
         direct: bool,
     ) -> ConvGemm {
+        let a = pack_weights(w, geom.spec.groups(), ukr.mr);
+        Self::with_packed(geom, a, bias, ukr, direct)
+    }
+
+    /// [`ConvGemm::new`] with the weights already packed for `ukr` ([`pack_weights`]'s
+    /// layout, e.g. by [`pack_weights_adjoint`]).
+    ///
+    /// # Panics
+    /// If `a` is not the packed size of the layer's weights.
+    pub(crate) fn with_packed(
+        geom: &Geometry,
+        a: Vec<f32>,
+        bias: Option<ArrayView1<f32>>,
+        ukr: Microkernel,
+        direct: bool,
+    ) -> ConvGemm {
         let s = &geom.spec;
         let groups = s.groups();
         let (cg, kg) = (geom.c / groups, geom.k / groups);
@@ -251,7 +324,7 @@ impl ConvGemm {
         let ktot = cg * kh * kw;
         let mr = ukr.mr;
         let mpanels = kg.div_ceil(mr);
-        let a = pack_weights(w, groups, mr);
+        assert_eq!(a.len(), groups * mpanels * ktot * mr, "packed weights");
         let bias = match bias {
             Some(b) => b.to_vec(),
             None => vec![0.0; geom.k],
@@ -899,6 +972,81 @@ impl ConvGemm {
         }
         for o in b..end {
             dst[o - ox] = border(o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array4;
+
+    fn weights(shape: (usize, usize, usize, usize)) -> Array4<f32> {
+        Array4::from_shape_fn(shape, |(k, c, i, j)| {
+            (k * 1000 + c * 100 + i * 10 + j) as f32 * 0.5 - 3.0
+        })
+    }
+
+    /// The packed layout by its definition: `[group][panel][(tap·Cg + c)·MR + r]`, zero rows
+    /// past `Kg` in the last panel; panels of 8 (the transposes' blocks) and of 6 (not).
+    #[test]
+    fn packing_matches_its_definition() {
+        for (shape, groups) in [
+            ((16, 12, 3, 3), 1),
+            ((13, 5, 1, 1), 1),
+            ((12, 3, 2, 3), 2),
+            ((24, 17, 1, 3), 3),
+        ] {
+            let w = weights(shape);
+            let (k, cg, kh, kw) = shape;
+            let (kg, taps) = (k / groups, kh * kw);
+            for mr in [6, 8] {
+                let a = pack_weights(w.view(), groups, mr);
+                let mpanels = kg.div_ceil(mr);
+                assert_eq!(a.len(), groups * mpanels * cg * taps * mr);
+                for (i, &v) in a.iter().enumerate() {
+                    let r = i % mr;
+                    let kk = (i / mr) % (cg * taps);
+                    let p = (i / (mr * cg * taps)) % mpanels;
+                    let g = i / (mr * cg * taps * mpanels);
+                    let (t, c) = (kk / cg, kk % cg);
+                    let o = p * mr + r;
+                    let want = if o < kg {
+                        w[[g * kg + o, c, t / kw, t % kw]]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(v, want, "{shape:?} g{groups} mr{mr} at {i}");
+                }
+            }
+        }
+    }
+
+    /// Packing the adjoint straight from `w` gives what packing its flipped, channel-swapped
+    /// copy gives.
+    #[test]
+    fn adjoint_packing_matches_packing_the_flipped_weights() {
+        for (shape, groups) in [
+            ((16, 12, 3, 3), 1),
+            ((9, 13, 1, 1), 1),
+            ((12, 3, 2, 3), 2),
+            ((24, 17, 1, 3), 3),
+            ((6, 2, 5, 5), 2),
+        ] {
+            let w = weights(shape);
+            let (k, cg, kh, kw) = shape;
+            let kg = k / groups;
+            let flipped = Array4::from_shape_fn((cg * groups, kg, kh, kw), |(o, kk, i, j)| {
+                let (g, c) = (o / cg, o % cg);
+                w[[g * kg + kk, c, kh - 1 - i, kw - 1 - j]]
+            });
+            for mr in [6, 8] {
+                assert_eq!(
+                    pack_weights_adjoint(w.view(), groups, mr),
+                    pack_weights(flipped.view(), groups, mr),
+                    "{shape:?} g{groups} mr{mr}"
+                );
+            }
         }
     }
 }
