@@ -13,6 +13,11 @@
 //! kh·kw times larger); both live in a per-thread scratch reused across calls, so repeated
 //! backward passes touch no fresh pages.
 //!
+//! Pixels whose tap reads zero padding add nothing: a tap multiplies only its live output
+//! rows (a contiguous pixel range), and where its live columns are narrower than the output
+//! by an eighth or more (atrous taps) it reads a copy of the packed `b` holding just the
+//! pixels of those columns (one copy per distinct column range, with its own offsets).
+//!
 //! A task owns a range of the `P` pixels × a group of taps × a block of output channels × a
 //! block of input channels, and sums its pixels in depth chunks of ≤ [`KC`], every tap of the
 //! group for each chunk: the chunk's `KC × NR` micro-panels of `Â` stay in L1 while every
@@ -56,11 +61,12 @@ const MAX_RANGES: usize = 8;
 const PARTIAL_BYTES: usize = 8 << 20;
 
 thread_local! {
-    /// The NHWC copy of `a`, the packed `b` and the tap-major partial sums of the last call on
-    /// this thread, reused: fresh multi-MiB buffers come from `mmap` and cost a page fault
+    /// The NHWC copy of `a`, the packed `b`, the tap-major partial sums and the column
+    /// classes' packed `b` of the last call on this thread, reused: fresh multi-MiB buffers come from `mmap` and cost a page fault
     /// per 4 KiB on every call (on this VM ~20 % of an atrous 256-channel layer's weight
     /// gradient).
-    static SCRATCH: Cell<[Vec<f32>; 3]> = const { Cell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    static SCRATCH: Cell<[Vec<f32>; 4]> =
+        const { Cell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// `len` floats of `v` starting on a 64-byte boundary, grown if needed (contents unspecified:
@@ -249,7 +255,7 @@ fn correlate_grouping(
     // `[k][c][tap]` at the end.
     // Taken out of the thread-local for the call and put back after, so that a nested call
     // on this thread (rayon may steal one while this one waits) finds it empty, not borrowed.
-    let [mut an_buf, mut bp_buf, mut tm_buf] = SCRATCH.with(Cell::take);
+    let [mut an_buf, mut bp_buf, mut tm_buf, mut cl_buf] = SCRATCH.with(Cell::take);
     // Every element is written by exactly one task (no zeroing needed).
     let tap_major = if taps == 1 && ranges == 1 {
         &mut tm_buf[..0]
@@ -277,7 +283,25 @@ fn correlate_grouping(
                 let k0 = gi * bg + kb * mr;
                 transpose(&b[(ni * cb + k0) * ohw..], ohw, dst, mr, rows, ohw);
             });
-        let (an, bp) = (&*an, &*bp);
+        // Column classes: a tap whose input column lies in the padding for a good share of
+        // the output columns (an atrous tap: 6 of 32) multiplies only its live columns, from
+        // a copy of the packed `b` holding just those pixels, with their own offsets.
+        let classes = ColumnClasses::new(kw, |kx| live_rows(kx * dw, sw, pad[2], w, ow), ow);
+        let cl = scratch(&mut cl_buf, classes.len(oh, n * groups * kblocks * mr));
+        classes.pack(bp, cl, oh, ow, mr);
+        let class_offs: Vec<RowOffsets> = classes
+            .ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                let wc = hi - lo;
+                RowOffsets::new(
+                    (0..oh * wc)
+                        .map(|q| ((q / wc) * sh * wp + (lo + q % wc) * sw) * cp)
+                        .collect(),
+                )
+            })
+            .collect();
+        let (an, bp, cl) = (&*an, &*bp, &*cl);
         let ntasks = groups * ranges * ntg * nkr * ncr;
         let dst = if tap_major.is_empty() {
             out.as_slice_mut().expect("fresh array")
@@ -317,6 +341,17 @@ fn correlate_grouping(
                         // tap skips a sixth or more).
                         let (oy_lo, oy_hi) = live_rows(ky * dh, sh, pad[0], h, oh);
                         let (q0, q1) = (c0.max(oy_lo * ow), c1.min(oy_hi * ow));
+                        // Its pixels: all, or those of its column class (renumbered).
+                        let (bpx, offx, ohwx, q0, q1) = match classes.of[kx] {
+                            None => (bp, &offs, ohw, q0, q1),
+                            Some(ci) => {
+                                let (lo, hi) = classes.ranges[ci];
+                                let wc = hi - lo;
+                                let at = |q: usize| (q / ow) * wc + (q % ow).clamp(lo, hi) - lo;
+                                let base = classes.base(ci, oh, n * groups * kblocks * mr);
+                                (&cl[base..], &class_offs[ci], oh * wc, at(q0), at(q1))
+                            }
+                        };
                         if q0 >= q1 {
                             continue;
                         }
@@ -329,13 +364,13 @@ fn correlate_grouping(
                             for (j, ukr) in ukr.parts(ag - cbi * nr) {
                                 let bsl = &an[origin + cbi * nr + j..];
                                 for kb in kb0..kb1 {
-                                    let a0 = (((ni * groups + gi) * kblocks + kb) * ohw + q0) * mr;
+                                    let a0 = (((ni * groups + gi) * kblocks + kb) * ohwx + q0) * mr;
                                     let ci = tt + (kb - kb0) * mr * ldc + (cbi - cb0) * nr + j;
                                     ukr.run(
                                         kc,
-                                        &bp[a0..a0 + kc * mr],
+                                        &bpx[a0..a0 + kc * mr],
                                         bsl,
-                                        &offs,
+                                        offx,
                                         q0,
                                         &mut tile[ci..],
                                         ldc,
@@ -399,8 +434,70 @@ fn correlate_grouping(
                 transpose(&tap_major[k * ag..], cb * ag, dst, taps, taps, ag);
             });
     }
-    SCRATCH.with(|cell| cell.set([an_buf, bp_buf, tm_buf]));
+    SCRATCH.with(|cell| cell.set([an_buf, bp_buf, tm_buf, cl_buf]));
     Ok(out)
+}
+
+/// The taps' column classes: the distinct ranges of live output columns `lo..hi` narrower
+/// than the output by at least an eighth, and which (if any) each kernel column `kx` uses.
+#[derive(Debug)]
+struct ColumnClasses {
+    ranges: Vec<(usize, usize)>,
+    of: Vec<Option<usize>>,
+}
+
+impl ColumnClasses {
+    /// The classes of `kw` kernel columns, `live(kx)` the live output columns of each.
+    fn new(kw: usize, live: impl Fn(usize) -> (usize, usize), ow: usize) -> Self {
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        let of = (0..kw)
+            .map(|kx| {
+                let (lo, hi) = live(kx);
+                // Narrower by an eighth or more: the copy of `b` costs less than it saves.
+                if hi <= lo || 8 * (ow - (hi - lo)) < ow {
+                    return None;
+                }
+                Some(match ranges.iter().position(|&r| r == (lo, hi)) {
+                    Some(i) => i,
+                    None => {
+                        ranges.push((lo, hi));
+                        ranges.len() - 1
+                    }
+                })
+            })
+            .collect();
+        ColumnClasses { ranges, of }
+    }
+
+    /// Floats of the classes' packed `b` (`per_pixel` = the packed floats of one pixel).
+    fn len(&self, oh: usize, per_pixel: usize) -> usize {
+        self.base(self.ranges.len(), oh, per_pixel)
+    }
+
+    /// Where class `ci`'s packed `b` starts.
+    fn base(&self, ci: usize, oh: usize, per_pixel: usize) -> usize {
+        self.ranges[..ci]
+            .iter()
+            .map(|&(lo, hi)| oh * (hi - lo) * per_pixel)
+            .sum()
+    }
+
+    /// Copies each class's pixels out of the packed `b` (`[block][oy·ow + ox][MR]`) into
+    /// `dst` (`[class][block][oy·wc + ox − lo][MR]`).
+    fn pack(&self, bp: &[f32], dst: &mut [f32], oh: usize, ow: usize, mr: usize) {
+        let blocks = bp.len() / (oh * ow * mr);
+        let mut rest = dst;
+        for &(lo, hi) in &self.ranges {
+            let wc = hi - lo;
+            let (mine, tail) = rest.split_at_mut(blocks * oh * wc * mr);
+            rest = tail;
+            mine.par_chunks_mut(wc * mr).enumerate().for_each(|(i, d)| {
+                // Row `i` = (block, oy): its live columns.
+                let (blk, oy) = (i / oh, i % oh);
+                d.copy_from_slice(&bp[((blk * oh + oy) * ow + lo) * mr..][..wc * mr]);
+            });
+        }
+    }
 }
 
 /// The output rows `oy_lo..oy_hi` whose input row `oy·s + tap − top` (`tap` = ky·d) lies
@@ -473,6 +570,21 @@ mod tests {
             }
             acc
         })
+    }
+
+    /// Classes are the distinct live-column ranges an eighth or more narrower than the
+    /// output: ASPP's 3×3 dilation 6 on 32 columns has two (kx 0 and 2), a 3×3 pad 1 on 56
+    /// none (one column of 56 is not worth a copy).
+    #[test]
+    fn column_classes_of_atrous_and_plain_taps() {
+        let aspp = ColumnClasses::new(3, |kx| live_rows(kx * 6, 1, 6, 32, 32), 32);
+        assert_eq!(aspp.ranges, vec![(6, 32), (0, 26)]);
+        assert_eq!(aspp.of, vec![Some(0), None, Some(1)]);
+        let plain = ColumnClasses::new(3, |kx| live_rows(kx, 1, 1, 56, 56), 56);
+        assert!(plain.ranges.is_empty() && plain.of.iter().all(Option::is_none));
+        let shared = ColumnClasses::new(5, |kx| live_rows(kx, 1, 2, 6, 6), 6);
+        assert_eq!(shared.ranges, vec![(2, 6), (1, 6), (0, 5), (0, 4)]);
+        assert_eq!(shared.of, vec![Some(0), Some(1), None, Some(2), Some(3)]);
     }
 
     #[test]
@@ -554,6 +666,18 @@ mod tests {
                 [1, 1],
                 [1, 1],
                 1,
+            ),
+            // Column classes (an atrous tap's live columns) with batch 2, groups, a column
+            // stride and a class shared by two kernel columns: kx 0 and 1 both skip ox 0
+            // (ox·2 + kx − 2 < 0), kx 4 skips the last column (10 + 4 − 2 > 11).
+            (
+                [2, 4, 9, 12],
+                [6, 5, 6],
+                [2, 2, 2, 1],
+                [3, 5],
+                [2, 2],
+                [2, 1],
+                2,
             ),
             // Tap groups: a 7×7 stride-2 stem (49 taps, 64 output channels) is split into two.
             (
