@@ -83,6 +83,10 @@ pub struct Col2im {
     temp_len: usize,
     /// Per `ky`: the input rows `[lo, hi)` whose output row lies inside the output.
     iy_range: Vec<(usize, usize)>,
+    /// Whether the scatter writes every output element exactly once (kernel = stride: U-Net's
+    /// 2×2/2): it then stores `bias + column` instead of filling the planes with the bias
+    /// and adding (the fill was a pass over the output, ~5 % of the layer).
+    exact: bool,
     /// Depth rows per microkernel call.
     kc: usize,
     /// `Wᵀ` packed: `[group][block][panel][c][r]`, `r` < MR.
@@ -202,6 +206,43 @@ impl Col2im {
         let ix_range = (0..kw)
             .map(|kx| axis_range(geom.w, geom.ow, sw, kx * dw, pl))
             .collect();
+        let iy_range: Vec<(usize, usize)> = (0..kh)
+            .map(|ky| {
+                axis_range(
+                    geom.h,
+                    geom.oh,
+                    spec.stride()[0],
+                    ky * spec.dilation()[0],
+                    geom.pad[0],
+                )
+            })
+            .collect();
+        // Exact cover: whole-row chunks, passes that never split a (k, ky) run of taps (one
+        // pass, or passes of whole runs: the row ops need every kx), each output row reached by one (ky, iy) and each output
+        // column written by one row op.
+        let exact = row_chunks
+            && (pass_rows >= rows || pass_rows.is_multiple_of(kw))
+            && covers_once(geom.oh, |hit| {
+                for (ky, &(lo, hi)) in iy_range.iter().enumerate() {
+                    for iy in lo..hi {
+                        hit(
+                            iy * spec.stride()[0] + ky * spec.dilation()[0] - geom.pad[0],
+                            1,
+                            1,
+                        );
+                    }
+                }
+            })
+            && covers_once(geom.ow, |hit| {
+                for op in &row_ops {
+                    match *op {
+                        RowOp::Add { ox, n, .. } => hit(ox, n, 1),
+                        RowOp::Strided { ox, n, .. } => hit(ox, n, sw),
+                        RowOp::Pair { t, n, .. } => hit(2 * t, 2 * n, 1),
+                        RowOp::Zero { .. } | RowOp::Accumulate { .. } => {}
+                    }
+                }
+            });
         Ok(Col2im {
             ukr,
             geom: *geom,
@@ -219,17 +260,8 @@ impl Col2im {
             ldc,
             row_ops,
             temp_len,
-            iy_range: (0..kh)
-                .map(|ky| {
-                    axis_range(
-                        geom.h,
-                        geom.oh,
-                        spec.stride()[0],
-                        ky * spec.dilation()[0],
-                        geom.pad[0],
-                    )
-                })
-                .collect(),
+            iy_range,
+            exact,
             kc,
             a,
             bias: match bias {
@@ -307,8 +339,11 @@ impl Col2im {
         let ch0 = grp * self.kg + blk * self.kb;
         let ohw = g.oh * g.ow;
         let kn = y.len() / ohw.max(1);
-        for (kl, plane) in y.chunks_exact_mut(ohw).enumerate() {
-            plane.fill(self.bias[ch0 + kl]);
+        let bias = &self.bias[ch0..ch0 + kn];
+        if !self.exact {
+            for (plane, &b) in y.chunks_exact_mut(ohw).zip(bias) {
+                plane.fill(b);
+            }
         }
         let taps = self.kh * self.kw;
         let rows = kn * taps;
@@ -366,6 +401,7 @@ impl Col2im {
                     r1,
                     q0,
                     q1,
+                    store: self.exact.then_some(bias),
                 };
                 self.scatter(pass, y, temp);
                 r0 = r1;
@@ -441,6 +477,7 @@ impl Col2im {
             r1,
             q0,
             q1,
+            store,
         } = pass;
         let len = q1 - q0;
         // Output column of input column ix for tap kx: ix·s + off(kx); at stride 2, output
@@ -463,6 +500,8 @@ impl Col2im {
                     let oy = ((iy * sh + ky * dh) as isize - pt) as usize;
                     let row = &mut plane[oy * ow..(oy + 1) * ow];
                     let base = (m - r0) * ldc + (iy - iy0) * g.w;
+                    // Exact cover: this row op is the element's only write.
+                    let bias = store.map(|b| b[kl]);
                     for op in &self.row_ops {
                         let wt = temp.len() / 2;
                         let src = |s: Src, n: usize| -> &[f32] {
@@ -473,23 +512,32 @@ impl Col2im {
                         };
                         match *op {
                             RowOp::Add { src: s, ox, n } => {
-                                for (d, v) in row[ox..ox + n].iter_mut().zip(src(s, n)) {
-                                    *d += *v;
+                                let dst = row[ox..ox + n].iter_mut();
+                                match bias {
+                                    Some(b) => dst.zip(src(s, n)).for_each(|(d, v)| *d = *v + b),
+                                    None => dst.zip(src(s, n)).for_each(|(d, v)| *d += *v),
                                 }
                             }
                             RowOp::Strided { src: s, ox, n } => {
                                 let dst = row[ox..].iter_mut().step_by(sw);
-                                for (d, v) in dst.zip(src(s, n)) {
-                                    *d += *v;
+                                match bias {
+                                    Some(b) => dst.zip(src(s, n)).for_each(|(d, v)| *d = *v + b),
+                                    None => dst.zip(src(s, n)).for_each(|(d, v)| *d += *v),
                                 }
                             }
                             RowOp::Pair { even, odd, t, n } => {
                                 let (e, o) = (src(even, n), src(odd, n));
-                                for ((d, &a), &b) in
-                                    row[2 * t..2 * (t + n)].chunks_exact_mut(2).zip(e).zip(o)
-                                {
-                                    d[0] += a;
-                                    d[1] += b;
+                                let pairs =
+                                    row[2 * t..2 * (t + n)].chunks_exact_mut(2).zip(e).zip(o);
+                                match bias {
+                                    Some(c) => pairs.for_each(|((d, &a), &b)| {
+                                        d[0] = a + c;
+                                        d[1] = b + c;
+                                    }),
+                                    None => pairs.for_each(|((d, &a), &b)| {
+                                        d[0] += a;
+                                        d[1] += b;
+                                    }),
                                 }
                             }
                             RowOp::Zero { ph, t, n } => temp[ph * wt + t..][..n].fill(0.0),
@@ -505,6 +553,8 @@ impl Col2im {
                 m = run_end;
                 continue;
             }
+            // (An exact cover always takes the row ops above.)
+            debug_assert!(store.is_none(), "exact cover on the segment path");
             // Column row of tap kx, indexed by the chunk position.
             let crow = |kx: usize| &cols[(m - r0 + kx - kx0) * ldc..][..len];
             let (mut iy, mut ix0, mut j) = (q0 / g.w, q0 % g.w, 0);
@@ -802,6 +852,24 @@ struct Pass<'a> {
     r1: usize,
     q0: usize,
     q1: usize,
+    /// With an exact cover, the planes' biases: row ops store `bias + value`, not add.
+    store: Option<&'a [f32]>,
+}
+
+/// Whether `mark` hits each of `0..len` exactly once; `mark` calls `hit(start, n, step)`
+/// for the positions `start + i·step`, `i < n`.
+fn covers_once(len: usize, mark: impl FnOnce(&mut dyn FnMut(usize, usize, usize))) -> bool {
+    let mut count = vec![0u32; len];
+    let mut inside = true;
+    mark(&mut |start, n, step| {
+        for i in 0..n {
+            match count.get_mut(start + i * step) {
+                Some(c) => *c += 1,
+                None => inside = false,
+            }
+        }
+    });
+    inside && count.iter().all(|&c| c == 1)
 }
 
 #[cfg(test)]
@@ -882,6 +950,57 @@ mod tests {
             [1, 2, 1, 9001],
         )
         .unwrap();
+    }
+
+    /// Kernels that fit their stride (U-Net's 2×2/2, cropped or not, a 3×3/3 with strided row
+    /// ops, a 1×2/(1,2)) write every output element once and store it; overlapping taps, or
+    /// an output padding no tap reaches, add into bias-filled planes. Both match the reference (`check` starts from NaN outputs, so a
+    /// missed element fails).
+    #[test]
+    fn exact_covers_store_and_others_add() {
+        let u = Microkernel::for_isa(Isa::best()).unwrap();
+        for (spec, input, exact) in [
+            (
+                ConvSpec::conv_transpose2d(6, 4, 2).stride(2),
+                [2, 6, 4, 3],
+                true,
+            ),
+            (
+                ConvSpec::conv_transpose2d(5, 3, 3).stride(3),
+                [1, 5, 4, 6],
+                true,
+            ),
+            (
+                ConvSpec::conv_transpose2d(3, 4, [1, 2]).stride([1, 2]),
+                [1, 3, 5, 7],
+                true,
+            ),
+            (
+                ConvSpec::conv_transpose2d(6, 4, 4).stride(2).padding(1),
+                [1, 6, 5, 7],
+                false,
+            ),
+            // Cropping drops products but still reaches each element once.
+            (
+                ConvSpec::conv_transpose2d(6, 4, 2).stride(2).padding(1),
+                [1, 6, 5, 7],
+                true,
+            ),
+            (
+                ConvSpec::conv_transpose2d(6, 4, 2)
+                    .stride(2)
+                    .output_padding(1),
+                [1, 6, 5, 7],
+                false,
+            ),
+        ] {
+            let v = spec.build().unwrap();
+            let g = v.geometry(input).unwrap();
+            let w = Array4::<f32>::zeros(v.weight_shape());
+            let plan = Col2im::new(&g, w.view(), None, u).unwrap();
+            assert_eq!(plan.exact, exact, "{v}");
+            check(spec, input).unwrap();
+        }
     }
 
     #[test]
