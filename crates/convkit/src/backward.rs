@@ -92,7 +92,13 @@ fn backward_on_pool(
             grad_weight_direct(&geom, x, dy)?
         }))
     };
-    let (input, weight) = rayon::join(gi, gw);
+    // Outside the pool (one thread: `on_pool` ran us here) a join would hand both to the
+    // pool's worker; one after the other is the same work without the wake-ups.
+    let (input, weight) = if rayon::current_thread_index().is_none() {
+        (gi(), gw())
+    } else {
+        rayon::join(gi, gw)
+    };
     let (input, weight) = (input?, weight?);
     let bias = want.bias.then(|| grad_bias(dy));
     Ok(Gradients {

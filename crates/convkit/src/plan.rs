@@ -644,8 +644,10 @@ pub(crate) fn check_run_shapes(
 /// GEMMs, sub-pixel phases) pays that for each. Measured on a 3×3 64-channel backward at 2
 /// threads: 4.7–5.0 ms called from outside, 3.1–3.4 ms on a worker. Single-region plans do
 /// not use it: at one thread their tasks then run inline on the caller, with no hand-off.
+/// Nor does a pool of one thread: the caller runs `f` itself (the regions inside use the task
+/// executor, which then runs inline), sparing the worker's and the caller's wake-ups.
 pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_none() {
+    if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
         rayon::scope(|_| f())
     } else {
         f()

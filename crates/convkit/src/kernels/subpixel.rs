@@ -11,6 +11,7 @@
 
 use crate::error::{ConvError, Result};
 use crate::geometry::Geometry;
+use crate::kernels::tasks::for_each_chunk;
 use crate::kernels::Isa;
 use crate::plan::{Algo, Plan};
 use crate::spec::{ConvSpec, Padding};
@@ -317,15 +318,7 @@ impl Subpixel {
             // Phases in parallel, each writing its own part of `buf`: the buffer is split
             // recursively at phase boundaries (no per-run list of slices is allocated).
             let np = self.phases.len();
-            rayon::iter::split((0..np, &mut buf[..total]), |(r, sl)| {
-                if r.len() <= 1 {
-                    return ((r, sl), None);
-                }
-                let mid = r.start + r.len() / 2;
-                let (a, b) = sl.split_at_mut(self.phase_off[mid] - self.phase_off[r.start]);
-                ((r.start..mid, a), Some((mid..r.end, b)))
-            })
-            .try_for_each(|(r, sl)| -> Result<()> {
+            let run_phases = |(r, sl): (std::ops::Range<usize>, &mut [f32])| -> Result<()> {
                 let base = self.phase_off[r.start];
                 for pi in r {
                     let p = &self.phases[pi];
@@ -344,7 +337,21 @@ impl Subpixel {
                     plan.run(xi, view)?;
                 }
                 Ok(())
-            })?;
+            };
+            if rayon::current_thread_index().is_none() {
+                // Outside the pool (a pool of one thread: no hand-off), one after the other.
+                run_phases((0..np, &mut buf[..total]))?;
+            } else {
+                rayon::iter::split((0..np, &mut buf[..total]), |(r, sl)| {
+                    if r.len() <= 1 {
+                        return ((r, sl), None);
+                    }
+                    let mid = r.start + r.len() / 2;
+                    let (a, b) = sl.split_at_mut(self.phase_off[mid] - self.phase_off[r.start]);
+                    ((r.start..mid, a), Some((mid..r.end, b)))
+                })
+                .try_for_each(run_phases)?;
+            }
             self.interleave_all(&buf[..total], y.view_mut());
             Ok(())
         })();
@@ -411,10 +418,7 @@ impl Subpixel {
             }
         };
         match y.as_slice_mut() {
-            Some(ys) => ys
-                .par_chunks_mut(ow)
-                .enumerate()
-                .for_each(|(row, yrow)| interleave(row, yrow)),
+            Some(ys) => for_each_chunk(ys, ow, interleave),
             None => {
                 let mut tmp = vec![0f32; ow];
                 for n in 0..g.n {

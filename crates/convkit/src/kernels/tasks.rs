@@ -187,6 +187,26 @@ pub(crate) fn for_each_claimed_span<T: Send>(
     });
 }
 
+/// `data.par_chunks_mut(len).enumerate().for_each(|(t, part)| f(t, part))` on the task
+/// executor: called from outside the pool it runs a share itself instead of handing the whole
+/// loop over (inline at one thread: a backward pass's several short loops each paid a
+/// wake-up of the pool's worker and of the caller).
+///
+/// # Panics
+/// If `len` is 0 and `data` is not empty.
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if data.is_empty() {
+        return;
+    }
+    for_each_claimed_span(data, Spans::Even(len), |claims| {
+        claims.for_each(|(t, part)| f(t, part))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

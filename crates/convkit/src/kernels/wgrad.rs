@@ -30,10 +30,10 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
 use super::store::for_each_task;
+use super::tasks::for_each_chunk;
 use super::transpose::transpose;
 use crate::error::{ConvError, Result};
 use ndarray::{Array4, ArrayView4};
-use rayon::prelude::*;
 use std::cell::Cell;
 
 /// Pixels (GEMM depth) per microkernel call: a `KC × NR` micro-panel of the NHWC input is
@@ -267,22 +267,20 @@ fn correlate_grouping(
         let bp = scratch(&mut bp_buf, bp_len);
         let (body, slack) = an.split_at_mut(an_len - nr);
         slack.fill(0.0);
-        body.par_chunks_mut(wp * cp)
-            .enumerate()
-            .for_each(|(row, dst)| nhwc_row(a, dst, row, [ca, cp, h, w], [hp, pad[0], pad[2]]));
-        bp.par_chunks_mut(ohw * mr)
-            .enumerate()
-            .for_each(|(i, dst)| {
-                let kb = i % kblocks;
-                let gi = (i / kblocks) % groups;
-                let ni = i / (kblocks * groups);
-                let rows = mr.min(bg - kb * mr);
-                if rows < mr {
-                    dst.fill(0.0);
-                }
-                let k0 = gi * bg + kb * mr;
-                transpose(&b[(ni * cb + k0) * ohw..], ohw, dst, mr, rows, ohw);
-            });
+        for_each_chunk(body, wp * cp, |row, dst| {
+            nhwc_row(a, dst, row, [ca, cp, h, w], [hp, pad[0], pad[2]])
+        });
+        for_each_chunk(bp, ohw * mr, |i, dst| {
+            let kb = i % kblocks;
+            let gi = (i / kblocks) % groups;
+            let ni = i / (kblocks * groups);
+            let rows = mr.min(bg - kb * mr);
+            if rows < mr {
+                dst.fill(0.0);
+            }
+            let k0 = gi * bg + kb * mr;
+            transpose(&b[(ni * cb + k0) * ohw..], ohw, dst, mr, rows, ohw);
+        });
         // Column classes: a tap whose input column lies in the padding for a good share of
         // the output columns (an atrous tap: 6 of 32) multiplies only its live columns, from
         // a copy of the packed `b` holding just those pixels, with their own offsets.
@@ -410,7 +408,7 @@ fn correlate_grouping(
     if ranges > 1 {
         // Σ over the ranges, in range order (fixed: the same sums for any thread count).
         let (sum, rest) = tap_major.split_at_mut(grad_len);
-        sum.par_chunks_mut(4096).enumerate().for_each(|(i, d)| {
+        for_each_chunk(sum, 4096, |i, d| {
             for r in 0..ranges - 1 {
                 let p = &rest[r * grad_len + i * 4096..][..d.len()];
                 for (x, y) in d.iter_mut().zip(p) {
@@ -428,11 +426,9 @@ fn correlate_grouping(
         // out[k][c][tap] = tap_major[tap][k][c]: one taps × ag transpose per output channel,
         // in parallel (a serial pass over a 2 MiB gradient would cost a core ~0.5 ms).
         let o = out.as_slice_mut().expect("fresh array");
-        o.par_chunks_mut(ag * taps)
-            .enumerate()
-            .for_each(|(k, dst)| {
-                transpose(&tap_major[k * ag..], cb * ag, dst, taps, taps, ag);
-            });
+        for_each_chunk(o, ag * taps, |k, dst| {
+            transpose(&tap_major[k * ag..], cb * ag, dst, taps, taps, ag);
+        });
     }
     SCRATCH.with(|cell| cell.set([an_buf, bp_buf, tm_buf, cl_buf]));
     Ok(out)
@@ -491,7 +487,7 @@ impl ColumnClasses {
             let wc = hi - lo;
             let (mine, tail) = rest.split_at_mut(blocks * oh * wc * mr);
             rest = tail;
-            mine.par_chunks_mut(wc * mr).enumerate().for_each(|(i, d)| {
+            for_each_chunk(mine, wc * mr, |i, d| {
                 // Row `i` = (block, oy): its live columns.
                 let (blk, oy) = (i / oh, i % oh);
                 d.copy_from_slice(&bp[((blk * oh + oy) * ow + lo) * mr..][..wc * mr]);
