@@ -11,7 +11,8 @@
 //!
 //! The common MobileNet shapes (square 3×3 / 5×5 taps, stride 1 or 2, no dilation, zero
 //! padding) have dedicated AVX-512 kernels ([`fast`]) that skip the buffer: they read the
-//! input plane in place with masked loads (the masks are the zero padding), make the `kx`
+//! input plane in place with masked loads (the masks are the zero padding; at stride 1 the
+//! rows away from the plane's ends load whole vectors and zero the outside lanes), make the `kx`
 //! shifts / stride phases in registers, and block several output rows per pass so that each
 //! input row loaded serves every tap row it belongs to. The next plane is prefetched while
 //! one is computed. Their backward: grad weight keeps one accumulator per tap (one pass over
@@ -84,6 +85,8 @@ pub struct Depthwise {
     /// The dedicated AVX-512 kernel for this shape, if any (only with `Isa::Avx512` and zero
     /// padding; it reads the input planes in place, without the buffer).
     fast: Option<FastShape>,
+    /// The fast kernel's input rows that whole-vector loads may read (see `fast::inner_rows`).
+    fast_inner: (usize, usize),
     /// Layout identity (see [`NEXT_TAG`]).
     tag: u64,
 }
@@ -158,6 +161,15 @@ impl Depthwise {
         let col_off = (0..kw)
             .map(|kx| (kx * dw % sw) * pstride + kx * dw / sw)
             .collect();
+        let fast = FastShape::of(s.kernel(), s.stride(), s.dilation()).filter(|_| {
+            cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
+        });
+        #[cfg(target_arch = "x86_64")]
+        let fast_inner = fast.map_or((0, 0), |f| {
+            fast::inner_rows_of(f, geom.h, geom.w, geom.pad[2], geom.ow)
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast_inner = (0, 0);
         Ok(Depthwise {
             geom: *geom,
             rows,
@@ -168,9 +180,8 @@ impl Depthwise {
             mult: geom.k / geom.c,
             col_off,
             isa,
-            fast: FastShape::of(s.kernel(), s.stride(), s.dilation()).filter(|_| {
-                cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
-            }),
+            fast,
+            fast_inner,
             tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -382,6 +393,7 @@ impl Depthwise {
             ow: g.ow,
             pf: pf.as_ptr(),
             pf_len: pf.len(),
+            inner: self.fast_inner,
         }
     }
 

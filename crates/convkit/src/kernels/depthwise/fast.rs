@@ -1,11 +1,13 @@
 //! AVX-512 kernels for the common depthwise shapes (square 3×3 or 5×5 taps, stride 1 or 2,
-//! no dilation), on the same buffered plane as the generic tiles.
+//! no dilation, zero padding), reading the input plane in place.
 //!
-//! Each buffered row is read with aligned 16-float loads; the `kx` shifts of a row are made
-//! in registers (`valignd` of two neighbouring vectors) instead of by unaligned loads, and
-//! several output rows are computed per pass so that every input row loaded serves all the
-//! output rows (`ky` taps) it belongs to. The weight gradient uses the same shifted rows
-//! and keeps one accumulator per tap, so a plane is read once for all taps.
+//! Each input row is read in 16-float vectors: masked where a vector leaves the row (the
+//! masks are the zero padding), or, at stride 1 away from the plane's ends, whole with the
+//! lanes outside the row zeroed in a register. The `kx` shifts (stride 1) and the stride
+//! phases (stride 2) are made in registers from two neighbouring vectors instead of by more
+//! loads, and several output rows are computed per pass so that every input row loaded
+//! serves all the output rows (`ky` taps) it belongs to. The weight gradient uses the same
+//! shifted rows and keeps one accumulator per tap, so a plane is read once for all taps.
 
 use super::FastShape;
 use std::arch::x86_64::*;
@@ -25,6 +27,8 @@ pub(super) struct Plane {
     /// start and length in floats (any address; prefetches do not fault).
     pub pf: *const f32,
     pub pf_len: usize,
+    /// The plane's [`inner_rows`] for its shape ([`inner_rows_of`]).
+    pub inner: (usize, usize),
 }
 
 /// Prefetches lines `*next..*next + count` of `p.pf` (stopping at its end) into L2.
@@ -110,22 +114,75 @@ impl Loads {
     }
 }
 
+/// The input rows `iy` of an `h × w` plane (left padding `pl`, `ow` output columns) whose
+/// every load (of any output vector of the row, `KW` taps, stride `SW`) lies inside the plane:
+/// there whole vectors may be loaded and the lanes outside the row zeroed in registers.
+fn inner_rows<const KW: usize, const SW: usize>(
+    h: usize,
+    w: usize,
+    pl: usize,
+    ow: usize,
+) -> (usize, usize) {
+    if ow == 0 || w == 0 {
+        return (0, 0);
+    }
+    let nv = ow.div_ceil(16);
+    // Loads reach from pl floats before a row's start to `reach` floats after it.
+    let last = (SW * 16 * (nv - 1)) as isize + Loads::offset::<SW>(Loads::count::<KW, SW>() - 1);
+    let reach = (last - pl as isize + 16).max(0) as usize;
+    // Rows with iy·w ≥ pl and iy·w + reach ≤ h·w.
+    let lo = pl.div_ceil(w).min(h);
+    let hi = match (h * w).checked_sub(reach) {
+        Some(room) => room / w + 1,
+        None => 0,
+    };
+    (lo, hi.min(h).max(lo))
+}
+
+/// [`inner_rows`] for a fast shape (computed once per layer: a plane of 14 × 14 is ~400
+/// cycles, and the divisions showed).
+pub(super) fn inner_rows_of(
+    shape: FastShape,
+    h: usize,
+    w: usize,
+    pl: usize,
+    ow: usize,
+) -> (usize, usize) {
+    match shape {
+        FastShape::K3S1 => inner_rows::<3, 1>(h, w, pl, ow),
+        FastShape::K3S2 => inner_rows::<3, 2>(h, w, pl, ow),
+        FastShape::K5S1 => inner_rows::<5, 1>(h, w, pl, ow),
+        FastShape::K5S2 => inner_rows::<5, 2>(h, w, pl, ow),
+    }
+}
+
 /// The `KW` tap vectors of input row `row` for the output vector whose first input column is
-/// `c0` (`v[kx][i] = row[c0 + SW·i + kx]`, zero outside the row).
+/// `c0` (`v[kx][i] = row[c0 + SW·i + kx]`, zero outside the row), loaded as `MODE` says (a
+/// [`Mode`]; `keep`: [`Mode::Zeroed`]'s masks as lane vectors, all ones where set).
 #[inline(always)]
-unsafe fn taps_of_row<const KW: usize, const SW: usize>(
+unsafe fn taps_of_row<const KW: usize, const SW: usize, const MODE: u8>(
     row: *const f32,
     c0: isize,
     l: &Loads,
+    keep: &[__m512i; 6],
 ) -> [__m512; 5] {
     let mut v = [_mm512_setzero_ps(); 5];
     let ld = |i: usize| {
         let at = row.wrapping_offset(c0 + Loads::offset::<SW>(i));
-        // Inside the row, a plain load: the stride-2 kernels' four masked loads a row (two
-        // of them split across cache lines) held the 3×3/2 96-channel 112×112 layer to ~2
-        // cycles an output; plain ones take 0.85× the time (6 alternating rounds). At
-        // stride 1 the branch cost as much as it saved, so it keeps the masked loads.
-        if SW == 2 && l.mask[i] == 0xFFFF {
+        // Masked loads that split a cache line are slow on Zen 5: the stride-2 kernels' four
+        // a row held the 3×3/2 96-channel 112×112 layer to ~2 cycles an output (plain loads
+        // where the mask is full: 0.85×). At stride 1 a branch per load cost what it saved;
+        // instead the blocks whose input rows are all inner rows load whole vectors (inside
+        // the plane) and zero the lanes outside the row with an AND, per column vector
+        // (`Zeroed`), or not at all where every lane is in the row (`Whole`): 3×3 144
+        // channels on 56×56 0.96×, 5×5 0.875× (12 alternating rounds).
+        if MODE == Mode::Whole as u8 {
+            _mm512_loadu_ps(at)
+        } else if MODE == Mode::Zeroed as u8 {
+            // An AND, not a masked move: that would be folded back into a masked load.
+            let v = _mm512_castps_si512(_mm512_loadu_ps(at));
+            _mm512_castsi512_ps(_mm512_and_si512(v, keep[i]))
+        } else if SW == 2 && l.mask[i] == 0xFFFF {
             _mm512_loadu_ps(at)
         } else {
             // Masked-off lanes are not read (no fault), so only in-row floats are touched.
@@ -152,11 +209,12 @@ unsafe fn taps_of_row<const KW: usize, const SW: usize>(
     v
 }
 
-/// R output rows from `oy`, all column vectors.
+/// R output rows from `oy`, all column vectors, on [`block`] with whole-vector loads where
+/// every input row the block reads is one of the plane's inner rows.
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<
+unsafe fn rows<
     const KH: usize,
     const KW: usize,
     const SH: usize,
@@ -169,38 +227,128 @@ unsafe fn block<
     out: *mut f32,
     accumulate: bool,
     oy: usize,
+    inner: (usize, usize),
+) {
+    // The block's input rows inside the plane: oy·SH − pt .. + (R − 1)·SH + KH.
+    let first = (oy * SH).saturating_sub(p.pt);
+    let end = (oy * SH + (R - 1) * SH + KH).saturating_sub(p.pt).min(p.h);
+    // Stride 2 already loads whole in-row vectors plainly and gained nothing (6 rounds).
+    if SW == 1 && first >= inner.0 && end <= inner.1 {
+        block::<KH, KW, SH, SW, R, true>(p, wv, bias, out, accumulate, oy)
+    } else {
+        block::<KH, KW, SH, SW, R, false>(p, wv, bias, out, accumulate, oy)
+    }
+}
+
+/// R output rows from `oy`, all column vectors (`INNER`: every input row read is one of
+/// [`inner_rows`]).
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+    const INNER: bool,
+>(
+    p: &Plane,
+    wv: &[__m512; 25],
+    bias: f32,
+    out: *mut f32,
+    accumulate: bool,
+    oy: usize,
 ) {
     let nv = p.ow.div_ceil(16);
     for j in 0..nv {
-        let ox = j * 16;
-        let mask = lanes_below(p.ow - ox);
-        let c0 = (SW * ox) as isize - p.pl as isize;
+        let c0 = (SW * j * 16) as isize - p.pl as isize;
         let loads = Loads::new::<KW, SW>(c0, p.w);
-        let mut acc = [_mm512_set1_ps(bias); R];
-        if accumulate {
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_maskz_loadu_ps(mask, out.add((oy + r) * p.ow + ox));
-            }
+        let args = (p, wv, bias, out, accumulate, oy, j, &loads);
+        if !INNER {
+            column::<KH, KW, SH, SW, R, { Mode::Masked as u8 }>(args)
+        } else if loads.mask[..Loads::count::<KW, SW>()]
+            .iter()
+            .all(|&m| m == 0xFFFF)
+        {
+            column::<KH, KW, SH, SW, R, { Mode::Whole as u8 }>(args)
+        } else {
+            column::<KH, KW, SH, SW, R, { Mode::Zeroed as u8 }>(args)
         }
-        for ir in 0..(R - 1) * SH + KH {
-            // Rows of the zero padding add nothing.
-            let iy = (oy * SH + ir) as isize - p.pt as isize;
-            if iy < 0 || iy >= p.h as isize {
-                continue;
-            }
-            let v = taps_of_row::<KW, SW>(p.x.add(iy as usize * p.w), c0, &loads);
-            for (r, a) in acc.iter_mut().enumerate() {
-                if ir >= r * SH && ir - r * SH < KH {
-                    let ky = ir - r * SH;
-                    for (kx, t) in v.iter().enumerate().take(KW) {
-                        *a = _mm512_fmadd_ps(*t, wv[ky * KW + kx], *a);
-                    }
+    }
+}
+
+/// How [`taps_of_row`] loads a row's vectors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    /// Masked loads (a row at the plane's ends: whole vectors could leave the plane).
+    Masked,
+    /// Whole vectors, the lanes outside the row zeroed in a register (an inner row).
+    Zeroed,
+    /// Whole vectors, every lane inside the row (an inner row's inner column vector).
+    Whole,
+}
+
+/// The operands of one [`column`]: plane, weights, bias, output, accumulate, first output
+/// row, column vector, its loads.
+type ColumnArgs<'a> = (
+    &'a Plane,
+    &'a [__m512; 25],
+    f32,
+    *mut f32,
+    bool,
+    usize,
+    usize,
+    &'a Loads,
+);
+
+/// Output column vector `j` of R output rows from `oy` (`MODE`: a [`Mode`]).
+#[inline(always)]
+unsafe fn column<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+    const MODE: u8,
+>(
+    (p, wv, bias, out, accumulate, oy, j, loads): ColumnArgs<'_>,
+) {
+    let ox = j * 16;
+    let mask = lanes_below(p.ow - ox);
+    let c0 = (SW * ox) as isize - p.pl as isize;
+    let mut keep = [_mm512_setzero_si512(); 6];
+    if MODE == Mode::Zeroed as u8 {
+        for (k, &m) in keep.iter_mut().zip(&loads.mask) {
+            *k = _mm512_maskz_mov_epi32(m, _mm512_set1_epi32(-1));
+        }
+    }
+    let mut acc = [_mm512_set1_ps(bias); R];
+    if accumulate {
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_maskz_loadu_ps(mask, out.add((oy + r) * p.ow + ox));
+        }
+    }
+    for ir in 0..(R - 1) * SH + KH {
+        // Rows of the zero padding add nothing.
+        let iy = (oy * SH + ir) as isize - p.pt as isize;
+        if iy < 0 || iy >= p.h as isize {
+            continue;
+        }
+        let row = p.x.add(iy as usize * p.w);
+        let v = taps_of_row::<KW, SW, MODE>(row, c0, loads, &keep);
+        for (r, a) in acc.iter_mut().enumerate() {
+            if ir >= r * SH && ir - r * SH < KH {
+                let ky = ir - r * SH;
+                for (kx, t) in v.iter().enumerate().take(KW) {
+                    *a = _mm512_fmadd_ps(*t, wv[ky * KW + kx], *a);
                 }
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add((oy + r) * p.ow + ox), mask, *a);
-        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add((oy + r) * p.ow + ox), mask, *a);
     }
 }
 
@@ -228,23 +376,25 @@ unsafe fn forward_t<
         .div_ceil(p.oh.div_ceil(R).max(1));
     let mut next = 0;
     let mut oy = 0;
+    let inner = p.inner;
     while oy + R <= p.oh {
         prefetch_some(p, &mut next, per);
-        block::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy);
+        rows::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy, inner);
         oy += R;
     }
-    // The last rows in blocks of 4, 2, 1 (each input row still serves several outputs).
+    // The last rows in blocks of 4, 2, 1 (each input row still serves several outputs), with
+    // masked loads: they hold the plane's last rows, and fewer variants keep the code small.
     if R > 4 && oy + 4 <= p.oh {
-        block::<KH, KW, SH, SW, 4>(p, &wv, bias, out, accumulate, oy);
+        block::<KH, KW, SH, SW, 4, false>(p, &wv, bias, out, accumulate, oy);
         oy += 4;
     }
     if R > 2 && oy + 2 <= p.oh {
-        block::<KH, KW, SH, SW, 2>(p, &wv, bias, out, accumulate, oy);
+        block::<KH, KW, SH, SW, 2, false>(p, &wv, bias, out, accumulate, oy);
         oy += 2;
     }
     while oy < p.oh {
         prefetch_some(p, &mut next, per);
-        block::<KH, KW, SH, SW, 1>(p, &wv, bias, out, accumulate, oy);
+        block::<KH, KW, SH, SW, 1, false>(p, &wv, bias, out, accumulate, oy);
         oy += 1;
     }
 }
@@ -307,7 +457,12 @@ unsafe fn wgrad_rows<
             if iy < 0 || iy >= p.h as isize {
                 continue;
             }
-            let v = taps_of_row::<KW, SW>(p.x.add(iy as usize * p.w), c0, &loads);
+            let v = taps_of_row::<KW, SW, { Mode::Masked as u8 }>(
+                p.x.add(iy as usize * p.w),
+                c0,
+                &loads,
+                &[_mm512_setzero_si512(); 6],
+            );
             for (r, dr) in d.iter().enumerate() {
                 if ir >= r * SH && ir - r * SH < NY {
                     let i = ir - r * SH;
@@ -509,5 +664,51 @@ pub(super) unsafe fn input_grad_s2(
         FastShape::K3S2 => dgrad_s2_t::<3, 3>(dys, ws, oh, ow, pt, pl, dx, w),
         FastShape::K5S2 => dgrad_s2_t::<5, 5>(dys, ws, oh, ow, pt, pl, dx, w),
         _ => unreachable!("input_grad_s2 needs a stride-2 shape"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every load of every output vector of an inner row lies inside the plane, for the four
+    /// shapes over small and odd planes, paddings and widths (the first rows above the range
+    /// start before the plane or the last rows below it run past its end).
+    #[test]
+    fn inner_rows_load_inside_the_plane() {
+        fn check<const KW: usize, const SW: usize>() {
+            for h in 1..12 {
+                for w in 1..70 {
+                    for pl in 0..KW {
+                        let ow = (w + 2 * pl - KW) / SW + 1;
+                        if w + 2 * pl < KW {
+                            continue;
+                        }
+                        let (lo, hi) = inner_rows::<KW, SW>(h, w, pl, ow);
+                        assert!(lo <= hi && hi <= h);
+                        for iy in lo..hi {
+                            for j in 0..ow.div_ceil(16) {
+                                let c0 = (SW * j * 16) as isize - pl as isize;
+                                for i in 0..Loads::count::<KW, SW>() {
+                                    let at = (iy * w) as isize + c0 + Loads::offset::<SW>(i);
+                                    assert!(
+                                        at >= 0 && at + 16 <= (h * w) as isize,
+                                        "{KW}/{SW} h{h} w{w} pl{pl} row {iy} vector {j}"
+                                    );
+                                }
+                            }
+                        }
+                        // A plane of several rows wider than two vectors has inner rows.
+                        if h >= 4 && w >= 40 {
+                            assert!(hi > lo, "{KW}/{SW} h{h} w{w} pl{pl}");
+                        }
+                    }
+                }
+            }
+        }
+        check::<3, 1>();
+        check::<3, 2>();
+        check::<5, 1>();
+        check::<5, 2>();
     }
 }
