@@ -62,9 +62,9 @@ const PARTIAL_BYTES: usize = 8 << 20;
 
 thread_local! {
     /// The NHWC copy of `a`, the packed `b`, the tap-major partial sums and the column
-    /// classes' packed `b` of the last call on this thread, reused: fresh multi-MiB buffers come from `mmap` and cost a page fault
-    /// per 4 KiB on every call (on this VM ~20 % of an atrous 256-channel layer's weight
-    /// gradient).
+    /// classes' packed `b` of the last call on this thread, reused: fresh multi-MiB buffers
+    /// come from `mmap` and cost a page fault per 4 KiB on every call (on this VM ~20 % of an
+    /// atrous 256-channel layer's weight gradient).
     static SCRATCH: Cell<[Vec<f32>; 4]> =
         const { Cell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
@@ -285,6 +285,11 @@ fn correlate_grouping(
         // the output columns (an atrous tap: 6 of 32) multiplies only its live columns, from
         // a copy of the packed `b` holding just those pixels, with their own offsets.
         let classes = ColumnClasses::new(kw, |kx| live_rows(kx * dw, sw, pad[2], w, ow), ow);
+        // At most kw copies of `bp` (each class is narrower than the output).
+        let cl_len = bp_len
+            .checked_mul(classes.ranges.len())
+            .ok_or(overflow("column classes of the packed grad output"))?;
+        debug_assert!(classes.len(oh, n * groups * kblocks * mr) <= cl_len);
         let cl = scratch(&mut cl_buf, classes.len(oh, n * groups * kblocks * mr));
         classes.pack(bp, cl, oh, ow, mr);
         let class_offs: Vec<RowOffsets> = classes
