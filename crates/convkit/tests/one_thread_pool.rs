@@ -11,7 +11,9 @@ use ndarray::Array4;
 use std::sync::Once;
 
 mod common;
+mod pools;
 use common::rand_vec;
+use pools::{in_pool, same_bits};
 
 /// Makes rayon's global pool one thread, before anything else uses it.
 fn one_thread_global_pool() {
@@ -27,21 +29,6 @@ fn one_thread_global_pool() {
         rayon::current_thread_index().is_none(),
         "a test thread is not a worker"
     );
-}
-
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
-fn same_bits(a: &Array4<f32>, b: &Array4<f32>) -> bool {
-    a.shape() == b.shape()
-        && a.iter()
-            .zip(b.iter())
-            .all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// A layer of each backward route: Winograd and implicit-GEMM grad inputs (the adjoint's

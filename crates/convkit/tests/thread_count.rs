@@ -10,7 +10,9 @@ use convkit::{ConvSpec, GradRequest, ValidSpec};
 use ndarray::{Array1, Array4};
 
 mod common;
+mod pools;
 use common::rand_vec;
+use pools::{in_pool, same_bits};
 
 fn operands(spec: &ValidSpec, input: [usize; 4]) -> (Array4<f32>, Array4<f32>, Array1<f32>) {
     let x = Array4::from_shape_vec(input, rand_vec(input.iter().product(), 21)).unwrap();
@@ -18,22 +20,6 @@ fn operands(spec: &ValidSpec, input: [usize; 4]) -> (Array4<f32>, Array4<f32>, A
     let w = Array4::from_shape_vec(ws, rand_vec(ws.iter().product(), 22)).unwrap();
     let b = Array1::from(rand_vec(spec.out_channels(), 23));
     (x, w, b)
-}
-
-/// `f` run inside a fresh pool of `threads` threads.
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
-fn same_bits(a: &Array4<f32>, b: &Array4<f32>) -> bool {
-    a.shape() == b.shape()
-        && a.iter()
-            .zip(b.iter())
-            .all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// Layers that exercise every engine's cut: bands, tails, tap classes, phases, groups.
