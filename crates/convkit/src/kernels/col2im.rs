@@ -218,8 +218,8 @@ impl Col2im {
             })
             .collect();
         // Exact cover: whole-row chunks, passes that never split a (k, ky) run of taps (one
-        // pass, or passes of whole runs: the row ops need every kx), each output row reached by one (ky, iy) and each output
-        // column written by one row op.
+        // pass, or passes of whole runs: the row ops need every kx), each output row reached
+        // by one (ky, iy) and each output column written by one row op.
         let exact = row_chunks
             && (pass_rows >= rows || pass_rows.is_multiple_of(kw))
             && covers_once(geom.oh, |hit| {
@@ -954,8 +954,8 @@ mod tests {
 
     /// Kernels that fit their stride (U-Net's 2×2/2, cropped or not, a 3×3/3 with strided row
     /// ops, a 1×2/(1,2)) write every output element once and store it; overlapping taps, or
-    /// an output padding no tap reaches, add into bias-filled planes. Both match the reference (`check` starts from NaN outputs, so a
-    /// missed element fails).
+    /// an output padding no tap reaches, add into bias-filled planes. Both match the
+    /// reference (`check` starts from NaN outputs, so a missed element fails).
     #[test]
     fn exact_covers_store_and_others_add() {
         let u = Microkernel::for_isa(Isa::best()).unwrap();

@@ -20,7 +20,7 @@
 //! result does not depend on the number of threads.
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::igemm::pack_weights;
+use super::igemm::{pack_weights, packed_len};
 use super::round_up;
 use super::store::{for_each_task_keyed, gather_strided, prefetch, SharedOut};
 use super::tail;
@@ -164,7 +164,7 @@ impl DirectConv {
         let (kg, cg) = (geom.k / d.groups, geom.c / d.groups);
         assert_eq!(
             a.len(),
-            d.groups * kg.div_ceil(ukr.mr) * cg * kh * kw * ukr.mr,
+            packed_len(d.groups, kg, cg * kh * kw, ukr.mr),
             "packed weights"
         );
         d.a = a;

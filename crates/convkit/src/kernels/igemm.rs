@@ -89,6 +89,13 @@ impl Tile {
 /// `(panel, lane, oy, ox, len)`.
 type Segment = (usize, usize, usize, usize, usize);
 
+/// Floats of weights packed by [`pack_weights`] (or [`pack_weights_adjoint`]): `groups` ×
+/// `⌈rows / mr⌉` panels of `depth × mr` (`rows` output channels per group, `depth` =
+/// input channels per group × taps).
+pub(crate) fn packed_len(groups: usize, rows: usize, depth: usize, mr: usize) -> usize {
+    groups * rows.div_ceil(mr) * depth * mr
+}
+
 /// Packs PyTorch-layout weights `(K, Cg, kh, kw)` for a microkernel of `mr` rows:
 /// `[group][panel][kk = (ky·kw + kx)·Cg + c][r]`, zero rows past `Kg` in the last panel.
 pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<f32> {
@@ -96,7 +103,7 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
     let kg = k / groups;
     let ktot = cg * kh * kw;
     let mpanels = kg.div_ceil(mr);
-    let mut a = vec![0f32; groups * mpanels * ktot * mr];
+    let mut a = vec![0f32; packed_len(groups, kg, ktot, mr)];
     let ws = w.as_standard_layout();
     let ws = ws.as_slice().expect("standard layout is contiguous");
     let taps = kh * kw;
@@ -146,7 +153,7 @@ pub(crate) fn pack_weights_adjoint(w: ArrayView4<f32>, groups: usize, mr: usize)
     // The adjoint's depth per group and its output-channel panels.
     let ktot = kg * taps;
     let mpanels = cg.div_ceil(mr);
-    let mut a = vec![0f32; groups * mpanels * ktot * mr];
+    let mut a = vec![0f32; packed_len(groups, cg, ktot, mr)];
     let ws = w.as_standard_layout();
     let ws = ws.as_slice().expect("standard layout is contiguous");
     // The taps' planes `[tap][k][c]`; then every `MR`-float run is a copy from one of them.
@@ -324,7 +331,7 @@ impl ConvGemm {
         let ktot = cg * kh * kw;
         let mr = ukr.mr;
         let mpanels = kg.div_ceil(mr);
-        assert_eq!(a.len(), groups * mpanels * ktot * mr, "packed weights");
+        assert_eq!(a.len(), packed_len(groups, kg, ktot, mr), "packed weights");
         let bias = match bias {
             Some(b) => b.to_vec(),
             None => vec![0.0; geom.k],

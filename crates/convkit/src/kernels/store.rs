@@ -253,8 +253,9 @@ impl PackTable {
     /// AVX-512 moves each segment in vectors with a masked tail (segments are ≤ NR floats,
     /// often a few), the fallback with `copy_from_slice`.
     ///
-    /// With `spill`, AVX-512 stores each segment's tail vector whole: up to 15 zeros past the
-    /// segment's end, inside its panel (`base + width + 15 ≤ panel_stride`, checked). That is
+    /// With `spill`, AVX-512 stores each segment's tail vector whole: up to 15 floats past the
+    /// segment's end (zeros, or the plane's next values where a whole load fits in it), inside
+    /// its panel (`base + width + 15 ≤ panel_stride`, checked). That is
     /// right when the segments are in increasing lane order and the caller writes the
     /// spilled-over lanes afterwards (the next segment, or the panel's next row). Masked
     /// stores were 45 % of the packing time on Zen 5 (atrous tiles end every segment in one).

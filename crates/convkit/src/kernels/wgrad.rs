@@ -289,8 +289,9 @@ fn correlate_grouping(
         let cl_len = bp_len
             .checked_mul(classes.ranges.len())
             .ok_or(overflow("column classes of the packed grad output"))?;
-        debug_assert!(classes.len(oh, n * groups * kblocks * mr) <= cl_len);
-        let cl = scratch(&mut cl_buf, classes.len(oh, n * groups * kblocks * mr));
+        let class_base = classes.bases(oh, n * groups * kblocks * mr);
+        debug_assert!(class_base[classes.ranges.len()] <= cl_len);
+        let cl = scratch(&mut cl_buf, class_base[classes.ranges.len()]);
         classes.pack(bp, cl, oh, ow, mr);
         let class_offs: Vec<RowOffsets> = classes
             .ranges
@@ -351,7 +352,7 @@ fn correlate_grouping(
                                 let (lo, hi) = classes.ranges[ci];
                                 let wc = hi - lo;
                                 let at = |q: usize| (q / ow) * wc + (q % ow).clamp(lo, hi) - lo;
-                                let base = classes.base(ci, oh, n * groups * kblocks * mr);
+                                let base = class_base[ci];
                                 (&cl[base..], &class_offs[ci], oh * wc, at(q0), at(q1))
                             }
                         };
@@ -470,17 +471,14 @@ impl ColumnClasses {
         ColumnClasses { ranges, of }
     }
 
-    /// Floats of the classes' packed `b` (`per_pixel` = the packed floats of one pixel).
-    fn len(&self, oh: usize, per_pixel: usize) -> usize {
-        self.base(self.ranges.len(), oh, per_pixel)
-    }
-
-    /// Where class `ci`'s packed `b` starts.
-    fn base(&self, ci: usize, oh: usize, per_pixel: usize) -> usize {
-        self.ranges[..ci]
-            .iter()
-            .map(|&(lo, hi)| oh * (hi - lo) * per_pixel)
-            .sum()
+    /// Where each class's packed `b` starts in the classes' buffer, and (last entry) its
+    /// length in floats (`per_pixel` = the packed floats of one pixel over all blocks).
+    fn bases(&self, oh: usize, per_pixel: usize) -> Vec<usize> {
+        let mut at = vec![0];
+        for &(lo, hi) in &self.ranges {
+            at.push(at[at.len() - 1] + oh * (hi - lo) * per_pixel);
+        }
+        at
     }
 
     /// Copies each class's pixels out of the packed `b` (`[block][oy·ow + ox][MR]`) into

@@ -159,6 +159,11 @@ pub(super) fn inner_rows_of(
 /// The `KW` tap vectors of input row `row` for the output vector whose first input column is
 /// `c0` (`v[kx][i] = row[c0 + SW·i + kx]`, zero outside the row), loaded as `MODE` says (a
 /// [`Mode`]; `keep`: [`Mode::Zeroed`]'s masks as lane vectors, all ones where set).
+///
+/// # Safety
+/// AVX-512F available; `row` is a row of the plane the masks were made for. With
+/// [`Mode::Whole`] or [`Mode::Zeroed`] it must be one of the plane's [`inner_rows`], whose
+/// whole-vector loads stay inside the plane (`inner_rows_load_inside_the_plane` checks that).
 #[inline(always)]
 unsafe fn taps_of_row<const KW: usize, const SW: usize, const MODE: u8>(
     row: *const f32,
@@ -213,7 +218,6 @@ unsafe fn taps_of_row<const KW: usize, const SW: usize, const MODE: u8>(
 /// every input row the block reads is one of the plane's inner rows.
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows<
     const KH: usize,
     const KW: usize,
@@ -227,13 +231,12 @@ unsafe fn rows<
     out: *mut f32,
     accumulate: bool,
     oy: usize,
-    inner: (usize, usize),
 ) {
     // The block's input rows inside the plane: oy·SH − pt .. + (R − 1)·SH + KH.
     let first = (oy * SH).saturating_sub(p.pt);
     let end = (oy * SH + (R - 1) * SH + KH).saturating_sub(p.pt).min(p.h);
     // Stride 2 already loads whole in-row vectors plainly and gained nothing (6 rounds).
-    if SW == 1 && first >= inner.0 && end <= inner.1 {
+    if SW == 1 && first >= p.inner.0 && end <= p.inner.1 {
         block::<KH, KW, SH, SW, R, true>(p, wv, bias, out, accumulate, oy)
     } else {
         block::<KH, KW, SH, SW, R, false>(p, wv, bias, out, accumulate, oy)
@@ -376,10 +379,9 @@ unsafe fn forward_t<
         .div_ceil(p.oh.div_ceil(R).max(1));
     let mut next = 0;
     let mut oy = 0;
-    let inner = p.inner;
     while oy + R <= p.oh {
         prefetch_some(p, &mut next, per);
-        rows::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy, inner);
+        rows::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy);
         oy += R;
     }
     // The last rows in blocks of 4, 2, 1 (each input row still serves several outputs), with
