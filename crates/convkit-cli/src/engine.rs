@@ -19,6 +19,9 @@ pub enum Algo {
     Reference,
     /// Tiled implicit GEMM (any direct convolution).
     ImplicitGemm,
+    /// Indirect convolution: output channels on the lanes, the input read in place (any
+    /// direct convolution).
+    Indirect,
     /// 1×1 stride-1 unpadded layers as a GEMM on the NCHW input.
     Gemm1x1,
     /// Stride-1 layers: the register-blocked direct kernel reading the input in place (exact
@@ -40,6 +43,7 @@ impl Algo {
             Algo::Auto => PlanAlgo::Auto,
             Algo::Reference => PlanAlgo::Reference,
             Algo::ImplicitGemm => PlanAlgo::ImplicitGemm,
+            Algo::Indirect => PlanAlgo::Indirect,
             Algo::Gemm1x1 => PlanAlgo::Gemm1x1,
             Algo::Direct => PlanAlgo::Direct,
             Algo::Winograd => PlanAlgo::Winograd,
@@ -54,9 +58,10 @@ impl Algo {
     /// What runs a layer under this choice, for reports (`convkit tour`).
     pub fn describe(self) -> &'static str {
         match self {
-            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, 1x1 GEMM, direct, Winograd, depthwise, sub-pixel or GEMM + col2im)",
+            Algo::Auto => "the fast engine (plan chosen per layer: implicit GEMM, indirect, 1x1 GEMM, direct, Winograd, depthwise, sub-pixel or GEMM + col2im)",
             Algo::Reference => "the reference engine (plain loops, f64 accumulation)",
             Algo::ImplicitGemm => "the implicit-GEMM engine",
+            Algo::Indirect => "the indirect (input broadcast in place) engine",
             Algo::Gemm1x1 => "the 1x1 GEMM engine",
             Algo::Direct => "the direct (stride-1, register-blocked) engine",
             Algo::Winograd => "the Winograd F(2x2, 3x3) engine",

@@ -7,10 +7,12 @@
 //! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
 //! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
 //! one (dilated: zero padding in multiples of the dilation and stride phases ≥ 12 tiles wide,
-//! `WINOGRAD_MIN_PHASE_TILES`); undilated layers with a small gap share, strided ones
-//! included → direct (input bands, split into stride phases, read in place); everything else
-//! (dilated with padding-tap skipping, huge strides, wide kernels on narrow maps) → implicit
-//! GEMM.
+//! `WINOGRAD_MIN_PHASE_TILES`); with AVX-512, ≥ 64 output and ≥ 16 input channels per group,
+//! and not a stride-1 undilated layer the direct kernel takes → indirect (input values
+//! broadcast in place through per-pixel offsets; `prefers_indirect`); undilated layers with a
+//! small gap share, strided ones included → direct (input bands, split into stride phases,
+//! read in place); everything else (dilated with padding-tap skipping, huge strides, wide
+//! kernels on narrow maps) → implicit GEMM.
 //! Every choice can be forced with its `Algo` and is tested against the reference.
 //!
 //! ```
@@ -34,6 +36,7 @@ use crate::kernels::depthwise::Depthwise;
 use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::Microkernel;
 use crate::kernels::igemm::{pack_weights, pack_weights_adjoint, ConvGemm};
+use crate::kernels::indirect::{Indirect, PackedWeights};
 use crate::kernels::subpixel::Subpixel;
 use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::Isa;
@@ -52,6 +55,10 @@ pub enum Algo {
     Reference,
     /// Tiled implicit GEMM (segmented im2col, packed weights): any direct convolution.
     ImplicitGemm,
+    /// Indirect convolution ([`crate::kernels::indirect`]): output channels on the lanes,
+    /// input values broadcast in place through per-pixel offsets (no im2col packing): any
+    /// direct convolution.
+    Indirect,
     /// 1×1, stride 1, unpadded: a GEMM straight on the NCHW input, no copy.
     Gemm1x1,
     /// Direct convolution: the microkernel reads a padded, stride-phase-split input band in
@@ -73,10 +80,11 @@ pub enum Algo {
 
 impl Algo {
     /// Every algorithm, in `--algo` order.
-    pub const ALL: [Algo; 9] = [
+    pub const ALL: [Algo; 10] = [
         Algo::Auto,
         Algo::Reference,
         Algo::ImplicitGemm,
+        Algo::Indirect,
         Algo::Gemm1x1,
         Algo::Direct,
         Algo::Winograd,
@@ -91,6 +99,7 @@ impl Algo {
             Algo::Auto => "auto",
             Algo::Reference => "reference",
             Algo::ImplicitGemm => "implicit-gemm",
+            Algo::Indirect => "indirect",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Direct => "direct",
             Algo::Winograd => "winograd",
@@ -157,6 +166,14 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The plan's weights packed for the indirect kernels of `nr` output channels.
+    fn packed_indirect(&self, groups: usize, nr: usize) -> PackedWeights {
+        match self {
+            Weights::Plain(w) => PackedWeights::new(*w, groups, nr),
+            Weights::Adjoint(w) => PackedWeights::adjoint(*w, groups, nr),
+        }
+    }
+
     /// The plan's weights in PyTorch's layout (an adjoint's materialised).
     fn plain(&self, groups: usize) -> CowArray<'a, f32, Ix4> {
         match *self {
@@ -193,6 +210,7 @@ enum Imp {
         bias: Option<Array1<f32>>,
     },
     Gemm(Box<ConvGemm>),
+    Indirect(Box<Indirect>),
     Direct(Box<DirectConv>),
     Winograd(Box<Winograd>),
     Depthwise {
@@ -248,6 +266,32 @@ fn prefers_direct(g: &Geometry) -> bool {
     s.stride().iter().all(|&v| v <= MAX_DIRECT_STRIDE)
         && s.dilation() == [1, 1]
         && 8 * gap <= g.ow.min(384) + gap
+}
+
+/// Output channels per group from which the indirect kernels' `NR`-channel blocks are full
+/// enough (a 16-channel layer runs the 8×16 kernel, whose broadcasts outnumber its FMAs).
+const INDIRECT_MIN_KG: usize = 64;
+/// Input channels per group from which a tap's depth run amortises a kernel call.
+const INDIRECT_MIN_CG: usize = 16;
+
+/// Whether the indirect kernel beats the implicit GEMM and the direct kernel (AVX-512 only:
+/// on AVX2 its 12 accumulators lose to the implicit GEMM, ASPP 3×3 d6 12.1 vs 9.4 ms).
+/// Measured at one thread, ms (`convkit bench --algo`, indirect vs the previous choice):
+/// ASPP 3×3 256 → 256 on 32×32, d6 4.25–4.34 vs 4.80–4.86 (implicit GEMM), d12 3.15–3.20 vs
+/// 3.38–3.39, d3 5.14 vs 5.46; 3×3 stride 2 128 → 128 on 56×56 1.07 vs 1.41 (direct),
+/// 256 → 512 on 28×28 2.16 vs 2.63, 3×3/4 64 → 64 on 56×56 0.073 vs 0.21; 7×7 64 → 64 on
+/// 28×28 1.45 vs 2.29 (implicit GEMM). Stride-1 undilated layers the direct kernel takes
+/// stay there: its flat runs suit wide rows (conv1d k3 512 → 512 on 3000: 21.4–22.5 vs
+/// indirect 22.7–23.9), and few channels (16 → 16, 24 → 16) lose here.
+fn prefers_indirect(g: &Geometry, isa: Isa) -> bool {
+    let s = &g.spec;
+    let groups = s.groups();
+    let plain = s.stride() == [1, 1] && s.dilation() == [1, 1];
+    isa == Isa::Avx512
+        && g.k / groups >= INDIRECT_MIN_KG
+        && g.c / groups >= INDIRECT_MIN_CG
+        && Indirect::applies(g)
+        && !(plain && prefers_direct(g))
 }
 
 /// The microkernel for the direct kernel: the plan's, unless a narrower one of the same
@@ -389,6 +433,7 @@ impl Plan {
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
             Algo::Auto if prefers_winograd(&geom, ukr) => Algo::Winograd,
+            Algo::Auto if prefers_indirect(&geom, isa) => Algo::Indirect,
             Algo::Auto if prefers_direct(&geom) => Algo::Direct,
             Algo::Auto => Algo::ImplicitGemm,
             a => a,
@@ -419,6 +464,21 @@ impl Plan {
                 ukr,
                 false,
             ))),
+            Algo::Indirect => {
+                if !Indirect::applies(&geom) {
+                    return Err(unavailable(
+                        chosen,
+                        "it needs input planes of fewer than 2^32 pixels",
+                    ));
+                }
+                let kernel = Indirect::kernel_for(&geom, isa);
+                Imp::Indirect(Box::new(Indirect::with_packed(
+                    &geom,
+                    weights.packed_indirect(groups, kernel.nr),
+                    bias,
+                    kernel,
+                )))
+            }
             Algo::Gemm1x1 => {
                 if !is_pointwise(&geom) {
                     return Err(unavailable(
@@ -496,6 +556,7 @@ impl Plan {
     pub fn isa(&self) -> Option<Isa> {
         match &self.imp {
             Imp::Gemm(g) => Some(g.microkernel().isa),
+            Imp::Indirect(c) => Some(c.kernel().isa),
             Imp::Direct(d) => Some(d.microkernel().isa),
             Imp::Winograd(w) => Some(w.microkernel().isa),
             Imp::Depthwise { dw, .. } => Some(dw.isa()),
@@ -509,6 +570,7 @@ impl Plan {
     pub fn workspace_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.workspace_bytes(),
+            Imp::Indirect(c) => c.workspace_bytes(),
             Imp::Direct(d) => d.workspace_bytes(),
             Imp::Winograd(w) => w.workspace_bytes(),
             Imp::Subpixel(sp) => sp.workspace_bytes(),
@@ -539,6 +601,7 @@ impl Plan {
     pub fn packed_weight_bytes(&self) -> usize {
         match &self.imp {
             Imp::Gemm(g) => g.packed_weight_bytes(),
+            Imp::Indirect(c) => c.packed_weight_bytes(),
             Imp::Direct(d) => d.packed_weight_bytes(),
             Imp::Winograd(w) => w.packed_weight_bytes(),
             Imp::Depthwise { w, .. } => 4 * w.len(),
@@ -570,6 +633,7 @@ impl Plan {
                 y.assign(&out);
             }
             Imp::Gemm(_)
+            | Imp::Indirect(_)
             | Imp::Direct(_)
             | Imp::Winograd(_)
             | Imp::Depthwise { .. }
@@ -594,6 +658,10 @@ impl Plan {
     fn run_slices(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         match &self.imp {
             Imp::Gemm(conv) => {
+                conv.run(x, y);
+                Ok(())
+            }
+            Imp::Indirect(conv) => {
                 conv.run(x, y);
                 Ok(())
             }

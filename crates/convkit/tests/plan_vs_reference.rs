@@ -68,6 +68,7 @@ fn check_all(spec: &ValidSpec, input: [usize; 4], seed: u64) -> Result<(), Strin
         for algo in [
             Algo::Auto,
             Algo::ImplicitGemm,
+            Algo::Indirect,
             Algo::Gemm1x1,
             Algo::Direct,
             Algo::Depthwise,
@@ -442,6 +443,7 @@ fn every_algorithm_parses_from_its_name() {
         Algo::Auto,
         Algo::Reference,
         Algo::ImplicitGemm,
+        Algo::Indirect,
         Algo::Gemm1x1,
         Algo::Direct,
         Algo::Winograd,
@@ -897,7 +899,8 @@ fn reuse_case(spec: &ValidSpec, input: [usize; 4], algo: Algo) {
 
 /// Auto runs a dilated 3×3 on Winograd only when its stride phases are wide (≥ 12 tiles a
 /// row): 128 → 128 on 64×64 at dilation 2 yes, the suite's ASPP (dilation 6 on 32×32, 3 tiles)
-/// no; an undilated 3×3 with channels as before.
+/// no (the indirect kernel with AVX-512, else the implicit GEMM); an undilated 3×3 with
+/// channels as before.
 #[test]
 fn auto_picks_dilated_winograd_only_on_wide_phases() {
     if !Isa::Avx512.available() && !Isa::Avx2.available() {
@@ -912,7 +915,11 @@ fn auto_picks_dilated_winograd_only_on_wide_phases() {
         (
             ConvSpec::conv2d(256, 256, 3).dilation(6).padding(6),
             [1, 256, 32, 32],
-            Algo::ImplicitGemm,
+            if Isa::Avx512.available() {
+                Algo::Indirect
+            } else {
+                Algo::ImplicitGemm
+            },
         ),
         (
             ConvSpec::conv2d(64, 64, 3).padding(1),

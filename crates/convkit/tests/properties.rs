@@ -783,6 +783,7 @@ fn plans_match_reference(
     for algo in [
         Algo::Auto,
         Algo::ImplicitGemm,
+        Algo::Indirect,
         Algo::Gemm1x1,
         Algo::Depthwise,
         Algo::Subpixel,

@@ -88,6 +88,7 @@ fn forward_planned_in_the_pool_is_the_same_for_any_thread_count() {
         Algo::Auto,
         Algo::Direct,
         Algo::ImplicitGemm,
+        Algo::Indirect,
         Algo::Winograd,
         Algo::Gemm1x1,
         Algo::Depthwise,

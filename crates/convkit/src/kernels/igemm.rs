@@ -128,7 +128,7 @@ pub(crate) fn pack_weights(w: ArrayView4<f32>, groups: usize, mr: usize) -> Vec<
 
 /// The taps' planes of PyTorch-layout weights `ws` (`rows × taps`): `[tap][row]`, `None`
 /// for one tap (the weights are their own plane).
-fn tap_planes(ws: &[f32], taps: usize) -> Option<Vec<f32>> {
+pub(crate) fn tap_planes(ws: &[f32], taps: usize) -> Option<Vec<f32>> {
     if taps == 1 {
         return None;
     }
@@ -248,7 +248,7 @@ pub struct ConvGemm {
 }
 
 /// Source index of each output position along one axis, for each tap (`-1`: a zero).
-fn axis_table(
+pub(crate) fn axis_table(
     border: Border,
     taps: usize,
     out: usize,
@@ -269,7 +269,7 @@ fn axis_table(
 
 /// Splits `0..out` into runs of positions that see the same in-bounds taps (zero padding),
 /// each with its tap range; or a single run with every tap when skipping is off.
-fn classes(
+pub(crate) fn classes(
     in_bounds: impl Fn(usize, usize) -> bool,
     taps: usize,
     out: usize,

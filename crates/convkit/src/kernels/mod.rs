@@ -7,6 +7,8 @@
 //! * [`gemm`]: register-blocked sgemm microkernels, runtime-dispatched per [`Isa`].
 //! * [`igemm`]: the tiled implicit GEMM (segmented im2col, MLAS-style) for every direct
 //!   convolution, and the copy-free 1×1 GEMM on NCHW.
+//! * [`indirect`]: indirect convolution, output channels on the lanes and the input values
+//!   broadcast in place through per-pixel offsets (no im2col packing).
 //! * [`winograd`]: Winograd F(2×2, 3×3) on the same microkernels.
 //! * [`subpixel`]: transposed convolution as stride-phase direct convolutions.
 //! * [`wgrad`]: weight gradients as in-place GEMMs (no im2col).
@@ -21,6 +23,7 @@ pub mod depthwise;
 pub mod direct;
 pub mod gemm;
 pub mod igemm;
+pub mod indirect;
 pub mod peak;
 pub mod store;
 pub mod subpixel;
