@@ -282,16 +282,20 @@ const INDIRECT_MIN_CG: usize = 16;
 /// 256 → 512 on 28×28 2.16 vs 2.63, 3×3/4 64 → 64 on 56×56 0.073 vs 0.21; 7×7 64 → 64 on
 /// 28×28 1.45 vs 2.29 (implicit GEMM). Stride-1 undilated layers the direct kernel takes
 /// stay there: its flat runs suit wide rows (conv1d k3 512 → 512 on 3000: 21.4–22.5 vs
-/// indirect 22.7–23.9), and few channels (16 → 16, 24 → 16) lose here.
+/// indirect 22.7–23.9), and few channels (16 → 16, 24 → 16) lose here; so do 1×1 strided
+/// layers (1×1/2 512 → 1024 on 28×28: 0.95–1.00 vs 0.93–1.04 alone, but 1.15–1.28 in
+/// `scripts/compare.py` runs).
 fn prefers_indirect(g: &Geometry, isa: Isa) -> bool {
     let s = &g.spec;
     let groups = s.groups();
-    let plain = s.stride() == [1, 1] && s.dilation() == [1, 1];
+    // The direct kernel keeps its stride-1 undilated layers and its 1×1 strided ones (whose
+    // flat tiles it stores straight into the output).
+    let direct = (s.dilation() == [1, 1] && s.stride() == [1, 1]) || s.kernel() == [1, 1];
     isa == Isa::Avx512
         && g.k / groups >= INDIRECT_MIN_KG
         && g.c / groups >= INDIRECT_MIN_CG
         && Indirect::applies(g)
-        && !(plain && prefers_direct(g))
+        && !(direct && prefers_direct(g))
 }
 
 /// The microkernel for the direct kernel: the plan's, unless a narrower one of the same
