@@ -521,12 +521,11 @@ impl Plan {
                          top and left padding multiples of the dilation)",
                     ));
                 }
-                Imp::Winograd(Box::new(Winograd::new(
-                    &geom,
-                    plain().view(),
-                    bias,
-                    winograd_kernel(&geom, ukr),
-                )))
+                let ukr = winograd_kernel(&geom, ukr);
+                Imp::Winograd(Box::new(match weights {
+                    Weights::Plain(w) => Winograd::new(&geom, w, bias, ukr),
+                    Weights::Adjoint(w) => Winograd::adjoint(&geom, w, bias, ukr),
+                }))
             }
             Algo::Depthwise => Imp::Depthwise {
                 dw: Box::new(Depthwise::new(&geom, isa)?),

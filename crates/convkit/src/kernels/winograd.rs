@@ -28,6 +28,7 @@
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
 use super::store::{copy_row, for_each_task_keyed, gather_strided, prefetch, SharedOut};
+use super::tasks::for_each_chunk;
 use super::Isa;
 use crate::border::Border;
 use crate::geometry::Geometry;
@@ -42,8 +43,12 @@ mod transforms;
 /// 5) ran 1.14–1.18 ms instead of 1.30–1.34 (`convkit bench`, alternating, Zen 4); at one
 /// thread the larger blocks were as fast or faster (batch 8: 15.5–19.3 vs 16.9–21.1 ms), and
 /// so at two threads on a batch of 8 (Zen 5, after the prefetches: 3.25–3.45 vs 3.69–3.92 ms,
-/// four alternating rounds).
-const MAX_V_BYTES: [usize; 2] = [1024 * 1024, 256 * 1024];
+/// four alternating rounds). The small budget is 512 KiB since blocks are sized by the kernels'
+/// speed per column ([`Microkernel::weighted_cols_padded`]): on Zen 5, 256 KiB left that layer
+/// 2 tile rows (56 tiles, 48 + 8 columns, the 8 on the half-speed ymm kernel: 14 % of its
+/// time), 512 KiB allows 4 (112 = 48 + 48 + 16): minimum of 30 runs 0.526–0.569 vs 0.554–0.626
+/// ms at two threads (six alternating rounds), one thread unchanged.
+const MAX_V_BYTES: [usize; 2] = [1024 * 1024, 512 * 1024];
 /// Largest buffer of GEMM results (16 × channel panels × tiles) before the output transform,
 /// bytes: the panels done together, each `V_ξ` being read once per group of panels.
 const MAX_M_BYTES: usize = 256 * 1024;
@@ -109,6 +114,23 @@ fn tiling(g: &Geometry) -> (usize, usize, [usize; 2]) {
     )
 }
 
+/// `G g Gᵀ` of one 3×3 filter `g` (row-major), as the 16 values `U[ξ]`, `ξ = 4i + j`. With
+/// G's rows `[1,0,0]`, `½[1,1,1]`, `½[1,−1,1]`, `[0,0,1]` as sums (halving is exact in binary,
+/// so this equals the products summed term by term, for finite weights).
+fn transform_filter(g: &[f32; 9]) -> [f32; 16] {
+    // G·v for a column v = (v0, v1, v2) of three values.
+    let gv = |v0: f32, v1: f32, v2: f32| [v0, 0.5 * (v0 + v1 + v2), 0.5 * (v0 - v1 + v2), v2];
+    // G·g column by column: gg[i][j].
+    let cols: [[f32; 4]; 3] = std::array::from_fn(|j| gv(g[j], g[3 + j], g[6 + j]));
+    let mut u = [0f32; 16];
+    for i in 0..4 {
+        // Row i of (G·g)·Gᵀ = G·(row i of G·g).
+        let row = gv(cols[0][i], cols[1][i], cols[2][i]);
+        u[4 * i..4 * i + 4].copy_from_slice(&row);
+    }
+    u
+}
+
 impl Winograd {
     /// Plans `geom` (see [`applies`]) for `ukr`, transforming and packing `w`.
     pub fn new(
@@ -117,43 +139,67 @@ impl Winograd {
         bias: Option<ArrayView1<f32>>,
         ukr: Microkernel,
     ) -> Winograd {
+        let ws = w.as_standard_layout();
+        let ws = ws.as_slice().expect("standard layout is contiguous");
+        let c = geom.c;
+        Self::with_filters(geom, bias, ukr, |o, i| {
+            ws[(o * c + i) * 9..][..9].try_into().expect("3×3")
+        })
+    }
+
+    /// [`Winograd::new`] for the adjoint convolution (the grad input of the layer whose
+    /// weights `(K, C, 3, 3)` are `w`), read straight from `w`: filter `(o, i)` of the adjoint
+    /// is the layer's filter `(i, o)` flipped in both axes (its 9 taps reversed), so no
+    /// flipped copy is made.
+    pub(crate) fn adjoint(
+        geom: &Geometry,
+        w: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+        ukr: Microkernel,
+    ) -> Winograd {
+        let ws = w.as_standard_layout();
+        let ws = ws.as_slice().expect("standard layout is contiguous");
+        // The layer's input channels are the adjoint's output channels.
+        let co = geom.k;
+        Self::with_filters(geom, bias, ukr, |o, i| {
+            let mut g: [f32; 9] = ws[(i * co + o) * 9..][..9].try_into().expect("3×3");
+            g.reverse();
+            g
+        })
+    }
+
+    /// Plans `geom` with filter `(output channel, input channel)` given by `filter`.
+    fn with_filters(
+        geom: &Geometry,
+        bias: Option<ArrayView1<f32>>,
+        ukr: Microkernel,
+        filter: impl Fn(usize, usize) -> [f32; 9] + Sync,
+    ) -> Winograd {
         assert!(
             applies(geom),
             "Winograd F(2x2,3x3) needs a 3x3 stride-1 ungrouped layer"
         );
         let (k, c) = (geom.k, geom.c);
         let (mr, nr) = (ukr.mr, ukr.nr);
-        // U = G g Gᵀ, G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]].
-        const G: [[f32; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
-        // Written straight in the microkernel's packing (as `pack_weights` lays out a
-        // K × C 1×1 layer): matrix ξ, panel p of MR output channels, depth cc.
+        // U = G g Gᵀ, G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]], written straight in the
+        // microkernel's packing (as `pack_weights` lays out a K × C 1×1 layer), panel-major:
+        // panel p of MR output channels, then matrix ξ, depth cc. Panels are transformed in
+        // parallel (a backward pass plans its grad input on every call: serial, with
+        // G's products summed term by term, this was 10 % of a 64-channel 56×56 grad input's
+        // CPU time at two threads).
         let mpanels = k.div_ceil(mr);
-        let umat = mpanels * c * mr;
-        let mut u = vec![0f32; 16 * umat];
-        let ws = w.as_standard_layout();
-        let ws = ws.as_slice().expect("standard layout is contiguous");
-        for (kk, wk) in ws.chunks_exact(c * 9).enumerate() {
-            let (p, r) = (kk / mr, kk % mr);
-            for (cc, g3) in wk.chunks_exact(9).enumerate() {
-                let mut gg = [[0f32; 3]; 4];
-                for (i, row) in gg.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|t| G[i][t] * g3[t * 3 + j]).sum();
-                    }
-                }
-                let at = (p * c + cc) * mr + r;
-                for i in 0..4 {
-                    for j in 0..4 {
-                        u[(i * 4 + j) * umat + at] = (0..3).map(|t| gg[i][t] * G[j][t]).sum();
+        let ppan = 16 * c * mr;
+        let mut u = vec![0f32; mpanels * ppan];
+        for_each_chunk(&mut u, ppan, |p, up| {
+            for r in 0..mr.min(k - p * mr) {
+                for cc in 0..c {
+                    let uu = transform_filter(&filter(p * mr + r, cc));
+                    for (xi, v) in uu.iter().enumerate() {
+                        up[(xi * c + cc) * mr + r] = *v;
                     }
                 }
             }
-        }
+        });
         let (tw, th, dil) = tiling(geom);
         let tall = th * dil[0] * dil[1];
         // Tile rows per block: within the V budget, best filled panels, then the most rows.
@@ -166,9 +212,12 @@ impl Winograd {
         } else {
             rows_within(MAX_V_BYTES[1])
         };
-        // (Whole panels, not the narrowed last one: counting that picks the largest blocks,
-        // 1.6 → 2.5 MiB of workspace on a 56×56 layer, 15 % slower at two threads.)
-        let util = |r: usize| (r * tw) as f64 / round_up(r * tw, nr) as f64;
+        // Filled share of the columns the kernels multiply, weighted by their speed per column
+        // with the last panel run as the task runs it (`parts_padded`). (Counting only the
+        // narrowed last kernel's columns, not its speed, picked the largest blocks: 1.6 →
+        // 2.5 MiB of workspace on a 56×56 layer, 15 % slower at two threads; whole panels
+        // alone picked 2 rows there, 48 + 8 columns.)
+        let util = |r: usize| (r * tw) as f64 / ukr.weighted_cols_padded(r * tw);
         let mut rows = max_rows;
         for r in (1..=max_rows).rev() {
             if util(r) > util(rows) + 0.02 {
@@ -400,7 +449,6 @@ impl Winograd {
             self.transform_input(xn, ty0, ty1, v, scratch);
         }
         let apan = g.c * mr;
-        let umat = self.mpanels * apan;
         let p0 = mb * self.mc_panels;
         let p1 = (p0 + self.mc_panels).min(self.mpanels);
         let tw = self.tw;
@@ -412,7 +460,7 @@ impl Winograd {
             for xi in 0..16 {
                 let vx = &v[xi * g.c * self.tbpad..];
                 for i in ib0..ib1 {
-                    let a = &self.u[xi * umat + i * apan..xi * umat + (i + 1) * apan];
+                    let a = &self.u[(i * 16 + xi) * apan..][..apan];
                     let row0 = ((i - ib0) * 16 + xi) * mr;
                     for p in 0..npan {
                         // The last panel on the kernels that cover its tiles (V and M are
@@ -489,5 +537,61 @@ impl Winograd {
             ib0 = ib1;
         }
         Some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The adjoint's plan reads the flipped, channel-swapped filters straight from `w`: its
+    /// transformed weights are those of a plan of the flipped copy.
+    #[test]
+    fn adjoint_transforms_the_flipped_weights() {
+        use crate::ConvSpec;
+        use ndarray::Array4;
+        let (k, c) = (11, 6);
+        let w = Array4::from_shape_fn((k, c, 3, 3), |(a, b, y, x)| {
+            (a * 31 + b * 7 + y * 3 + x) as f32 * 0.01 - 0.5
+        });
+        let flipped = Array4::from_shape_fn((c, k, 3, 3), |(o, i, y, x)| w[[i, o, 2 - y, 2 - x]]);
+        // The adjoint layer: k input channels, c output channels.
+        let spec = ConvSpec::conv2d(k, c, 3).padding(1).build().unwrap();
+        let geom = spec.geometry([1, k, 9, 10]).unwrap();
+        for ukr in Microkernel::available() {
+            let a = Winograd::adjoint(&geom, w.view(), None, ukr);
+            let b = Winograd::new(&geom, flipped.view(), None, ukr);
+            assert_eq!(a.u, b.u, "{ukr:?}");
+        }
+    }
+
+    /// The filter transform as sums equals `G g Gᵀ` as products summed term by term (the
+    /// halvings are exact).
+    #[test]
+    fn filter_transform_is_g_g_gt() {
+        const G: [[f32; 3]; 4] = [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
+        let mut s = 7u32;
+        for _ in 0..200 {
+            let g: [f32; 9] = std::array::from_fn(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 20) as f32 - 8.0
+            });
+            let gg: [[f32; 3]; 4] = std::array::from_fn(|i| {
+                std::array::from_fn(|j| (0..3).map(|t| G[i][t] * g[t * 3 + j]).sum())
+            });
+            let want: [f32; 16] = std::array::from_fn(|xi| {
+                let (i, j) = (xi / 4, xi % 4);
+                (0..3).map(|t| gg[i][t] * G[j][t]).sum()
+            });
+            let got = transform_filter(&g);
+            for (a, b) in got.iter().zip(&want) {
+                assert!(a == b, "{g:?}: {got:?} vs {want:?}");
+            }
+        }
     }
 }
