@@ -29,6 +29,7 @@
 
 use super::igemm::{axis_table, classes, tap_planes};
 use super::store::{for_each_task, for_each_task_ordered, SharedOut};
+use super::tasks::for_each_chunk;
 use super::transpose::transpose;
 use super::{round_up, Isa};
 use crate::border::Border;
@@ -336,32 +337,36 @@ impl PackedWeights {
         let (kg, taps) = (k / groups, kh * kw);
         // The adjoint has `cg` output and `kg` input channels per group.
         let nkb = cg.div_ceil(nr);
-        let mut data = Aligned::zeros(groups * nkb * taps * kg * nr);
+        let block = taps * kg * nr;
+        let mut data = Aligned::zeros(groups * nkb * block);
         let ws = w.as_standard_layout();
         let ws = ws.as_slice().expect("standard layout is contiguous");
-        let dst = data.as_mut_slice();
-        // One layer output channel at a time: its `Cg × taps` weights transposed into an
-        // L1-resident `[tap][c]` stage, then copied out in runs of `NR` (the taps' planes of
-        // the whole tensor, 2.4 MB on ASPP 256 → 256, were 3.8 % of its backward pass).
-        let mut stage = vec![0f32; taps * cg];
-        for (ko, wk) in ws.chunks_exact(cg * taps).enumerate() {
-            let (g, kk) = (ko / kg, ko % kg);
-            let planes: &[f32] = if taps == 1 {
-                wk
-            } else {
-                transpose(wk, taps, &mut stage, cg, cg, taps);
-                &stage
-            };
-            for kb in 0..nkb {
-                let (c0, rows) = (kb * nr, nr.min(cg - kb * nr));
+        // Channel blocks in parallel (a backward pass packs on every call). Per layer output
+        // channel, the block's `NR × taps` weights are transposed into an L1-resident
+        // `[tap][c]` stage, then copied out as one run per tap (the taps' planes of the whole
+        // tensor, 2.4 MB on ASPP 256 → 256, were 3.8 % of its backward pass).
+        for_each_chunk(data.as_mut_slice(), block, |gkb, dst| {
+            let (g, kb) = (gkb / nkb, gkb % nkb);
+            let (c0, rows) = (kb * nr, nr.min(cg - kb * nr));
+            let mut stage = vec![0f32; taps * rows];
+            for kk in 0..kg {
+                let src = &ws[((g * kg + kk) * cg + c0) * taps..][..rows * taps];
+                let planes: &[f32] = if taps == 1 {
+                    src
+                } else {
+                    transpose(src, taps, &mut stage, rows, rows, taps);
+                    &stage
+                };
                 for t in 0..taps {
                     // Adjoint tap t is the layer's tap taps − 1 − t (both axes flipped).
-                    let src = &planes[(taps - 1 - t) * cg + c0..][..rows];
-                    let at = (((g * nkb + kb) * taps + t) * kg + kk) * nr;
-                    copy_run(&mut dst[at..at + rows], src);
+                    let at = (t * kg + kk) * nr;
+                    copy_run(
+                        &mut dst[at..at + rows],
+                        &planes[(taps - 1 - t) * rows..][..rows],
+                    );
                 }
             }
-        }
+        });
         PackedWeights { data, nr }
     }
 
