@@ -2,14 +2,15 @@
 //! weights packed once and the workspace sized. The only place that chooses an algorithm.
 //!
 //! `Algo::Auto` picks, in order: transposed → sub-pixel phases or GEMM + col2im by a measured
-//! cost rule (stride 1 and narrow groups: sub-pixel; kernels within their stride or ≥ 64
+//! cost rule (stride 1, narrow groups, and with AVX-512 kernels a multiple of the stride whose
+//! phases run on the indirect kernel: sub-pixel; kernels within their stride or ≥ 64
 //! channels per group: col2im; see `transposed_algo`); depthwise → the depthwise
 //! kernel; 1×1 stride 1 unpadded → GEMM on the NCHW input; 3×3 stride 1 ungrouped with ≥ 16
 //! channels each way → Winograd F(2×2, 3×3) when its padded GEMM work is < 70 % of the direct
 //! one (dilated: zero padding in multiples of the dilation and stride phases ≥ 12 tiles wide,
 //! `WINOGRAD_MIN_PHASE_TILES`); with AVX-512, ≥ 64 output and ≥ 16 input channels per group,
-//! and not a stride-1 undilated layer the direct kernel takes → indirect (input values
-//! broadcast in place through per-pixel offsets; `prefers_indirect`); undilated layers with a
+//! not 1×1 and rows < 1024 wide → indirect (input values broadcast in place through
+//! per-pixel offsets; `prefers_indirect`); undilated layers with a
 //! small gap share, strided ones included → direct (input bands, split into stride phases,
 //! read in place); everything else (dilated with padding-tap skipping, huge strides, wide
 //! kernels on narrow maps) → implicit GEMM.
@@ -273,6 +274,8 @@ fn prefers_direct(g: &Geometry) -> bool {
 const INDIRECT_MIN_KG: usize = 64;
 /// Input channels per group from which a tap's depth run amortises a kernel call.
 const INDIRECT_MIN_CG: usize = 16;
+/// Output width from which a stride-1 undilated layer stays on the direct kernel.
+const DIRECT_MIN_OW: usize = 1024;
 
 /// Whether the indirect kernel beats the implicit GEMM and the direct kernel (AVX-512 only:
 /// on AVX2 its 12 accumulators lose to the implicit GEMM, ASPP 3×3 d6 12.1 vs 9.4 ms).
@@ -280,17 +283,21 @@ const INDIRECT_MIN_CG: usize = 16;
 /// ASPP 3×3 256 → 256 on 32×32, d6 4.25–4.34 vs 4.80–4.86 (implicit GEMM), d12 3.15–3.20 vs
 /// 3.38–3.39, d3 5.14 vs 5.46; 3×3 stride 2 128 → 128 on 56×56 1.07 vs 1.41 (direct),
 /// 256 → 512 on 28×28 2.16 vs 2.63, 3×3/4 64 → 64 on 56×56 0.073 vs 0.21; 7×7 64 → 64 on
-/// 28×28 1.45 vs 2.29 (implicit GEMM). Stride-1 undilated layers the direct kernel takes
-/// stay there: its flat runs suit wide rows (conv1d k3 512 → 512 on 3000: 21.4–22.5 vs
-/// indirect 22.7–23.9), and few channels (16 → 16, 24 → 16) lose here; so do 1×1 strided
-/// layers (1×1/2 512 → 1024 on 28×28: 0.95–1.00 vs 0.93–1.04 alone, but 1.15–1.28 in
-/// `scripts/compare.py` runs).
+/// 28×28 1.45 vs 2.29 (implicit GEMM); stride-1 undilated layers the direct kernel took:
+/// 3×3 128 → 128 in 2 groups on 28×28 0.53 vs 0.58–0.65, on 112×112 9.2–10.8 vs 10.0–10.4;
+/// 5×5 64 → 64 on 112×112 11.8–13.2 vs 12.9–13.3; 2×2 128 → 64 on 64×64 (a DCGAN sub-pixel
+/// phase's shape) 1.31–1.46 vs 1.42–1.61; 1×3 256 → 256 on a 500 row 0.87–0.91 vs 0.95–1.12.
+/// The direct kernel keeps long rows, where its flat runs stored straight into the output win
+/// (conv1d k3 512 → 512 on 3000: 21.4–22.5 vs indirect 22.7–23.9), and 1×1 strided layers
+/// (1×1/2 512 → 1024 on 28×28: 0.95–1.00 vs 0.93–1.04 alone, but 1.15–1.28 in
+/// `scripts/compare.py` runs); few channels (16 → 16, 24 → 16) lose here.
 fn prefers_indirect(g: &Geometry, isa: Isa) -> bool {
     let s = &g.spec;
     let groups = s.groups();
-    // The direct kernel keeps its stride-1 undilated layers and its 1×1 strided ones (whose
-    // flat tiles it stores straight into the output).
-    let direct = (s.dilation() == [1, 1] && s.stride() == [1, 1]) || s.kernel() == [1, 1];
+    // The direct kernel keeps 1×1 strided layers (whose flat tiles it stores straight into
+    // the output) and stride-1 undilated layers with long rows (conv1d).
+    let plain = s.dilation() == [1, 1] && s.stride() == [1, 1];
+    let direct = (plain && g.ow >= DIRECT_MIN_OW) || s.kernel() == [1, 1];
     isa == Isa::Avx512
         && g.k / groups >= INDIRECT_MIN_KG
         && g.c / groups >= INDIRECT_MIN_CG
@@ -338,6 +345,8 @@ fn least_padded(ukr: Microkernel, macs: impl Fn(Microkernel) -> f64) -> Microker
 /// whose taps overlap (kernel > stride): the GEMM's depth is only `Cg`, and the scatter adds
 /// `1/Cg` of the multiply-accumulates again as loads and stores.
 const COL2IM_MIN_CG: usize = 64;
+/// Input pixels from which sub-pixel phases on the indirect kernel beat col2im.
+const SUBPIXEL_MIN_PIXELS: usize = 256;
 
 /// The algorithm `Auto` runs a transposed layer with, by a cost rule fitted to measured
 /// layers (`convkit bench --algo col2im` / `--algo subpixel`, AVX-512, medians of three
@@ -359,13 +368,35 @@ const COL2IM_MIN_CG: usize = 64;
 ///   col2im's GEMM is too shallow (3×3/2 8 → 8 on 64×64: 0.21 vs 0.16; 8×8/4 32 → 16 on
 ///   16×16: 0.52 vs 0.41; even at 4×4/2 16 → 8 on 64×64, 0.33 vs 0.35, and with 4 groups of
 ///   32 on the DCGAN row, 1.08 vs 1.10).
-fn transposed_algo(g: &Geometry) -> Algo {
+///
+/// With AVX-512, a kernel that is a multiple of the stride on both axes (every phase the same
+/// taps, DCGAN's 4×4/2) on ≥ 256 input pixels, with phases of ≥ 64 output and ≥ 16 input
+/// channels per group, which run on the indirect kernel (`prefers_indirect`) → sub-pixel
+/// (4×4/2, ms at 1 / 2 threads, sub-pixel vs col2im: 128 → 64 on 32×32 1.38–1.43 / 0.69–0.75
+/// vs 1.50–1.56 / 0.85–0.91; 256 → 128 on 16×16 1.29–1.52 / 0.75–0.82 vs 1.47–1.77 /
+/// 0.89–0.94; 64 → 64 on 64×64 3.2–3.9 / 1.83–1.92 vs 4.1–4.5 / 2.16–2.21; but 512 → 256 on
+/// 8×8 1.63–1.93 vs 1.46–1.71, and 3×3/2, whose phases differ, 128 → 64 on 28×28 0.66–0.76 vs
+/// 0.65–0.69).
+fn transposed_algo(g: &Geometry, isa: Isa) -> Algo {
     let s = &g.spec;
     let (ext, st) = (s.dilated_kernel(), s.stride());
     let within_stride = ext[0] <= st[0] && ext[1] <= st[1];
+    let k = s.kernel();
+    let groups = s.groups();
+    let even_phases =
+        s.dilation() == [1, 1] && k[0].is_multiple_of(st[0]) && k[1].is_multiple_of(st[1]);
+    let indirect_phases = isa == Isa::Avx512
+        && even_phases
+        && g.h * g.w >= SUBPIXEL_MIN_PIXELS
+        && g.k / groups >= INDIRECT_MIN_KG
+        && g.c / groups >= INDIRECT_MIN_CG;
     if st == [1, 1] {
         Algo::Subpixel
-    } else if within_stride || g.c / s.groups() >= COL2IM_MIN_CG {
+    } else if within_stride {
+        Algo::Col2im
+    } else if indirect_phases {
+        Algo::Subpixel
+    } else if g.c / groups >= COL2IM_MIN_CG {
         Algo::Col2im
     } else {
         Algo::Subpixel
@@ -433,7 +464,7 @@ impl Plan {
         let ukr = Microkernel::for_isa(isa)
             .ok_or_else(|| unavailable(algo, format!("this CPU has no {isa}")))?;
         let chosen = match algo {
-            Algo::Auto if spec.is_transposed() => transposed_algo(&geom),
+            Algo::Auto if spec.is_transposed() => transposed_algo(&geom, isa),
             Algo::Auto if spec.is_depthwise() => Algo::Depthwise,
             Algo::Auto if is_pointwise(&geom) => Algo::Gemm1x1,
             Algo::Auto if prefers_winograd(&geom, ukr) => Algo::Winograd,

@@ -343,8 +343,8 @@ proptest! {
 
 /// `Auto` on transposed layers follows the documented cost rule (`plan::transposed_algo`):
 /// sub-pixel at stride 1 and for narrow groups with overlapping taps, col2im when the dilated
-/// kernel fits in the stride or the groups are ≥ 64 channels wide; the suite's three decoder
-/// rows all run as col2im.
+/// kernel fits in the stride or the groups are ≥ 64 channels wide, except that with AVX-512
+/// the DCGAN row's even phases run as sub-pixel (on the indirect kernel).
 #[test]
 fn auto_picks_the_transposed_algorithm_by_the_cost_rule() {
     let cases: Vec<(ConvSpec, [usize; 4], Algo)> = vec![
@@ -352,6 +352,16 @@ fn auto_picks_the_transposed_algorithm_by_the_cost_rule() {
         (
             ConvSpec::conv_transpose2d(128, 64, 4).stride(2).padding(1),
             [1, 128, 32, 32],
+            if Isa::Avx512.available() {
+                Algo::Subpixel
+            } else {
+                Algo::Col2im
+            },
+        ),
+        // Even phases, but an 8×8 map: col2im.
+        (
+            ConvSpec::conv_transpose2d(512, 256, 4).stride(2).padding(1),
+            [1, 512, 8, 8],
             Algo::Col2im,
         ),
         (
