@@ -470,7 +470,9 @@ fn time_layer(s: &Shape, algo: Algo, isa: Isa, runs: usize, threads: usize) -> C
         memory = base.zip(peak_heap()).map(|(b, p)| {
             (
                 p.saturating_sub(b) as f64 / MIB,
-                (threads * plan.workspace_bytes() + plan.scratch_bytes()) as f64 / MIB,
+                (convkit::plan::workspace_holders(threads) * plan.workspace_bytes()
+                    + plan.scratch_bytes()) as f64
+                    / MIB,
             )
         });
         (

@@ -625,10 +625,13 @@ impl Plan {
         }
     }
 
-    /// Upper bound of the memory a run adds to its operands, with `threads` workers: packed
-    /// weights + per-thread workspaces + run scratch (issue 3's peak-memory budget).
+    /// Upper bound of the memory a run adds to its operands in a pool of `threads`: packed
+    /// weights + per-thread workspaces ([`workspace_holders`] of them) + run scratch (issue
+    /// 3's peak-memory budget).
     pub fn memory_bound_bytes(&self, threads: usize) -> usize {
-        self.packed_weight_bytes() + threads * self.workspace_bytes() + self.scratch_bytes()
+        self.packed_weight_bytes()
+            + workspace_holders(threads) * self.workspace_bytes()
+            + self.scratch_bytes()
     }
 
     /// Bytes of packed weights held by the plan.
@@ -716,6 +719,17 @@ impl Plan {
                 unreachable!("the reference and sub-pixel plans run on arrays")
             }
         }
+    }
+}
+
+/// Threads that may each hold a workspace during one run in a pool of `threads`: called from
+/// outside a pool of several, the caller runs a share of the tasks too (see [`Plan`]), so one
+/// more than the pool (`convkit bench` at two threads measured three workspaces' growth).
+pub fn workspace_holders(threads: usize) -> usize {
+    if threads > 1 {
+        threads + 1
+    } else {
+        1
     }
 }
 
