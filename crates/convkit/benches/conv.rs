@@ -40,6 +40,18 @@ fn benches(c: &mut Criterion) {
         ConvSpec::conv2d(3, 64, 7).stride(2).padding(3),
         [1, 3, 224, 224],
     );
+    layer(
+        c,
+        "aspp_dil6_c256_32",
+        ConvSpec::conv2d(256, 256, 3).padding(6).dilation(6),
+        [1, 256, 32, 32],
+    );
+    layer(
+        c,
+        "3x3_s2_c128_56",
+        ConvSpec::conv2d(128, 128, 3).stride(2).padding(1),
+        [1, 128, 56, 56],
+    );
 }
 
 criterion_group! {
