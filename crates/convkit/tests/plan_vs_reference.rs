@@ -944,3 +944,72 @@ fn auto_picks_dilated_winograd_only_on_wide_phases() {
         assert_eq!(plan.algo(), want, "{spec}");
     }
 }
+
+/// With AVX-512, Auto runs on the indirect kernel the layers it was measured faster on
+/// (dilated, strided 3×3, grouped and small-map stride-1 layers of ≥ 64 output and ≥ 16 input
+/// channels per group) and keeps the others where they were: 1×1 strided and long-row layers
+/// on the direct kernel, few channels (the RGB stem, ResNeXt's 4-channel groups) likewise,
+/// Winograd's and the 1×1 GEMM's layers on those. Without AVX-512 it never picks it.
+#[test]
+fn auto_picks_the_indirect_kernel_where_measured() {
+    let indirect = if Isa::Avx512.available() {
+        Algo::Indirect
+    } else {
+        return;
+    };
+    let cases: Vec<(ConvSpec, [usize; 4], Algo)> = vec![
+        (
+            ConvSpec::conv2d(256, 256, 3).padding(6).dilation(6),
+            [1, 256, 32, 32],
+            indirect,
+        ),
+        (
+            ConvSpec::conv2d(128, 128, 3).stride(2).padding(1),
+            [1, 128, 56, 56],
+            indirect,
+        ),
+        (
+            ConvSpec::conv2d(128, 128, 3).padding(1).groups(2),
+            [1, 128, 28, 28],
+            indirect,
+        ),
+        (
+            ConvSpec::conv2d(512, 1024, 1).stride(2),
+            [1, 512, 28, 28],
+            Algo::Direct,
+        ),
+        (
+            ConvSpec::conv1d(512, 512, 3).padding(1),
+            [1, 512, 1, 3000],
+            Algo::Direct,
+        ),
+        (
+            ConvSpec::conv2d(3, 64, 7).stride(2).padding(3),
+            [1, 3, 224, 224],
+            Algo::Direct,
+        ),
+        (
+            ConvSpec::conv2d(128, 128, 3).padding(1).groups(32),
+            [1, 128, 56, 56],
+            Algo::Direct,
+        ),
+        (
+            ConvSpec::conv2d(64, 64, 3).padding(1),
+            [1, 64, 56, 56],
+            Algo::Winograd,
+        ),
+        (
+            ConvSpec::conv2d(256, 64, 1),
+            [1, 256, 56, 56],
+            Algo::Gemm1x1,
+        ),
+    ];
+    for (s, input, want) in cases {
+        let spec = s.build().unwrap();
+        let (_, w, _) = operands(&spec, input, 3);
+        let plan = Plan::new(&spec, input, w.view(), None, Algo::Auto).unwrap();
+        assert_eq!(plan.algo(), want, "{spec}");
+        let avx2 = Plan::with_isa(&spec, input, w.view(), None, Algo::Auto, Isa::Avx2).unwrap();
+        assert_ne!(avx2.algo(), Algo::Indirect, "{spec} on AVX2");
+    }
+}
