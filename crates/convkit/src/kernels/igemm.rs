@@ -26,6 +26,7 @@ use super::store::{
     copy_row, for_each_task, for_each_task_ordered, gather_strided, PackTable, SharedOut,
 };
 use super::tail;
+use super::tasks::uneven_order;
 use super::transpose::transpose;
 use crate::border::Border;
 use crate::geometry::Geometry;
@@ -42,9 +43,6 @@ const MIN_TASKS: usize = 8;
 const MAX_C_BYTES: usize = 256 * 1024;
 /// Floats of the phase-split input rows a strided layer's packing may use (256 KiB).
 const PHASE_MAX: usize = 64 * 1024;
-/// Largest-to-median task cost ratio above which tasks run largest first from one queue (a
-/// plain layer's one short last tile does not count).
-const UNEVEN: f64 = 1.5;
 /// Bytes of one packed B micro-panel (`KC × NR` floats) we want resident in L1.
 const B_PANEL_BYTES: usize = 30 * 1024;
 
@@ -490,13 +488,8 @@ impl ConvGemm {
                 Some(PackTable::new(segs, v, nr))
             })
             .collect();
-        // Tasks of uneven cost (the largest over 1.5× the median) run largest first, claimed
-        // from one queue: a dilated layer's tap classes make tiles from 36 pixels × 4 taps to
-        // 144 × 9 (ASPP 3×3 d6 on 32×32, eleven tiles), and contiguous shares of them left one
-        // of two threads idle for most of a large tile at the end (0.93x the time at 2
-        // threads). Even tasks keep the contiguous shares, whose threads stream neighbouring
-        // pixels (a queue interleaving them was 1.05x on a 1×1 layer and on ASPP d12, whose
-        // classes happen to cost alike).
+        // Tasks of uneven cost (a dilated layer's tap classes) run largest first from one
+        // queue ([`uneven_order`]).
         let ntasks = geom.n * groups * plan.tiles.len() * nmb;
         let cost = |t: usize| {
             let mb = t % nmb;
@@ -506,13 +499,7 @@ impl ConvGemm {
             ukr.weighted_cols(plan.tiles[ti].len()) * (depth * panels) as f64
         };
         let costs: Vec<f64> = (0..ntasks).map(cost).collect();
-        let mut order: Vec<usize> = (0..ntasks).collect();
-        order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]).then(a.cmp(&b)));
-        if let (Some(&big), Some(&mid)) = (order.first(), order.get(ntasks / 2)) {
-            if costs[big] > UNEVEN * costs[mid] {
-                plan.order = Some(order);
-            }
-        }
+        plan.order = uneven_order(&costs);
         plan
     }
 
