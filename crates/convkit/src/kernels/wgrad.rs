@@ -29,7 +29,7 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::for_each_task;
+use super::store::{for_each_task, prefetch};
 use super::tasks::for_each_chunk;
 use super::transpose::transpose;
 use crate::error::{ConvError, Result};
@@ -531,6 +531,13 @@ fn nhwc_row(
     before.fill(0.0);
     let (body, after) = rest.split_at_mut(w * cp);
     after.fill(0.0);
+    // The next row's channels, one plane apart: too many short streams for the hardware
+    // prefetchers once the planes are large.
+    if y + 1 < h {
+        for c in 0..ca {
+            prefetch(&a[((ni * ca + c) * h + y + 1) * w..][..w]);
+        }
+    }
     // Channels × pixels of row y, transposed into pixels × channels.
     transpose(&a[(ni * ca * h + y) * w..], h * w, body, cp, ca, w);
 }
