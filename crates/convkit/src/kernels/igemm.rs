@@ -22,9 +22,7 @@
 
 use super::gemm::{Microkernel, RowOffsets};
 use super::round_up;
-use super::store::{
-    copy_row, for_each_task, for_each_task_ordered, gather_strided, PackTable, SharedOut,
-};
+use super::store::{copy_row, for_each_task_ordered, gather_strided, PackTable, SharedOut};
 use super::tail;
 use super::tasks::uneven_order;
 use super::transpose::transpose;
@@ -531,13 +529,9 @@ impl ConvGemm {
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let task = |t, out, ws: &mut [f32]| self.task(x, out, t, ws);
-        match &self.order {
-            Some(order) => for_each_task_ordered(y, order, self.workspace_len(), task),
-            None => {
-                let ntasks = g.n * self.groups * self.tiles.len() * self.nmb;
-                for_each_task(y, ntasks, self.workspace_len(), task)
-            }
-        }
+        let ntasks = g.n * self.groups * self.tiles.len() * self.nmb;
+        let order = self.order.as_deref();
+        for_each_task_ordered(y, order, ntasks, self.workspace_len(), task);
     }
 
     /// Whether every tap of `tile` reads inside the input for every pixel of the tile (at

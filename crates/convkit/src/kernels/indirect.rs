@@ -36,7 +36,7 @@
 //! `prefers_indirect` in [`crate::plan`].
 
 use super::igemm::{axis_table, classes, tap_planes};
-use super::store::{for_each_task, for_each_task_ordered, SharedOut};
+use super::store::{for_each_task_ordered, SharedOut};
 use super::tasks::{for_each_chunk, uneven_order};
 use super::transpose::transpose;
 use super::{round_up, Isa};
@@ -620,10 +620,8 @@ impl Indirect {
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let task = |t, out, ws: &mut [f32]| self.task(x, out, t, ws);
-        match &self.order {
-            Some(order) => for_each_task_ordered(y, order, self.workspace_len(), task),
-            None => for_each_task(y, self.ntasks(), self.workspace_len(), task),
-        }
+        let order = self.order.as_deref();
+        for_each_task_ordered(y, order, self.ntasks(), self.workspace_len(), task);
     }
 
     fn task(&self, x: &[f32], out: SharedOut, t: usize, ws: &mut [f32]) {

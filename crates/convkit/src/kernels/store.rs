@@ -44,14 +44,20 @@ pub fn for_each_task(
     });
 }
 
-/// [`for_each_task`] over `order` (a permutation of the task indices, e.g. largest first):
-/// the threads claim `order[0], order[1], …` from one queue ([`for_each_queued`]).
+/// [`for_each_task`] over `order` (a permutation of the task indices `0..ntasks`, e.g.
+/// largest first, as [`super::tasks::uneven_order`] gives): the threads claim `order[0],
+/// order[1], …` from one queue ([`for_each_queued`]); `None`: contiguous shares of
+/// `0..ntasks`, as [`for_each_task`].
 pub fn for_each_task_ordered(
     y: &mut [f32],
-    order: &[usize],
+    order: Option<&[usize]>,
+    ntasks: usize,
     wlen: usize,
     task: impl Fn(usize, SharedOut, &mut [f32]) + Sync,
 ) {
+    let Some(order) = order else {
+        return for_each_task(y, ntasks, wlen, task);
+    };
     let out = SharedOut::new(y);
     for_each_queued(order.len(), |claims| {
         with_workspace(wlen, |ws| claims.for_each(|i| task(order[i], out, ws)))
