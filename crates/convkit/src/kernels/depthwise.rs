@@ -11,10 +11,10 @@
 //!
 //! The common MobileNet shapes (square 3×3 / 5×5 taps, stride 1 or 2, no dilation, zero
 //! padding) have dedicated AVX-512 kernels ([`fast`]) that skip the buffer: they read the
-//! input plane in place with masked loads (the masks are the zero padding; at stride 1 the
-//! rows away from the plane's ends load whole vectors and zero the outside lanes), make the `kx`
-//! shifts / stride phases in registers, and block several output rows per pass so that each
-//! input row loaded serves every tap row it belongs to. The next plane is prefetched while
+//! input plane in place (plain loads for the column vectors inside the row, masked loads at
+//! the row's ends, where the masks are the zero padding; rows of the zero padding come from a
+//! zero row), make the `kx` shifts / stride phases in registers, and block several output rows
+//! per pass so that each input row loaded serves every tap row it belongs to. The next plane is prefetched while
 //! one is computed. Their backward: grad weight keeps one accumulator per tap (one pass over
 //! the plane for all taps); grad input is, for stride 1, this forward kernel on dy with the
 //! taps rotated by 180° ([`Depthwise::adjoint`]) and, for stride 2, a two-phase gather that
@@ -85,8 +85,12 @@ pub struct Depthwise {
     /// The dedicated AVX-512 kernel for this shape, if any (only with `Isa::Avx512` and zero
     /// padding; it reads the input planes in place, without the buffer).
     fast: Option<FastShape>,
-    /// The fast kernel's input rows that whole-vector loads may read (see `fast::inner_rows`).
-    fast_inner: (usize, usize),
+    /// The fast kernel's output column vectors and how they load (`fast::columns`).
+    #[cfg(target_arch = "x86_64")]
+    fast_cols: Vec<fast::Column>,
+    /// The fast kernel's stand-in for rows of the zero padding (`fast::zero_row_len`).
+    #[cfg(target_arch = "x86_64")]
+    fast_zero: Vec<f32>,
     /// Layout identity (see [`NEXT_TAG`]).
     tag: u64,
 }
@@ -165,11 +169,10 @@ impl Depthwise {
             cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && border == Border::Zeros
         });
         #[cfg(target_arch = "x86_64")]
-        let fast_inner = fast.map_or((0, 0), |f| {
-            fast::inner_rows_of(f, geom.h, geom.w, geom.pad[2], geom.ow)
+        let (fast_cols, fast_zero) = fast.map_or((Vec::new(), Vec::new()), |f| {
+            let zero = vec![0.0; fast::zero_row_len(f, geom.ow)];
+            (fast::columns(f, geom.w, geom.pad[2], geom.ow), zero)
         });
-        #[cfg(not(target_arch = "x86_64"))]
-        let fast_inner = (0, 0);
         Ok(Depthwise {
             geom: *geom,
             rows,
@@ -181,7 +184,10 @@ impl Depthwise {
             col_off,
             isa,
             fast,
-            fast_inner,
+            #[cfg(target_arch = "x86_64")]
+            fast_cols,
+            #[cfg(target_arch = "x86_64")]
+            fast_zero,
             tag: NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -380,7 +386,7 @@ impl Depthwise {
 impl Depthwise {
     /// The fast kernels' view of input plane `xs`; `pf` is prefetched meanwhile.
     #[cfg(target_arch = "x86_64")]
-    fn fast_plane(&self, xs: &[f32], pf: &[f32]) -> fast::Plane {
+    fn fast_plane(&self, xs: &[f32], pf: &[f32]) -> fast::Plane<'_> {
         let g = &self.geom;
         assert_eq!(xs.len(), g.h * g.w, "input plane size");
         fast::Plane {
@@ -393,7 +399,8 @@ impl Depthwise {
             ow: g.ow,
             pf: pf.as_ptr(),
             pf_len: pf.len(),
-            inner: self.fast_inner,
+            zero: self.fast_zero.as_ptr(),
+            cols: &self.fast_cols,
         }
     }
 
@@ -1369,8 +1376,9 @@ mod tests {
         );
     }
 
-    /// The fast kernels' shapes on widths around the vector length, heights around the row
-    /// block, asymmetric and over-wide padding, multipliers and both strides.
+    /// The fast kernels' shapes on widths around the vector length and past two vectors,
+    /// heights around the row block (every tail block), asymmetric and over-wide padding,
+    /// multipliers and both strides.
     #[test]
     fn fast_shapes_match_reference_forward_and_backward() {
         for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
@@ -1382,6 +1390,9 @@ mod tests {
                 (6, 32),
                 (11, 33),
                 (4, 47),
+                // Whole (unmasked) column vectors between masked ones, at stride 2 too.
+                (3, 112),
+                (8, 70),
             ] {
                 for pad in [
                     Padding::Explicit([k / 2; 4]),

@@ -1,19 +1,21 @@
 //! AVX-512 kernels for the common depthwise shapes (square 3×3 or 5×5 taps, stride 1 or 2,
 //! no dilation, zero padding), reading the input plane in place.
 //!
-//! Each input row is read in 16-float vectors: masked where a vector leaves the row (the
-//! masks are the zero padding), or, at stride 1 away from the plane's ends, whole with the
-//! lanes outside the row zeroed in a register. The `kx` shifts (stride 1) and the stride
-//! phases (stride 2) are made in registers from two neighbouring vectors instead of by more
-//! loads, and several output rows are computed per pass so that every input row loaded
-//! serves all the output rows (`ky` taps) it belongs to. The weight gradient uses the same
+//! Each input row is read in 16-float vectors: plain loads for the output column vectors
+//! whose loads all lie inside the row, masked loads (the masks are the zero padding) for those
+//! at the row's ends; which is which is worked out once per layer ([`columns`]). Rows of the
+//! zero padding are read from a zero row, so a block has no branch per row. The `kx` shifts
+//! (stride 1) and the stride phases (stride 2) are made in registers from neighbouring vectors
+//! instead of by more loads, and several output rows are computed per pass (the block's input
+//! rows unrolled, so the taps stay in registers) so that every input row loaded serves all the
+//! output rows (`ky` taps) it belongs to. The weight gradient uses the same
 //! shifted rows and keeps one accumulator per tap, so a plane is read once for all taps.
 
 use super::FastShape;
 use std::arch::x86_64::*;
 
 /// One input plane read in place (zero padding) and the output plane's size.
-pub(super) struct Plane {
+pub(super) struct Plane<'a> {
     /// First float of the (h, w) input plane.
     pub x: *const f32,
     pub h: usize,
@@ -27,8 +29,10 @@ pub(super) struct Plane {
     /// start and length in floats (any address; prefetches do not fault).
     pub pf: *const f32,
     pub pf_len: usize,
-    /// The plane's [`inner_rows`] for its shape ([`inner_rows_of`]).
-    pub inner: (usize, usize),
+    /// [`zero_row_len`] zeros: the rows of the zero padding.
+    pub zero: *const f32,
+    /// The layer's output column vectors ([`columns`]).
+    pub cols: &'a [Column],
 }
 
 /// Prefetches lines `*next..*next + count` of `p.pf` (stopping at its end) into L2.
@@ -73,130 +77,113 @@ fn row_mask(c: isize, w: usize) -> __mmask16 {
     below & !before
 }
 
-/// The loads one input row needs for one output vector: their column offsets from the
-/// vector's first input column (`SW·ox − pl`) and the masks that keep them inside the row.
-struct Loads {
-    mask: [__mmask16; 6],
+/// Whether stride-2 taps come from three consecutive loads shifted in registers (3×3) or
+/// from a pair of loads per two taps (5×5: four more shifts cost more than three more loads,
+/// 1.14× the time of a 5×5/2 112 × 112 plane).
+const fn shifted_pairs<const KW: usize, const SW: usize>() -> bool {
+    SW == 2 && KW == 3
 }
 
-impl Loads {
-    /// Load `i` of a row is at offset `(i / 2)·2 + (i % 2)·16` (stride 2) or `16·i` (stride 1).
-    #[inline(always)]
-    fn offset<const SW: usize>(i: usize) -> isize {
-        if SW == 1 {
-            16 * i as isize
-        } else {
-            (i / 2 * 2 + i % 2 * 16) as isize
-        }
+/// Column offset of load `i` of an input row for one output vector, from the vector's first
+/// input column (`SW·ox − pl`): consecutive vectors (stride 1, and 3×3 stride 2: shifted and
+/// split into even and odd phases in registers), or pairs `(i / 2)·2 + (i % 2)·16` (5×5
+/// stride 2: each pair split into two taps' phases).
+#[inline(always)]
+const fn load_offset<const KW: usize, const SW: usize>(i: usize) -> isize {
+    if SW == 1 || shifted_pairs::<KW, SW>() {
+        16 * i as isize
+    } else {
+        (i / 2 * 2 + i % 2 * 16) as isize
     }
+}
 
-    #[inline(always)]
-    fn new<const KW: usize, const SW: usize>(c0: isize, w: usize) -> Self {
-        let mut mask = [0; 6];
-        for (i, m) in mask.iter_mut().enumerate().take(Self::count::<KW, SW>()) {
-            *m = row_mask(c0 + Self::offset::<SW>(i), w);
-        }
-        Loads { mask }
+/// Loads per input row and output vector.
+#[inline(always)]
+const fn load_count<const KW: usize, const SW: usize>() -> usize {
+    if SW == 1 {
+        2
+    } else if shifted_pairs::<KW, SW>() {
+        3
+    } else {
+        2 * KW.div_ceil(2)
     }
+}
 
-    /// Loads per row.
-    #[inline(always)]
-    const fn count<const KW: usize, const SW: usize>() -> usize {
-        if SW == 1 {
-            if KW > 1 {
-                2
-            } else {
-                1
+/// One output column vector of a layer: how its input loads and its output store stay
+/// inside a row. The same for every row and plane of the layer, so made once ([`columns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Column {
+    /// Per load of an input row ([`load_offset`] order): the lanes inside the row.
+    load: [__mmask16; 6],
+    /// Every load is whole (all lanes inside the row): plain loads, no masks.
+    whole: bool,
+    /// The output lanes inside the output row.
+    store: __mmask16,
+}
+
+fn columns_t<const KW: usize, const SW: usize>(w: usize, pl: usize, ow: usize) -> Vec<Column> {
+    (0..ow.div_ceil(16))
+        .map(|j| {
+            let c0 = (SW * 16 * j) as isize - pl as isize;
+            let mut load = [0; 6];
+            for (i, m) in load.iter_mut().enumerate().take(load_count::<KW, SW>()) {
+                *m = row_mask(c0 + load_offset::<KW, SW>(i), w);
             }
-        } else {
-            2 * KW.div_ceil(2)
-        }
-    }
+            Column {
+                load,
+                whole: load[..load_count::<KW, SW>()].iter().all(|&m| m == 0xFFFF),
+                store: lanes_below(ow - 16 * j),
+            }
+        })
+        .collect()
 }
 
-/// The input rows `iy` of an `h × w` plane (left padding `pl`, `ow` output columns) whose
-/// every load (of any output vector of the row, `KW` taps, stride `SW`) lies inside the plane:
-/// there whole vectors may be loaded and the lanes outside the row zeroed in registers.
-fn inner_rows<const KW: usize, const SW: usize>(
-    h: usize,
-    w: usize,
-    pl: usize,
-    ow: usize,
-) -> (usize, usize) {
-    if ow == 0 || w == 0 {
-        return (0, 0);
-    }
-    let nv = ow.div_ceil(16);
-    // Loads reach from pl floats before a row's start to `reach` floats after it.
-    let last = (SW * 16 * (nv - 1)) as isize + Loads::offset::<SW>(Loads::count::<KW, SW>() - 1);
-    let reach = (last - pl as isize + 16).max(0) as usize;
-    // Rows with iy·w ≥ pl and iy·w + reach ≤ h·w.
-    let lo = pl.div_ceil(w).min(h);
-    let hi = match (h * w).checked_sub(reach) {
-        Some(room) => room / w + 1,
-        None => 0,
-    };
-    (lo, hi.min(h).max(lo))
-}
-
-/// [`inner_rows`] for a fast shape (computed once per layer: a plane of 14 × 14 is ~400
-/// cycles, and the divisions showed).
-pub(super) fn inner_rows_of(
-    shape: FastShape,
-    h: usize,
-    w: usize,
-    pl: usize,
-    ow: usize,
-) -> (usize, usize) {
+/// The column vectors of an output row of `ow` columns, for a fast shape on rows of `w`
+/// floats with left padding `pl`.
+pub(super) fn columns(shape: FastShape, w: usize, pl: usize, ow: usize) -> Vec<Column> {
     match shape {
-        FastShape::K3S1 => inner_rows::<3, 1>(h, w, pl, ow),
-        FastShape::K3S2 => inner_rows::<3, 2>(h, w, pl, ow),
-        FastShape::K5S1 => inner_rows::<5, 1>(h, w, pl, ow),
-        FastShape::K5S2 => inner_rows::<5, 2>(h, w, pl, ow),
+        FastShape::K3S1 => columns_t::<3, 1>(w, pl, ow),
+        FastShape::K3S2 => columns_t::<3, 2>(w, pl, ow),
+        FastShape::K5S1 => columns_t::<5, 1>(w, pl, ow),
+        FastShape::K5S2 => columns_t::<5, 2>(w, pl, ow),
     }
 }
 
-/// The `KW` tap vectors of input row `row` for the output vector whose first input column is
-/// `c0` (`v[kx][i] = row[c0 + SW·i + kx]`, zero outside the row), loaded as `MODE` says (a
-/// [`Mode`]; `keep`: [`Mode::Zeroed`]'s masks as lane vectors, all ones where set).
+/// Floats a zero row needs to stand in for a row of the zero padding: a row's loads reach
+/// from its padded column 0 (input column −pl) to less than `16·SW·nv + 32` floats past it
+/// (the last vector's farthest load, offset ≤ 18, and its 16 lanes). The kernels read rows of
+/// the zero padding from such a buffer instead of branching on each row.
+pub(super) fn zero_row_len(shape: FastShape, ow: usize) -> usize {
+    let sw = match shape {
+        FastShape::K3S1 | FastShape::K5S1 => 1,
+        FastShape::K3S2 | FastShape::K5S2 => 2,
+    };
+    sw * 16 * ow.div_ceil(16) + 48
+}
+
+/// The `KW` tap vectors of an input row for one output vector, `at` pointing at the vector's
+/// first input column `c0 = SW·ox − pl` (`v[kx][i] = row[c0 + SW·i + kx]`, zero outside the
+/// row): plain loads, or (`MASKED`) masked loads that read only the lanes inside the row.
 ///
 /// # Safety
-/// AVX-512F available; `row` is a row of the plane the masks were made for. With
-/// [`Mode::Whole`] or [`Mode::Zeroed`] it must be one of the plane's [`inner_rows`], whose
-/// whole-vector loads stay inside the plane (`inner_rows_load_inside_the_plane` checks that).
+/// AVX-512F available; the loads' in-row lanes (all lanes unless `MASKED`) must be readable.
 #[inline(always)]
-unsafe fn taps_of_row<const KW: usize, const SW: usize, const MODE: u8>(
-    row: *const f32,
-    c0: isize,
-    l: &Loads,
-    keep: &[__m512i; 6],
+unsafe fn taps_of_row<const KW: usize, const SW: usize, const MASKED: bool>(
+    at: *const f32,
+    mask: &[__mmask16; 6],
 ) -> [__m512; 5] {
     let mut v = [_mm512_setzero_ps(); 5];
     let ld = |i: usize| {
-        let at = row.wrapping_offset(c0 + Loads::offset::<SW>(i));
-        // Masked loads that split a cache line are slow on Zen 5: the stride-2 kernels' four
-        // a row held the 3×3/2 96-channel 112×112 layer to ~2 cycles an output (plain loads
-        // where the mask is full: 0.85×). At stride 1 a branch per load cost what it saved;
-        // instead the blocks whose input rows are all inner rows load whole vectors (inside
-        // the plane) and zero the lanes outside the row with an AND, per column vector
-        // (`Zeroed`), or not at all where every lane is in the row (`Whole`): 3×3 144
-        // channels on 56×56 0.96×, 5×5 0.875× (12 alternating rounds).
-        if MODE == Mode::Whole as u8 {
-            _mm512_loadu_ps(at)
-        } else if MODE == Mode::Zeroed as u8 {
-            // An AND, not a masked move: that would be folded back into a masked load.
-            let v = _mm512_castps_si512(_mm512_loadu_ps(at));
-            _mm512_castsi512_ps(_mm512_and_si512(v, keep[i]))
-        } else if SW == 2 && l.mask[i] == 0xFFFF {
-            _mm512_loadu_ps(at)
-        } else {
+        let p = at.wrapping_offset(load_offset::<KW, SW>(i));
+        if MASKED {
             // Masked-off lanes are not read (no fault), so only in-row floats are touched.
-            _mm512_maskz_loadu_ps(l.mask[i], at)
+            _mm512_maskz_loadu_ps(mask[i], p)
+        } else {
+            _mm512_loadu_ps(p)
         }
     };
     if SW == 1 {
-        let a = ld(0);
-        let b = if KW > 1 { ld(1) } else { a };
+        let (a, b) = (ld(0), ld(1));
         for (kx, t) in v.iter_mut().enumerate().take(KW) {
             *t = shift(a, b, kx);
         }
@@ -204,57 +191,80 @@ unsafe fn taps_of_row<const KW: usize, const SW: usize, const MODE: u8>(
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         for q in 0..KW.div_ceil(2) {
-            let (a, b) = (ld(2 * q), ld(2 * q + 1));
-            v[2 * q] = _mm512_permutex2var_ps(a, even, b);
+            // Taps 2q and 2q + 1 are the even and odd floats of the 32 from column c0 + 2q.
+            let (lo, hi) = if shifted_pairs::<KW, SW>() {
+                // (The three loads shifted by 2q: one load and one shuffle fewer than a pair
+                // of loads per q, 0.8× the time of a 3×3/2 112 × 112 plane.)
+                let (a, b, e) = (ld(0), ld(1), ld(2));
+                (shift(a, b, 2 * q), shift(b, e, 2 * q))
+            } else {
+                (ld(2 * q), ld(2 * q + 1))
+            };
+            v[2 * q] = _mm512_permutex2var_ps(lo, even, hi);
             if 2 * q + 1 < KW {
-                v[2 * q + 1] = _mm512_permutex2var_ps(a, odd, b);
+                v[2 * q + 1] = _mm512_permutex2var_ps(lo, odd, hi);
             }
         }
     }
     v
 }
 
-/// R output rows from `oy`, all column vectors, on [`block`] with whole-vector loads where
-/// every input row the block reads is one of the plane's inner rows.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn rows<
-    const KH: usize,
-    const KW: usize,
-    const SH: usize,
-    const SW: usize,
-    const R: usize,
->(
-    p: &Plane,
-    wv: &[__m512; 25],
-    bias: f32,
-    out: *mut f32,
-    accumulate: bool,
-    oy: usize,
-) {
-    // The block's input rows inside the plane: oy·SH − pt .. + (R − 1)·SH + KH.
-    let first = (oy * SH).saturating_sub(p.pt);
-    let end = (oy * SH + (R - 1) * SH + KH).saturating_sub(p.pt).min(p.h);
-    // Stride 2 already loads whole in-row vectors plainly and gained nothing (6 rounds).
-    if SW == 1 && first >= p.inner.0 && end <= p.inner.1 {
-        block::<KH, KW, SH, SW, R, true>(p, wv, bias, out, accumulate, oy)
-    } else {
-        block::<KH, KW, SH, SW, R, false>(p, wv, bias, out, accumulate, oy)
-    }
+/// Most input rows a block reads: `(R − 1)·SH + KH` for the largest R of a shape.
+const MAX_BLOCK_ROWS: usize = 16;
+
+/// Calls `$f(0)`, …, `$f(15)` ([`MAX_BLOCK_ROWS`] steps) with literal arguments.
+macro_rules! seq16 {
+    ($f:expr) => {{
+        #[allow(unused_unsafe)]
+        let mut f = $f;
+        f(0);
+        f(1);
+        f(2);
+        f(3);
+        f(4);
+        f(5);
+        f(6);
+        f(7);
+        f(8);
+        f(9);
+        f(10);
+        f(11);
+        f(12);
+        f(13);
+        f(14);
+        f(15);
+    }};
 }
 
-/// R output rows from `oy`, all column vectors (`INNER`: every input row read is one of
-/// [`inner_rows`]).
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
+/// The input rows of output rows `oy..oy + R`, each at its padded column 0 (input column
+/// −pl): in the plane, or the zero row for rows of the zero padding (so the block needs no
+/// branch per row). Pointers only: they may lie outside the plane, only loads are checked.
+#[inline(always)]
+fn block_rows<const KH: usize, const SH: usize, const R: usize>(
+    p: &Plane,
+    oy: usize,
+) -> [*const f32; MAX_BLOCK_ROWS] {
+    let mut rows = [p.zero; MAX_BLOCK_ROWS];
+    for (ir, row) in rows.iter_mut().enumerate().take((R - 1) * SH + KH) {
+        let iy = (oy * SH + ir).wrapping_sub(p.pt);
+        if iy < p.h {
+            *row = p.x.wrapping_add(iy * p.w).wrapping_sub(p.pl);
+        }
+    }
+    rows
+}
+
+/// Output rows `oy..oy + R`, every column vector: each input row is loaded once per column
+/// vector and serves all the output rows (`ky` taps) it belongs to. (Inlined into the
+/// AVX-512 caller: as a call, the 25 weight vectors went through the stack, a quarter of a
+/// 14 × 14 plane's time.)
+#[inline(always)]
 unsafe fn block<
     const KH: usize,
     const KW: usize,
     const SH: usize,
     const SW: usize,
     const R: usize,
-    const INNER: bool,
 >(
     p: &Plane,
     wv: &[__m512; 25],
@@ -263,50 +273,34 @@ unsafe fn block<
     accumulate: bool,
     oy: usize,
 ) {
-    let nv = p.ow.div_ceil(16);
-    for j in 0..nv {
-        let c0 = (SW * j * 16) as isize - p.pl as isize;
-        let loads = Loads::new::<KW, SW>(c0, p.w);
-        let args = (p, wv, bias, out, accumulate, oy, j, &loads);
-        if !INNER {
-            column::<KH, KW, SH, SW, R, { Mode::Masked as u8 }>(args)
-        } else if loads.mask[..Loads::count::<KW, SW>()]
-            .iter()
-            .all(|&m| m == 0xFFFF)
-        {
-            column::<KH, KW, SH, SW, R, { Mode::Whole as u8 }>(args)
+    let rows = block_rows::<KH, SH, R>(p, oy);
+    for (j, col) in p.cols.iter().enumerate() {
+        let args = (&rows, col, j, wv, bias, out, p.ow, accumulate, oy);
+        // Masked loads cost more than plain ones where they split a cache line (every load
+        // of a row offset by the padding): only the vectors at the row's ends use them.
+        if col.whole {
+            column::<KH, KW, SH, SW, R, false>(args)
         } else {
-            column::<KH, KW, SH, SW, R, { Mode::Zeroed as u8 }>(args)
+            column::<KH, KW, SH, SW, R, true>(args)
         }
     }
 }
 
-/// How [`taps_of_row`] loads a row's vectors.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Mode {
-    /// Masked loads (a row at the plane's ends: whole vectors could leave the plane).
-    Masked,
-    /// Whole vectors, the lanes outside the row zeroed in a register (an inner row).
-    Zeroed,
-    /// Whole vectors, every lane inside the row (an inner row's inner column vector).
-    Whole,
-}
-
-/// The operands of one [`column`]: plane, weights, bias, output, accumulate, first output
-/// row, column vector, its loads.
+/// The operands of one [`column`]: the block's input rows, the column vector and its index,
+/// weights, bias, output plane and width, accumulate, first output row.
 type ColumnArgs<'a> = (
-    &'a Plane,
+    &'a [*const f32; MAX_BLOCK_ROWS],
+    &'a Column,
+    usize,
     &'a [__m512; 25],
     f32,
     *mut f32,
+    usize,
     bool,
     usize,
-    usize,
-    &'a Loads,
 );
 
-/// Output column vector `j` of R output rows from `oy` (`MODE`: a [`Mode`]).
+/// Output column vector `j` of R output rows from `oy` (`MASKED`: its loads are masked).
 #[inline(always)]
 unsafe fn column<
     const KH: usize,
@@ -314,44 +308,69 @@ unsafe fn column<
     const SH: usize,
     const SW: usize,
     const R: usize,
-    const MODE: u8,
+    const MASKED: bool,
 >(
-    (p, wv, bias, out, accumulate, oy, j, loads): ColumnArgs<'_>,
+    (rows, col, j, wv, bias, out, ow, accumulate, oy): ColumnArgs<'_>,
 ) {
     let ox = j * 16;
-    let mask = lanes_below(p.ow - ox);
-    let c0 = (SW * ox) as isize - p.pl as isize;
-    let mut keep = [_mm512_setzero_si512(); 6];
-    if MODE == Mode::Zeroed as u8 {
-        for (k, &m) in keep.iter_mut().zip(&loads.mask) {
-            *k = _mm512_maskz_mov_epi32(m, _mm512_set1_epi32(-1));
-        }
-    }
     let mut acc = [_mm512_set1_ps(bias); R];
     if accumulate {
         for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_maskz_loadu_ps(mask, out.add((oy + r) * p.ow + ox));
+            *a = _mm512_maskz_loadu_ps(col.store, out.add((oy + r) * ow + ox));
         }
     }
-    for ir in 0..(R - 1) * SH + KH {
-        // Rows of the zero padding add nothing.
-        let iy = (oy * SH + ir) as isize - p.pt as isize;
-        if iy < 0 || iy >= p.h as isize {
-            continue;
-        }
-        let row = p.x.add(iy as usize * p.w);
-        let v = taps_of_row::<KW, SW, MODE>(row, c0, loads, &keep);
-        for (r, a) in acc.iter_mut().enumerate() {
-            if ir >= r * SH && ir - r * SH < KH {
-                let ky = ir - r * SH;
-                for (kx, t) in v.iter().enumerate().take(KW) {
-                    *a = _mm512_fmadd_ps(*t, wv[ky * KW + kx], *a);
-                }
+    // One step per input row, unrolled by hand: LLVM kept the stride-2 blocks (15 rows) as a
+    // loop, with the weights indexed in memory by the row (1.3× slower).
+    let mut odd = [_mm512_setzero_ps(); R];
+    seq16!(|ir| row_step::<KH, KW, SH, SW, R, MASKED>(
+        ir,
+        rows,
+        SW * ox,
+        col,
+        wv,
+        (&mut acc, &mut odd)
+    ));
+    for (r, (a, o)) in acc.iter().zip(&odd).enumerate() {
+        let y = if SH == 1 && KH == 3 {
+            _mm512_add_ps(*a, *o)
+        } else {
+            *a
+        };
+        _mm512_mask_storeu_ps(out.add((oy + r) * ow + ox), col.store, y);
+    }
+}
+
+/// Input row `ir` of a block's column vector: its tap vectors into every accumulator (output
+/// row) it meets; nothing past the block's `(R − 1)·SH + KH` rows. (A function, not a closure:
+/// a closure is not compiled for AVX-512, and its intrinsics became calls.)
+#[inline(always)]
+unsafe fn row_step<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+    const MASKED: bool,
+>(
+    ir: usize,
+    rows: &[*const f32; MAX_BLOCK_ROWS],
+    at: usize,
+    col: &Column,
+    wv: &[__m512; 25],
+    (acc, odd): (&mut [__m512; R], &mut [__m512; R]),
+) {
+    if ir >= (R - 1) * SH + KH {
+        return;
+    }
+    let v = taps_of_row::<KW, SW, MASKED>(rows[ir].wrapping_add(at), &col.load);
+    for (r, (a, o)) in acc.iter_mut().zip(odd.iter_mut()).enumerate() {
+        if ir >= r * SH && ir - r * SH < KH {
+            let ky = ir - r * SH;
+            let a = if SH == 1 && KH == 3 && ky == 1 { o } else { a };
+            for (kx, t) in v.iter().enumerate().take(KW) {
+                *a = _mm512_fmadd_ps(*t, wv[ky * KW + kx], *a);
             }
         }
-    }
-    for (r, a) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(out.add((oy + r) * p.ow + ox), mask, *a);
     }
 }
 
@@ -381,33 +400,46 @@ unsafe fn forward_t<
     let mut oy = 0;
     while oy + R <= p.oh {
         prefetch_some(p, &mut next, per);
-        rows::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy);
+        block::<KH, KW, SH, SW, R>(p, &wv, bias, out, accumulate, oy);
         oy += R;
     }
-    // The last rows in blocks of 4, 2, 1 (each input row still serves several outputs), with
-    // masked loads: they hold the plane's last rows, and fewer variants keep the code small.
-    if R > 4 && oy + 4 <= p.oh {
-        block::<KH, KW, SH, SW, 4, false>(p, &wv, bias, out, accumulate, oy);
-        oy += 4;
+    prefetch_some(p, &mut next, usize::MAX);
+    // The last rows as one block (each input row still serves every output row it meets).
+    let args = (p, &wv, bias, out, accumulate, oy);
+    match p.oh - oy {
+        0 => {}
+        1 => tail::<KH, KW, SH, SW, 1>(args),
+        2 => tail::<KH, KW, SH, SW, 2>(args),
+        3 => tail::<KH, KW, SH, SW, 3>(args),
+        4 => tail::<KH, KW, SH, SW, 4>(args),
+        5 => tail::<KH, KW, SH, SW, 5>(args),
+        6 => tail::<KH, KW, SH, SW, 6>(args),
+        _ => tail::<KH, KW, SH, SW, 7>(args),
     }
-    if R > 2 && oy + 2 <= p.oh {
-        block::<KH, KW, SH, SW, 2, false>(p, &wv, bias, out, accumulate, oy);
-        oy += 2;
-    }
-    while oy < p.oh {
-        prefetch_some(p, &mut next, per);
-        block::<KH, KW, SH, SW, 1, false>(p, &wv, bias, out, accumulate, oy);
-        oy += 1;
-    }
+}
+
+/// [`block`] for the rows left after the full blocks (fewer than the block height, at most 7).
+#[inline(always)]
+unsafe fn tail<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+>(
+    (p, wv, bias, out, accumulate, oy): (&Plane, &[__m512; 25], f32, *mut f32, bool, usize),
+) {
+    block::<KH, KW, SH, SW, R>(p, wv, bias, out, accumulate, oy)
 }
 
 /// One output plane: `out = bias + taps(x)` (or `out += taps(x)` when `accumulate`, bias
 /// unused), zero padding.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `p.x` must hold h·w floats, `w` kh·kw taps and `out` oh·ow
-/// floats, and the output size must follow from the input size, padding and shape (so that
-/// every valid output reads inside the padded input).
+/// The CPU must have AVX-512F; `p.x` must hold h·w floats, `p.zero` point `pl` floats into
+/// [`zero_row_len`] zeros, `p.cols` be the layer's [`columns`], `w` hold kh·kw taps and `out`
+/// oh·ow floats, and the output size must follow from the input size, padding and shape (so
+/// that every valid output reads inside the padded input).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn forward(
     shape: FastShape,
@@ -418,8 +450,8 @@ pub(super) unsafe fn forward(
     accumulate: bool,
 ) {
     match shape {
-        FastShape::K3S1 => forward_t::<3, 3, 1, 1, 8>(p, w, bias, out, accumulate),
-        FastShape::K3S2 => forward_t::<3, 3, 2, 2, 4>(p, w, bias, out, accumulate),
+        FastShape::K3S1 => forward_t::<3, 3, 1, 1, 7>(p, w, bias, out, accumulate),
+        FastShape::K3S2 => forward_t::<3, 3, 2, 2, 7>(p, w, bias, out, accumulate),
         FastShape::K5S1 => forward_t::<5, 5, 1, 1, 4>(p, w, bias, out, accumulate),
         FastShape::K5S2 => forward_t::<5, 5, 2, 2, 2>(p, w, bias, out, accumulate),
     }
@@ -443,34 +475,52 @@ unsafe fn wgrad_rows<
     oy: usize,
     acc: &mut [__m512; 15],
 ) {
-    let nv = p.ow.div_ceil(16);
-    for j in 0..nv {
-        let ox = j * 16;
-        let mask = lanes_below(p.ow - ox);
-        let c0 = (SW * ox) as isize - p.pl as isize;
-        let loads = Loads::new::<KW, SW>(c0, p.w);
-        // Lanes past the row are neither read from dy nor accumulated.
-        let mut d = [_mm512_setzero_ps(); R];
-        for (r, dr) in d.iter_mut().enumerate() {
-            *dr = _mm512_maskz_loadu_ps(mask, dy.add((oy + r) * p.ow + ox));
+    for (j, col) in p.cols.iter().enumerate() {
+        if col.whole {
+            wgrad_column::<KW, SH, SW, KY0, NY, R, false>(p, dy, oy, j, col, acc)
+        } else {
+            wgrad_column::<KW, SH, SW, KY0, NY, R, true>(p, dy, oy, j, col, acc)
         }
-        for ir in 0..(R - 1) * SH + NY {
-            let iy = (oy * SH + KY0 + ir) as isize - p.pt as isize;
-            if iy < 0 || iy >= p.h as isize {
-                continue;
-            }
-            let v = taps_of_row::<KW, SW, { Mode::Masked as u8 }>(
-                p.x.add(iy as usize * p.w),
-                c0,
-                &loads,
-                &[_mm512_setzero_si512(); 6],
-            );
-            for (r, dr) in d.iter().enumerate() {
-                if ir >= r * SH && ir - r * SH < NY {
-                    let i = ir - r * SH;
-                    for (kx, t) in v.iter().enumerate().take(KW) {
-                        acc[i * KW + kx] = _mm512_mask3_fmadd_ps(*dr, *t, acc[i * KW + kx], mask);
-                    }
+    }
+}
+
+/// [`wgrad_rows`] for column vector `j` (`MASKED`: its loads are masked).
+#[inline(always)]
+unsafe fn wgrad_column<
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const KY0: usize,
+    const NY: usize,
+    const R: usize,
+    const MASKED: bool,
+>(
+    p: &Plane,
+    dy: *const f32,
+    oy: usize,
+    j: usize,
+    col: &Column,
+    acc: &mut [__m512; 15],
+) {
+    let ox = j * 16;
+    let mask = col.store;
+    // Lanes past the row are neither read from dy nor accumulated.
+    let mut d = [_mm512_setzero_ps(); R];
+    for (r, dr) in d.iter_mut().enumerate() {
+        *dr = _mm512_maskz_loadu_ps(mask, dy.add((oy + r) * p.ow + ox));
+    }
+    for ir in 0..(R - 1) * SH + NY {
+        let iy = (oy * SH + KY0 + ir).wrapping_sub(p.pt);
+        if iy >= p.h {
+            continue;
+        }
+        let at = p.x.wrapping_add(iy * p.w + SW * ox).wrapping_sub(p.pl);
+        let v = taps_of_row::<KW, SW, MASKED>(at, &col.load);
+        for (r, dr) in d.iter().enumerate() {
+            if ir >= r * SH && ir - r * SH < NY {
+                let i = ir - r * SH;
+                for (kx, t) in v.iter().enumerate().take(KW) {
+                    acc[i * KW + kx] = _mm512_mask3_fmadd_ps(*dr, *t, acc[i * KW + kx], mask);
                 }
             }
         }
@@ -673,44 +723,47 @@ pub(super) unsafe fn input_grad_s2(
 mod tests {
     use super::*;
 
-    /// Every load of every output vector of an inner row lies inside the plane, for the four
-    /// shapes over small and odd planes, paddings and widths (the first rows above the range
-    /// start before the plane or the last rows below it run past its end).
+    /// Every column vector's loads, for the four shapes over narrow and odd rows and
+    /// paddings: the masks are exactly the lanes inside the row, a column loads whole only
+    /// where every lane is inside, the store mask is the output row's, and a zero row of
+    /// [`zero_row_len`] floats holds every lane any load reads (padded columns).
     #[test]
-    fn inner_rows_load_inside_the_plane() {
-        fn check<const KW: usize, const SW: usize>() {
-            for h in 1..12 {
-                for w in 1..70 {
-                    for pl in 0..KW {
-                        let ow = (w + 2 * pl - KW) / SW + 1;
-                        if w + 2 * pl < KW {
-                            continue;
-                        }
-                        let (lo, hi) = inner_rows::<KW, SW>(h, w, pl, ow);
-                        assert!(lo <= hi && hi <= h);
-                        for iy in lo..hi {
-                            for j in 0..ow.div_ceil(16) {
-                                let c0 = (SW * j * 16) as isize - pl as isize;
-                                for i in 0..Loads::count::<KW, SW>() {
-                                    let at = (iy * w) as isize + c0 + Loads::offset::<SW>(i);
-                                    assert!(
-                                        at >= 0 && at + 16 <= (h * w) as isize,
-                                        "{KW}/{SW} h{h} w{w} pl{pl} row {iy} vector {j}"
-                                    );
-                                }
+    fn columns_load_inside_the_row_or_masked() {
+        fn check<const KW: usize, const SW: usize>(shape: FastShape) {
+            for w in 1..80 {
+                for (pl, pr) in [(0, 0), (KW / 2, KW / 2), (KW - 1, 0), (1, KW + 2)] {
+                    if w + pl + pr < KW {
+                        continue;
+                    }
+                    let ow = (w + pl + pr - KW) / SW + 1;
+                    let cols = columns(shape, w, pl, ow);
+                    let zero = zero_row_len(shape, ow) as isize;
+                    assert_eq!(cols.len(), ow.div_ceil(16));
+                    for (j, c) in cols.iter().enumerate() {
+                        assert_eq!(c.store, lanes_below(ow - 16 * j));
+                        for i in 0..load_count::<KW, SW>() {
+                            let start =
+                                (SW * 16 * j) as isize - pl as isize + load_offset::<KW, SW>(i);
+                            for lane in 0..16 {
+                                let col = start + lane;
+                                let inside = col >= 0 && col < w as isize;
+                                let set = c.load[i] >> lane & 1 == 1;
+                                assert_eq!(
+                                    set, inside,
+                                    "{shape:?} w{w} pl{pl} vector {j} load {i}"
+                                );
+                                assert!(inside || !c.whole);
+                                let padded = col + pl as isize;
+                                assert!(padded >= 0 && padded < zero, "{shape:?} w{w} pl{pl}");
                             }
-                        }
-                        // A plane of several rows wider than two vectors has inner rows.
-                        if h >= 4 && w >= 40 {
-                            assert!(hi > lo, "{KW}/{SW} h{h} w{w} pl{pl}");
                         }
                     }
                 }
             }
         }
-        check::<3, 1>();
-        check::<3, 2>();
-        check::<5, 1>();
-        check::<5, 2>();
+        check::<3, 1>(FastShape::K3S1);
+        check::<3, 2>(FastShape::K3S2);
+        check::<5, 1>(FastShape::K5S1);
+        check::<5, 2>(FastShape::K5S2);
     }
 }
