@@ -14,11 +14,11 @@
 //! input plane in place (plain loads for the column vectors inside the row, masked loads at
 //! the row's ends, where the masks are the zero padding; rows of the zero padding come from a
 //! zero row), make the `kx` shifts / stride phases in registers, and block several output rows
-//! per pass so that each input row loaded serves every tap row it belongs to. The next plane is prefetched while
-//! one is computed. Their backward: grad weight keeps one accumulator per tap (one pass over
-//! the plane for all taps); grad input is, for stride 1, this forward kernel on dy with the
-//! taps rotated by 180° ([`Depthwise::adjoint`]) and, for stride 2, a two-phase gather that
-//! writes each dx element once.
+//! per pass so that each input row loaded serves every tap row it belongs to. The next plane
+//! is prefetched while one is computed. Their backward: grad weight keeps one accumulator per
+//! tap (one pass over the plane for all taps); grad input is, for stride 1, this forward
+//! kernel on dy with the taps rotated by 180° ([`Depthwise::adjoint`]) and, for stride 2, a
+//! two-phase gather that writes each dx element once.
 
 use super::tasks::{for_each_claimed_span, Spans};
 use crate::border::Border;

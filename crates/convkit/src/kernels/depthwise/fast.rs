@@ -8,8 +8,8 @@
 //! (stride 1) and the stride phases (stride 2) are made in registers from neighbouring vectors
 //! instead of by more loads, and several output rows are computed per pass (the block's input
 //! rows unrolled, so the taps stay in registers) so that every input row loaded serves all the
-//! output rows (`ky` taps) it belongs to. The weight gradient uses the same
-//! shifted rows and keeps one accumulator per tap, so a plane is read once for all taps.
+//! output rows (`ky` taps) it belongs to. The weight gradient uses the same shifted rows and
+//! keeps one accumulator per tap, so a plane is read once for all taps.
 
 use super::FastShape;
 use std::arch::x86_64::*;
@@ -175,9 +175,9 @@ pub(super) fn columns(shape: FastShape, w: usize, pl: usize, ow: usize) -> Vec<C
 }
 
 /// Floats a zero row needs to stand in for a row of the zero padding: a row's loads reach
-/// from its padded column 0 (input column −pl) to less than `16·SW·nv + 32` floats past it
-/// (the last vector's farthest load, offset ≤ 18, and its 16 lanes). The kernels read rows of
-/// the zero padding from such a buffer instead of branching on each row.
+/// from its padded column 0 (input column −pl) to at most `16·SW·(nv − 1) + 36` floats past
+/// it (the last vector's farthest load, offset ≤ 20, and its 16 lanes). The kernels read rows
+/// of the zero padding from such a buffer instead of branching on each row.
 pub(super) fn zero_row_len(shape: FastShape, ow: usize) -> usize {
     let sw = match shape {
         FastShape::K3S1 | FastShape::K5S1 => 1,
@@ -253,7 +253,6 @@ const MAX_BLOCK_ROWS: usize = 16;
 /// Calls `$f(0)`, …, `$f(15)` ([`MAX_BLOCK_ROWS`] steps) with literal arguments.
 macro_rules! seq16 {
     ($f:expr) => {{
-        #[allow(unused_unsafe)]
         let mut f = $f;
         f(0);
         f(1);
@@ -477,7 +476,7 @@ unsafe fn tail<
 /// unused), zero padding.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `p.x` must hold h·w floats, `p.zero` point `pl` floats into
+/// The CPU must have AVX-512F; `p.x` must hold h·w floats, `p.zero` point at
 /// [`zero_row_len`] zeros, `p.cols` be the layer's [`columns`], `w` hold kh·kw taps and `out`
 /// oh·ow floats, and the output size must follow from the input size, padding and shape (so
 /// that every valid output reads inside the padded input).
@@ -766,8 +765,8 @@ mod tests {
 
     /// Every column vector's loads, for the four shapes over narrow and odd rows and
     /// paddings: the masks are exactly the used lanes inside the row, a column loads whole
-    /// only where every used lane is inside, the store mask is the output row's, and a zero row of
-    /// [`zero_row_len`] floats holds every lane any load reads (padded columns).
+    /// only where every used lane is inside, the store mask is the output row's, and a zero
+    /// row of [`zero_row_len`] floats holds every lane any load reads (padded columns).
     #[test]
     fn columns_load_inside_the_row_or_masked() {
         fn check<const KW: usize, const SW: usize>(shape: FastShape) {
