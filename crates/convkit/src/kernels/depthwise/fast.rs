@@ -250,6 +250,15 @@ unsafe fn taps_of_row<const KW: usize, const SW: usize, const MASKED: bool>(
 /// Most input rows a block reads: `(R − 1)·SH + KH` for the largest R of a shape.
 const MAX_BLOCK_ROWS: usize = 16;
 
+/// Input rows of a block of `r` output rows, stride `sh`, `kh` tap rows.
+const fn rows_read(r: usize, sh: usize, kh: usize) -> usize {
+    (r - 1) * sh + kh
+}
+
+// The blocks of every shape fit ([`forward`]'s R; a plane's tail has fewer rows).
+const _: () = assert!(rows_read(7, 1, 3) <= MAX_BLOCK_ROWS && rows_read(7, 2, 3) <= MAX_BLOCK_ROWS);
+const _: () = assert!(rows_read(4, 1, 5) <= MAX_BLOCK_ROWS && rows_read(2, 2, 5) <= MAX_BLOCK_ROWS);
+
 /// Calls `$f(0)`, …, `$f(15)` ([`MAX_BLOCK_ROWS`] steps) with literal arguments.
 macro_rules! seq16 {
     ($f:expr) => {{
@@ -445,6 +454,9 @@ unsafe fn forward_t<
     }
     prefetch_some(p, &mut next, usize::MAX);
     // The last rows as one block (each input row still serves every output row it meets).
+    // Only remainders below R run; the arms above it are compiled but never taken (7 rows of
+    // 5×5 stride 2 would need more than MAX_BLOCK_ROWS). Tails as calls of their own, made
+    // only for a shape's remainders, ran 1.1× slower (code layout).
     let args = (p, &wv, bias, out, accumulate, oy);
     match p.oh - oy {
         0 => {}
@@ -489,6 +501,7 @@ pub(super) unsafe fn forward(
     out: *mut f32,
     accumulate: bool,
 ) {
+    // (Block heights R: keep the asserts by MAX_BLOCK_ROWS in step.)
     match shape {
         FastShape::K3S1 => forward_t::<3, 3, 1, 1, 7>(p, w, bias, out, accumulate),
         FastShape::K3S2 => forward_t::<3, 3, 2, 2, 7>(p, w, bias, out, accumulate),
