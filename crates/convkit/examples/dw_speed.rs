@@ -13,6 +13,19 @@ fn main() {
         .skip(1)
         .map(|s| s.parse().expect("a number"))
         .collect();
+    if a.len() < 5 {
+        eprintln!("usage: dw_speed C H W k s [m] [calls]");
+        std::process::exit(2);
+    }
+    // One thread whatever RAYON_NUM_THREADS says: the kernel alone, no hand-offs.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    pool.install(|| time(&a));
+}
+
+fn time(a: &[usize]) {
     let (c, h, w, k, s) = (a[0], a[1], a[2], a[3], a[4]);
     let m = a.get(5).copied().unwrap_or(1);
     let calls = a.get(6).copied().unwrap_or(20);
@@ -26,15 +39,12 @@ fn main() {
     let dw = Depthwise::new(&geom, Isa::best()).expect("depthwise applies");
     let x: Vec<f32> = (0..c * h * w).map(|i| (i % 7) as f32 * 0.25).collect();
     let wt: Vec<f32> = (0..c * m * k * k).map(|i| (i % 5) as f32 * 0.1).collect();
-    // YOFF: floats between a page boundary and the output (4K aliasing experiments).
-    let yoff: usize = std::env::var("YOFF").map_or(0, |v| v.parse().expect("a number"));
-    let mut ybuf = vec![0f32; c * m * geom.oh * geom.ow + yoff];
-    let y = &mut ybuf[yoff..];
+    let mut y = vec![0f32; c * m * geom.oh * geom.ow];
     let mut best = f64::INFINITY;
     for _ in 0..300 {
         let t = Instant::now();
         for _ in 0..calls {
-            dw.run(&x, &wt, None, y).expect("sized");
+            dw.run(&x, &wt, None, &mut y).expect("sized");
         }
         best = best.min(t.elapsed().as_secs_f64() / calls as f64);
     }

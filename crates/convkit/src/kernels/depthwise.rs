@@ -254,7 +254,7 @@ impl Depthwise {
         let plane = |nc: usize, ys: &mut [f32]| {
             let c = nc % g.c;
             let xs = &x[nc * plane_stride..nc * plane_stride + in_plane];
-            // The next plane (usually this thread's next task).
+            // The next plane (usually the next one this task or thread runs).
             let next = x
                 .get((nc + 1) * plane_stride..(nc + 1) * plane_stride + in_plane)
                 .unwrap_or(&[]);
