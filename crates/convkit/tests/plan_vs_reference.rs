@@ -497,10 +497,28 @@ fn non_contiguous_views_work() {
 }
 
 /// Both transposed algorithms give bit-identical results for any thread count (col2im's
-/// scatter is split by output channels, never by racing adds).
+/// scatter is split by output channels, or for exact covers by input rows whose output rows
+/// no other task touches, never by racing adds).
 #[test]
 fn transposed_bit_identical_across_thread_counts() {
     let specs = [
+        // Exact covers (kernel = stride): col2im's pixel tasks, U-Net's 2×2/2 and grouped.
+        (
+            ConvSpec::conv_transpose2d(48, 40, 2)
+                .stride(2)
+                .build()
+                .unwrap(),
+            [1, 48, 19, 13],
+        ),
+        (
+            ConvSpec::conv_transpose2d(24, 18, 3)
+                .stride(3)
+                .padding(1)
+                .groups(3)
+                .build()
+                .unwrap(),
+            [2, 24, 7, 9],
+        ),
         (
             ConvSpec::conv_transpose2d(64, 48, 4)
                 .stride(2)

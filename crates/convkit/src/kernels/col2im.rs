@@ -13,7 +13,9 @@
 //!
 //! * **GEMM**: the weights are packed once at plan time (`Wᵀ`, MR-row panels, zero rows past
 //!   the block); B rows are the NCHW input planes read in place (`offs[c] = c·H·W`, as the
-//!   1×1 GEMM does), only a tail panel narrower than the microkernel is copied.
+//!   1×1 GEMM does), only a tail panel narrower than the microkernel is copied, unless a pass
+//!   has enough A panels (`PACK_MIN_PANELS`) to pay for copying every B panel into a
+//!   contiguous, L1-resident one.
 //! * **Bounded workspace**: the pixel axis is cut into chunks and the rows into passes of at
 //!   most `MAX_PASS_ROWS`, so the column buffer of a thread is ≤ `COLS_BYTES` (512 KiB)
 //!   whatever the layer; it lives in the per-thread workspace of
@@ -23,6 +25,12 @@
 //!   pixel chunk in a fixed order and adds them into its own planes. No two tasks touch the
 //!   same output element and the decomposition does not depend on the thread count, so results
 //!   are bit-identical for any number of threads.
+//! * **Pixel tasks for exact covers**: where each output element is written once (kernel =
+//!   stride: U-Net's 2×2/2), a task is instead a run of input rows for every output channel of
+//!   its group; the output rows it writes are reached from no other input row, so tasks stay
+//!   disjoint (written through a shared handle). A task's passes then hold all `K·kh·kw`
+//!   column rows, so each copied B panel serves all their A panels (32 microkernel calls on
+//!   U-Net, against 4 for its 8-channel blocks): 1.29 vs 1.38–1.45 ms at one thread.
 //!
 //! When it wins: both algorithms multiply the same products (col2im also those landing in
 //! the cropped border). Col2im's GEMM is `Kg·kh·kw × Cg × H·W`, shallow but one large GEMM,
@@ -33,7 +41,7 @@
 //! measured rule is `transposed_algo` in [`crate::plan`].
 
 use super::gemm::{Microkernel, RowOffsets};
-use super::store::with_workspace;
+use super::store::{copy_row, for_each_task, with_workspace, SharedOut};
 use super::tasks::{for_each_claimed_span, Spans};
 use super::{round_up, Isa};
 use crate::error::{ConvError, Result};
@@ -50,6 +58,97 @@ const COLS_BYTES: usize = 512 * 1024;
 const MAX_PASS_ROWS: usize = 256;
 /// Bytes of one B micro-panel (`KC × NR` floats) we want resident in L1.
 const B_PANEL_BYTES: usize = 30 * 1024;
+/// A panels per pass from which each B panel is copied before use rather than read in place.
+/// In place, the rows of a panel lie a plane apart, and planes of 1024·j floats put all of
+/// them in the same L1 sets (U-Net's 64 × 64: the 8×48 kernel at 165–180 GFLOP/s against
+/// 193–197 on 64 × 65); a copy is contiguous but costs a pass over the panel, which pays
+/// only when many microkernel calls reuse it (copies served by 4 calls were 1.3× slower).
+const PACK_MIN_PANELS: usize = 16;
+
+/// How a layer's work is cut into tasks.
+#[derive(Debug)]
+enum Tasks {
+    /// Task = (image, group, block of output channels): it owns those channel planes, a
+    /// contiguous slice of `y` at `task_off[t]` (one entry more than tasks).
+    Channels { task_off: Vec<usize> },
+    /// Exact covers only. Task = (image, group, run of `rows` input rows): every output
+    /// channel of the group, on the output rows those input rows reach, which no other
+    /// input row reaches.
+    Pixels { rows: usize, per_group: usize },
+}
+
+/// The GEMM blocking of a block of `kb` output channels: passes over its rows and chunks of
+/// its pixels bounded by the column-buffer size.
+#[derive(Debug, Clone, Copy)]
+struct Blocking {
+    kb: usize,
+    /// Column rows of the block (`kb·kh·kw`).
+    rows: usize,
+    /// Rows per GEMM pass (a multiple of MR).
+    pass_rows: usize,
+    /// Input pixels per chunk.
+    chunk: usize,
+    /// Whether chunks are whole input rows.
+    row_chunks: bool,
+    /// Row stride of the column buffer (`chunk` rounded up to NR).
+    ldc: usize,
+    /// Most whole input rows a chunk may hold (0: not even one).
+    fit_rows: usize,
+}
+
+impl Blocking {
+    /// The blocking of `rows` column rows (`kb` channels) for `MR × NR` tiles, with at most
+    /// `cols_bytes` of columns and `max_pass_rows` rows (rounded up to MR) a pass.
+    fn new(
+        g: &Geometry,
+        rows: usize,
+        kb: usize,
+        mr: usize,
+        nr: usize,
+        cols_bytes: usize,
+        max_pass_rows: usize,
+    ) -> Blocking {
+        let pass_rows = round_up(rows, mr).min(round_up(max_pass_rows.max(1), mr));
+        // Whole input rows per chunk if one fits (the columns, rounded up to NR, within
+        // `cols_bytes`), else a multiple of NR pixels.
+        let per_pass = cols_bytes / 4 / pass_rows;
+        let fit_rows = per_pass.saturating_sub(nr - 1) / g.w;
+        let (chunk, row_chunks) = if fit_rows >= 1 {
+            (fit_rows.min(g.h) * g.w, true)
+        } else {
+            ((per_pass / nr).max(1) * nr, false)
+        };
+        let chunk = chunk.min(round_up(g.h * g.w, nr));
+        Blocking {
+            kb,
+            rows,
+            pass_rows,
+            chunk,
+            row_chunks,
+            ldc: round_up(chunk, nr),
+            fit_rows,
+        }
+    }
+
+    /// This blocking (whole-row chunks) with chunks of the input rows a pixel task takes,
+    /// and that number of rows: at most what fits, few enough for `min_tasks` tasks per
+    /// image and group where the rows allow, and a divisor of the height if one is at least
+    /// half that (equal tasks: 64 rows as 16 × 4, not 9 × 7 + 1).
+    fn pixel_rows(self, g: &Geometry, nr: usize, min_tasks: usize) -> (Blocking, usize) {
+        let cap = self.fit_rows.min(g.h.div_ceil(min_tasks.max(1))).max(1);
+        let rows = (cap.div_ceil(2)..=cap)
+            .rev()
+            .find(|r| g.h.is_multiple_of(*r))
+            .unwrap_or(cap);
+        let chunk = rows * g.w;
+        let blocking = Blocking {
+            chunk,
+            ldc: round_up(chunk, nr),
+            ..self
+        };
+        (blocking, rows)
+    }
+}
 
 /// A transposed convolution planned as GEMM + col2im.
 #[derive(Debug)]
@@ -92,8 +191,11 @@ pub struct Col2im {
     /// `Wᵀ` packed: `[group][block][panel][c][r]`, `r` < MR.
     a: Vec<f32>,
     bias: Vec<f32>,
-    /// Where each task's output slice starts in `y` (one entry more than tasks).
-    task_off: Vec<usize>,
+    /// How the layer is cut into tasks.
+    tasks: Tasks,
+    /// Whether B panels are copied into the workspace (contiguous, L1-resident) rather than
+    /// read from the input planes in place: where a pass has enough A panels to reuse each.
+    pack_b: bool,
     /// Per `kx`: the input columns `[lo, hi)` whose output column lies inside the output.
     ix_range: Vec<(usize, usize)>,
     /// B row offsets of the input planes read in place (`c·H·W`).
@@ -141,35 +243,75 @@ impl Col2im {
         let [kh, kw] = spec.kernel();
         let taps = kh * kw;
         let (mr, nr) = (ukr.mr, ukr.nr);
-        // Output-channel blocks: enough tasks for every core on small batches.
-        let want_blocks = MIN_TASKS.div_ceil(geom.n * groups).clamp(1, kg);
-        let mut kb = kg.div_ceil(want_blocks);
-        // Blocks whose rows fill whole MR panels, if at most doubling the block gets there
-        // (fewer tasks, no padded rows): a 3×3 layer with 4 channels a block multiplies 36
-        // rows in 40, with 8 it fills 72 exactly (the 3×3/2 64 → 32 suite row, one thread:
-        // 1.67 → 1.51 ms, medians of three alternating runs).
-        if (kb * taps) % mr != 0 {
-            if let Some(b) = (kb + 1..=kg.min(2 * kb)).find(|b| (b * taps) % mr == 0) {
-                kb = b;
-            }
-        }
-        let nblk = kg.div_ceil(kb);
-        let rows = kb * taps;
-        let npanels = rows.div_ceil(mr);
-        let pass_rows = round_up(rows, mr).min(round_up(max_pass_rows.max(1), mr));
         let hw = geom.h * geom.w;
-        // Whole input rows per chunk if one fits (the columns, rounded up to NR, within
-        // `cols_bytes`), else a multiple of NR pixels.
-        let per_pass = cols_bytes / 4 / pass_rows;
-        let fit_rows = per_pass.saturating_sub(nr - 1) / geom.w;
-        let (chunk, row_chunks) = if fit_rows >= 1 {
-            (fit_rows.min(geom.h) * geom.w, true)
-        } else {
-            ((per_pass / nr).max(1) * nr, false)
-        };
-        let chunk = chunk.min(round_up(hw, nr));
-        let ldc = round_up(chunk, nr);
         let (row_ops, temp_len) = row_ops(geom);
+        let [sh, sw] = spec.stride();
+        let [dh, dw] = spec.dilation();
+        let ix_range: Vec<(usize, usize)> = (0..kw)
+            .map(|kx| axis_range(geom.w, geom.ow, sw, kx * dw, geom.pad[2]))
+            .collect();
+        let iy_range: Vec<(usize, usize)> = (0..kh)
+            .map(|ky| axis_range(geom.h, geom.oh, sh, ky * dh, geom.pad[0]))
+            .collect();
+        // Whether every output row is reached by one (ky, iy) and every output column written
+        // by one row op: the scatter then writes each output element once.
+        let covers = covers_once(geom.oh, |hit| {
+            for (ky, &(lo, hi)) in iy_range.iter().enumerate() {
+                for iy in lo..hi {
+                    hit(iy * sh + ky * dh - geom.pad[0], 1, 1);
+                }
+            }
+        }) && covers_once(geom.ow, |hit| {
+            for op in &row_ops {
+                match *op {
+                    RowOp::Add { ox, n, .. } => hit(ox, n, 1),
+                    RowOp::Strided { ox, n, .. } => hit(ox, n, sw),
+                    RowOp::Pair { t, n, .. } => hit(2 * t, 2 * n, 1),
+                    RowOp::Zero { .. } | RowOp::Accumulate { .. } => {}
+                }
+            }
+        });
+        // An exact cover also needs whole-row chunks and passes that never split a (k, ky)
+        // run of taps (one pass, or passes of whole runs: the row ops need every kx).
+        let exact_with = |b: &Blocking| {
+            covers && b.row_chunks && (b.pass_rows >= b.rows || b.pass_rows.is_multiple_of(kw))
+        };
+        let blocking =
+            |kb: usize| Blocking::new(geom, kb * taps, kb, mr, nr, cols_bytes, max_pass_rows);
+        let whole = blocking(kg);
+        let (b, tasks) = if exact_with(&whole) {
+            // Pixel tasks: every output channel of the group, cut by runs of input rows.
+            let (b, rows) = whole.pixel_rows(geom, nr, MIN_TASKS.div_ceil(geom.n * groups));
+            let per_group = geom.h.div_ceil(rows);
+            (b, Tasks::Pixels { rows, per_group })
+        } else {
+            // Output-channel blocks: enough tasks for every core on small batches.
+            let want_blocks = MIN_TASKS.div_ceil(geom.n * groups).clamp(1, kg);
+            let mut kb = kg.div_ceil(want_blocks);
+            // Blocks whose rows fill whole MR panels, if at most doubling the block gets
+            // there (fewer tasks, no padded rows): a 3×3 layer with 4 channels a block
+            // multiplies 36 rows in 40, with 8 it fills 72 exactly (the 3×3/2 64 → 32 suite
+            // row, one thread: 1.67 → 1.51 ms, medians of three alternating runs).
+            if (kb * taps) % mr != 0 {
+                if let Some(b) = (kb + 1..=kg.min(2 * kb)).find(|b| (b * taps) % mr == 0) {
+                    kb = b;
+                }
+            }
+            let nblk = kg.div_ceil(kb);
+            let ohw = geom.oh * geom.ow;
+            let mut task_off = vec![0usize];
+            for _ in 0..geom.n * groups {
+                for blk in 0..nblk {
+                    let kn = kb.min(kg - blk * kb);
+                    task_off.push(task_off[task_off.len() - 1] + kn * ohw);
+                }
+            }
+            (blocking(kb), Tasks::Channels { task_off })
+        };
+        let exact = exact_with(&b);
+        debug_assert!(exact || matches!(tasks, Tasks::Channels { .. }));
+        let (kb, npanels) = (b.kb, b.rows.div_ceil(mr));
+        let nblk = kg.div_ceil(kb);
         let kc = (B_PANEL_BYTES / (4 * nr)).max(32);
         // Pack Wᵀ: row m = (k, ky, kx) of the block, depth c.
         let wt = weight.as_standard_layout();
@@ -190,59 +332,6 @@ impl Col2im {
                 }
             }
         }
-        let ohw = geom.oh * geom.ow;
-        let mut task_off = vec![0usize];
-        for _n in 0..geom.n {
-            for _grp in 0..groups {
-                for blk in 0..nblk {
-                    let kn = kb.min(kg - blk * kb);
-                    task_off.push(task_off[task_off.len() - 1] + kn * ohw);
-                }
-            }
-        }
-        let [_, sw] = spec.stride();
-        let [_, dw] = spec.dilation();
-        let pl = geom.pad[2];
-        let ix_range = (0..kw)
-            .map(|kx| axis_range(geom.w, geom.ow, sw, kx * dw, pl))
-            .collect();
-        let iy_range: Vec<(usize, usize)> = (0..kh)
-            .map(|ky| {
-                axis_range(
-                    geom.h,
-                    geom.oh,
-                    spec.stride()[0],
-                    ky * spec.dilation()[0],
-                    geom.pad[0],
-                )
-            })
-            .collect();
-        // Exact cover: whole-row chunks, passes that never split a (k, ky) run of taps (one
-        // pass, or passes of whole runs: the row ops need every kx), each output row reached
-        // by one (ky, iy) and each output column written by one row op.
-        let exact = row_chunks
-            && (pass_rows >= rows || pass_rows.is_multiple_of(kw))
-            && covers_once(geom.oh, |hit| {
-                for (ky, &(lo, hi)) in iy_range.iter().enumerate() {
-                    for iy in lo..hi {
-                        hit(
-                            iy * spec.stride()[0] + ky * spec.dilation()[0] - geom.pad[0],
-                            1,
-                            1,
-                        );
-                    }
-                }
-            })
-            && covers_once(geom.ow, |hit| {
-                for op in &row_ops {
-                    match *op {
-                        RowOp::Add { ox, n, .. } => hit(ox, n, 1),
-                        RowOp::Strided { ox, n, .. } => hit(ox, n, sw),
-                        RowOp::Pair { t, n, .. } => hit(2 * t, 2 * n, 1),
-                        RowOp::Zero { .. } | RowOp::Accumulate { .. } => {}
-                    }
-                }
-            });
         Ok(Col2im {
             ukr,
             geom: *geom,
@@ -254,10 +343,11 @@ impl Col2im {
             kb,
             nblk,
             npanels,
-            pass_rows,
-            chunk,
-            row_chunks,
-            ldc,
+            pass_rows: b.pass_rows,
+            chunk: b.chunk,
+            row_chunks: b.row_chunks,
+            ldc: b.ldc,
+            pack_b: b.pass_rows / mr >= PACK_MIN_PANELS,
             row_ops,
             temp_len,
             iy_range,
@@ -268,7 +358,7 @@ impl Col2im {
                 Some(b) => b.to_vec(),
                 None => vec![0.0; geom.k],
             },
-            task_off,
+            tasks,
             ix_range,
             offs_planes: RowOffsets::new((0..cg).map(|c| c * hw).collect()),
             offs_packed: RowOffsets::new((0..kc).map(|k| k * nr).collect()),
@@ -319,32 +409,66 @@ impl Col2im {
         assert_eq!(x.len(), g.n * g.c * g.h * g.w, "input buffer size");
         assert_eq!(y.len(), g.n * g.k * g.oh * g.ow, "output buffer size");
         let wlen = self.workspace_len();
-        // Tasks own contiguous, disjoint slices of `y`, at `task_off`; one worker runs them
-        // right here in order (no hand-off), several claim them (`tasks`).
-        for_each_claimed_span(y, Spans::At(&self.task_off), |claims| {
-            with_workspace(wlen, |ws| {
-                claims.for_each(|(t, yt)| self.task(t, x, yt, ws))
-            })
-        });
-    }
-
-    /// Task `t`: image `n`, group `grp`, output-channel block `blk`; `y` holds exactly those
-    /// channel planes.
-    fn task(&self, t: usize, x: &[f32], y: &mut [f32], ws: &mut [f32]) {
-        let g = &self.geom;
-        let (mr, nr) = (self.ukr.mr, self.ukr.nr);
-        let blk = t % self.nblk;
-        let grp = (t / self.nblk) % self.groups;
-        let n = t / (self.nblk * self.groups);
-        let ch0 = grp * self.kg + blk * self.kb;
-        let ohw = g.oh * g.ow;
-        let kn = y.len() / ohw.max(1);
-        let bias = &self.bias[ch0..ch0 + kn];
-        if !self.exact {
-            for (plane, &b) in y.chunks_exact_mut(ohw).zip(bias) {
-                plane.fill(b);
+        let (ohw, hw) = (g.oh * g.ow, g.h * g.w);
+        match &self.tasks {
+            // Tasks own contiguous, disjoint slices of `y`, at `task_off`; one worker runs
+            // them right here in order (no hand-off), several claim them (`tasks`).
+            Tasks::Channels { task_off } => {
+                for_each_claimed_span(y, Spans::At(task_off), |claims| {
+                    with_workspace(wlen, |ws| {
+                        claims.for_each(|(t, yt)| {
+                            let blk = t % self.nblk;
+                            let (n, grp) =
+                                (t / self.nblk / self.groups, t / self.nblk % self.groups);
+                            let kn = yt.len() / ohw.max(1);
+                            let bias = &self.bias[grp * self.kg + blk * self.kb..][..kn];
+                            if !self.exact {
+                                for (plane, &b) in yt.chunks_exact_mut(ohw).zip(bias) {
+                                    plane.fill(b);
+                                }
+                            }
+                            let work = Work {
+                                n,
+                                grp,
+                                blk,
+                                kn,
+                                q: (0, hw),
+                            };
+                            self.task(work, x, Dest::Planes(yt), ws)
+                        })
+                    })
+                });
+            }
+            // Tasks write the output rows of their input rows, through a shared handle.
+            &Tasks::Pixels { rows, per_group } => {
+                let ntasks = g.n * self.groups * per_group;
+                for_each_task(y, ntasks, wlen, |t, out, ws| {
+                    let (ng, i) = (t / per_group, t % per_group);
+                    let (n, grp) = (ng / self.groups, ng % self.groups);
+                    let q = (i * rows * g.w, ((i + 1) * rows).min(g.h) * g.w);
+                    let work = Work {
+                        n,
+                        grp,
+                        blk: 0,
+                        kn: self.kg,
+                        q,
+                    };
+                    let base = (n * g.k + grp * self.kg) * ohw;
+                    self.task(work, x, Dest::Shared { out, base }, ws)
+                });
             }
         }
+    }
+
+    /// One task's work: channels `blk·kb ..` (`kn` of them) of group `grp` of image `n`, from
+    /// the input pixels `q.0 .. q.1` (whole rows for pixel tasks), written through `dest`
+    /// (whose planes the caller filled with the bias unless the cover is exact).
+    fn task(&self, work: Work, x: &[f32], mut dest: Dest<'_>, ws: &mut [f32]) {
+        let g = &self.geom;
+        let (mr, nr) = (self.ukr.mr, self.ukr.nr);
+        let Work { n, grp, blk, kn, q } = work;
+        let ch0 = grp * self.kg + blk * self.kb;
+        let bias = &self.bias[ch0..ch0 + kn];
         let taps = self.kh * self.kw;
         let rows = kn * taps;
         let hw = g.h * g.w;
@@ -355,9 +479,10 @@ impl Col2im {
         let ldc = self.ldc;
         let (cols, rest) = ws.split_at_mut(self.pass_rows * ldc);
         let (tailbuf, temp) = rest.split_at_mut(self.kc * nr);
-        let mut q0 = 0;
-        while q0 < hw {
-            let q1 = (q0 + self.chunk).min(hw);
+        let avx512 = self.ukr.isa == Isa::Avx512;
+        let mut q0 = q.0;
+        while q0 < q.1 {
+            let q1 = (q0 + self.chunk).min(q.1);
             let npan = (q1 - q0).div_ceil(nr);
             let mut r0 = 0;
             while r0 < rows {
@@ -371,15 +496,15 @@ impl Col2im {
                         let q = q0 + p * nr;
                         // The last panel runs on the kernels that cover it.
                         let pcols = (q1 - q).min(nr);
-                        let in_place = q + self.ukr.covered(pcols) <= hw;
+                        let in_place = !self.pack_b && q + self.ukr.covered(pcols) <= hw;
                         let (b, offs, kb0): (&[f32], &RowOffsets, usize) = if in_place {
                             (&xg[q..], &self.offs_planes, k0)
                         } else {
-                            // Tail panel past the end of the planes: copied, zero-padded.
-                            let w = hw - q;
+                            // A copied panel (a tail past the end of the planes zero-padded).
+                            let w = (hw - q).min(nr);
                             for c in k0..k1 {
                                 let d = &mut tailbuf[(c - k0) * nr..(c - k0 + 1) * nr];
-                                d[..w].copy_from_slice(&xg[c * hw + q..(c + 1) * hw]);
+                                copy_row(&mut d[..w], &xg[c * hw + q..][..w], 0.0, false, avx512);
                                 d[w..].fill(0.0);
                             }
                             (&tailbuf[..], &self.offs_packed, 0)
@@ -403,7 +528,7 @@ impl Col2im {
                     q1,
                     store: self.exact.then_some(bias),
                 };
-                self.scatter(pass, y, temp);
+                self.scatter(pass, &mut dest, temp);
                 r0 = r1;
             }
             q0 = q1;
@@ -428,7 +553,7 @@ impl Col2im {
     ///
     /// Plain loops that the compiler vectorises, compiled for the plan's ISA level (the
     /// crate's baseline is SSE2).
-    fn scatter(&self, pass: Pass<'_>, y: &mut [f32], temp: &mut [f32]) {
+    fn scatter(&self, pass: Pass<'_>, y: &mut Dest<'_>, temp: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         match self.ukr.isa {
             // SAFETY: the plan's ISA level was checked available on this CPU when its
@@ -447,7 +572,7 @@ impl Col2im {
     /// The CPU must support AVX-512F.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scatter_avx512(&self, pass: Pass<'_>, y: &mut [f32], temp: &mut [f32]) {
+    unsafe fn scatter_avx512(&self, pass: Pass<'_>, y: &mut Dest<'_>, temp: &mut [f32]) {
         self.scatter_body(pass, y, temp)
     }
 
@@ -457,13 +582,13 @@ impl Col2im {
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scatter_avx2(&self, pass: Pass<'_>, y: &mut [f32], temp: &mut [f32]) {
+    unsafe fn scatter_avx2(&self, pass: Pass<'_>, y: &mut Dest<'_>, temp: &mut [f32]) {
         self.scatter_body(pass, y, temp)
     }
 
     /// The scatter itself (see [`Self::scatter`]), inlined into each ISA's version.
     #[inline(always)]
-    fn scatter_body(&self, pass: Pass<'_>, y: &mut [f32], temp: &mut [f32]) {
+    fn scatter_body(&self, pass: Pass<'_>, y: &mut Dest<'_>, temp: &mut [f32]) {
         let g = &self.geom;
         let [sh, sw] = g.spec.stride();
         let [dh, dw] = g.spec.dilation();
@@ -491,14 +616,13 @@ impl Col2im {
             let run_end = r1.min((m / kw + 1) * kw);
             let (kx0, nk) = (m % kw, run_end - m);
             let (kl, ky) = (m / taps, (m % taps) / kw);
-            let plane = &mut y[kl * ohw..(kl + 1) * ohw];
             if self.row_chunks && nk == kw {
                 // Whole rows, every tap: the plan-time ops, row by row.
                 let iy0 = q0 / g.w;
                 let (lo, hi) = self.iy_range[ky];
                 for iy in lo.max(iy0)..hi.min(iy0 + len / g.w) {
                     let oy = ((iy * sh + ky * dh) as isize - pt) as usize;
-                    let row = &mut plane[oy * ow..(oy + 1) * ow];
+                    let row = y.row(kl, oy, ow, ohw);
                     let base = (m - r0) * ldc + (iy - iy0) * g.w;
                     // Exact cover: this row op is the element's only write.
                     let bias = store.map(|b| b[kl]);
@@ -563,7 +687,7 @@ impl Col2im {
                 let ix1 = g.w.min(ix0 + (len - j));
                 let oy = (iy * sh + ky * dh) as isize - pt;
                 if oy >= 0 && (oy as usize) < g.oh {
-                    let row = &mut plane[oy as usize * ow..(oy as usize + 1) * ow];
+                    let row = y.row(kl, oy as usize, ow, ohw);
                     // Tap kx's valid input columns within the segment, and its values there.
                     let span = |kx: usize| {
                         let (lo, hi) = self.ix_range[kx];
@@ -643,6 +767,41 @@ impl Col2im {
                 iy += 1;
             }
             m = run_end;
+        }
+    }
+}
+
+/// A task's work (see [`Col2im::task`]).
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    n: usize,
+    grp: usize,
+    blk: usize,
+    kn: usize,
+    /// Input pixels `[q.0, q.1)` of each plane.
+    q: (usize, usize),
+}
+
+/// Where a task's scatter writes.
+enum Dest<'a> {
+    /// The task's own channel planes (channel tasks).
+    Planes(&'a mut [f32]),
+    /// The whole output, channel plane `kl` of the task at `base + kl·OH·OW` (pixel tasks,
+    /// which write only the output rows of their own input rows).
+    Shared { out: SharedOut, base: usize },
+}
+
+impl Dest<'_> {
+    /// Output row `oy` (of `ow` floats) of the task's channel plane `kl` (planes `ohw` apart).
+    #[inline]
+    fn row(&mut self, kl: usize, oy: usize, ow: usize, ohw: usize) -> &mut [f32] {
+        match self {
+            Dest::Planes(y) => &mut y[kl * ohw + oy * ow..][..ow],
+            // SAFETY: pixel tasks run exact covers only, where each output row is reached
+            // by exactly one (ky, iy) (checked at plan time by `covers_once`), and a task
+            // scatters only its own input rows `iy`, disjoint from every other task's; so no
+            // two tasks write this row, and nothing reads the output while tasks run.
+            Dest::Shared { out, base } => unsafe { out.row_mut(*base + kl * ohw + oy * ow, ow) },
         }
     }
 }
@@ -999,8 +1158,45 @@ mod tests {
             let w = Array4::<f32>::zeros(v.weight_shape());
             let plan = Col2im::new(&g, w.view(), None, u).unwrap();
             assert_eq!(plan.exact, exact, "{v}");
+            let pixels = matches!(plan.tasks, Tasks::Pixels { .. });
+            assert_eq!(pixels, exact, "{v}: exact covers run as pixel tasks");
             check(spec, input).unwrap();
         }
+    }
+
+    /// Pixel tasks cut the rows evenly where a divisor allows, each a pass over all of the
+    /// group's column rows; with that many A panels every B panel is copied, and the result
+    /// (several tasks, copied panels, a tail panel) still matches the reference. Few column
+    /// rows keep B in place.
+    #[test]
+    fn pixel_tasks_and_copied_panels() {
+        let u = Microkernel::for_isa(Isa::best()).unwrap();
+        let plan_of = |spec: &ConvSpec, input: [usize; 4]| {
+            let v = spec.build().unwrap();
+            let g = v.geometry(input).unwrap();
+            let w = Array4::<f32>::zeros(v.weight_shape());
+            Col2im::new(&g, w.view(), None, u).unwrap()
+        };
+        let unet = ConvSpec::conv_transpose2d(16, 64, 2).stride(2).bias(true);
+        let plan = plan_of(&unet, [1, 16, 64, 64]);
+        let Tasks::Pixels { rows, per_group } = plan.tasks else {
+            panic!("U-Net runs pixel tasks")
+        };
+        assert_eq!((rows, per_group), (4, 16));
+        assert_eq!(plan.kb, 64);
+        assert!(plan.pass_rows >= 256);
+        assert_eq!(plan.pack_b, plan.pass_rows / u.mr >= PACK_MIN_PANELS);
+        check(unet, [1, 16, 13, 11]).unwrap();
+        // 4 channels × 4 taps: two A panels, B read in place.
+        let narrow = ConvSpec::conv_transpose2d(8, 4, 2).stride(2);
+        let plan = plan_of(&narrow, [1, 8, 10, 10]);
+        assert!(matches!(plan.tasks, Tasks::Pixels { .. }) && !plan.pack_b);
+        // Channel tasks with enough rows a block copy their panels too (DCGAN 4×4/2, batch 8).
+        let dcgan = ConvSpec::conv_transpose2d(32, 64, 4).stride(2).padding(1);
+        let plan = plan_of(&dcgan, [8, 32, 6, 5]);
+        assert!(matches!(plan.tasks, Tasks::Channels { .. }));
+        assert!(plan.pack_b);
+        check(dcgan, [8, 32, 6, 5]).unwrap();
     }
 
     #[test]
