@@ -1,7 +1,7 @@
 //! `convkit animate` end to end: files written for every format, one-line errors.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
+use tempfile::TempDir;
 
 fn convkit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_convkit"))
@@ -10,14 +10,14 @@ fn convkit(args: &[&str]) -> Output {
         .expect("run convkit")
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("convkit-animate-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// A fresh temporary folder, removed when dropped (at the end of the test).
+fn tmp() -> TempDir {
+    TempDir::new().expect("temporary folder")
 }
 
 #[test]
 fn writes_every_format() {
+    let dir = tmp();
     let layer = [
         "animate",
         "--input-size",
@@ -36,7 +36,7 @@ fn writes_every_format() {
         ("a.html", b"<!DOCTYPE html>"),
     ];
     for (name, magic) in cases {
-        let path = tmp(name);
+        let path = dir.path().join(name);
         let mut args = layer.to_vec();
         let p = path.to_str().unwrap();
         args.extend(["-o", p]);
@@ -51,7 +51,7 @@ fn writes_every_format() {
         assert!(bytes.starts_with(magic), "{name}");
     }
     // Transposed, non-square, scatter view, numerical mode.
-    let p = tmp("t.svg");
+    let p = dir.path().join("t.svg");
     let out = convkit(&[
         "animate",
         "--transposed",
@@ -79,7 +79,8 @@ fn writes_every_format() {
 
 #[test]
 fn errors_are_one_line() {
-    let gif = tmp("e.gif");
+    let tmp = tmp();
+    let gif = tmp.path().join("e.gif");
     let g = gif.to_str().unwrap();
     let cases: [(&[&str], &str); 5] = [
         (
@@ -135,7 +136,8 @@ fn errors_are_one_line() {
 
 #[test]
 fn gallery_writes_the_conv_arithmetic_names() {
-    let dir = tmp("gallery");
+    let tmp = tmp();
+    let dir = tmp.path().join("gallery");
     let out = convkit(&["animate", "--gallery", dir.to_str().unwrap()]);
     assert!(
         out.status.success(),
