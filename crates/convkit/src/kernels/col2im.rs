@@ -1187,6 +1187,17 @@ mod tests {
         assert!(plan.pass_rows >= 256);
         assert_eq!(plan.pack_b, plan.pass_rows / u.mr >= PACK_MIN_PANELS);
         check(unet, [1, 16, 13, 11]).unwrap();
+        // 80 channels × 4 taps: two passes (256 + 64 rows) per pixel task; grouped, batched
+        // and cropped, with copied panels in every pass.
+        let deep = ConvSpec::conv_transpose2d(24, 160, 2)
+            .stride(2)
+            .padding(1)
+            .groups(2)
+            .bias(true);
+        let plan = plan_of(&deep, [2, 24, 9, 7]);
+        assert!(matches!(plan.tasks, Tasks::Pixels { .. }) && plan.pack_b);
+        assert!(plan.pass_rows < 80 * 4);
+        check(deep, [2, 24, 9, 7]).unwrap();
         // 4 channels × 4 taps: two A panels, B read in place.
         let narrow = ConvSpec::conv_transpose2d(8, 4, 2).stride(2);
         let plan = plan_of(&narrow, [1, 8, 10, 10]);
