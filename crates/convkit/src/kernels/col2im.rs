@@ -309,7 +309,8 @@ impl Col2im {
             (blocking(kb), Tasks::Channels { task_off })
         };
         let exact = exact_with(&b);
-        debug_assert!(exact || matches!(tasks, Tasks::Channels { .. }));
+        // Pixel tasks write through a shared handle, disjoint only for an exact cover.
+        assert!(exact || matches!(tasks, Tasks::Channels { .. }));
         let (kb, npanels) = (b.kb, b.rows.div_ceil(mr));
         let nblk = kg.div_ceil(kb);
         let kc = (B_PANEL_BYTES / (4 * nr)).max(32);
