@@ -97,17 +97,18 @@ struct Blocking {
 }
 
 impl Blocking {
-    /// The blocking of `rows` column rows (`kb` channels) for `MR × NR` tiles, with at most
+    /// The blocking of `kb` channels' `kb·taps` column rows for `MR × NR` tiles, with at most
     /// `cols_bytes` of columns and `max_pass_rows` rows (rounded up to MR) a pass.
     fn new(
         g: &Geometry,
-        rows: usize,
         kb: usize,
+        taps: usize,
         mr: usize,
         nr: usize,
         cols_bytes: usize,
         max_pass_rows: usize,
     ) -> Blocking {
+        let rows = kb * taps;
         let pass_rows = round_up(rows, mr).min(round_up(max_pass_rows.max(1), mr));
         // Whole input rows per chunk if one fits (the columns, rounded up to NR, within
         // `cols_bytes`), else a multiple of NR pixels.
@@ -276,8 +277,7 @@ impl Col2im {
         let exact_with = |b: &Blocking| {
             covers && b.row_chunks && (b.pass_rows >= b.rows || b.pass_rows.is_multiple_of(kw))
         };
-        let blocking =
-            |kb: usize| Blocking::new(geom, kb * taps, kb, mr, nr, cols_bytes, max_pass_rows);
+        let blocking = |kb: usize| Blocking::new(geom, kb, taps, mr, nr, cols_bytes, max_pass_rows);
         let whole = blocking(kg);
         let (b, tasks) = if exact_with(&whole) {
             // Pixel tasks: every output channel of the group, cut by runs of input rows.
