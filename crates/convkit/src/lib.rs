@@ -29,6 +29,8 @@
 //! assert_eq!(y[[0, 0, 1, 1]], 9.0);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod arith;
 pub mod backward;
 pub mod border;
