@@ -256,7 +256,7 @@ const fn rows_read(r: usize, sh: usize, kh: usize) -> usize {
 }
 
 // The blocks of every shape fit ([`forward`]'s R; a plane's tail has fewer rows).
-const _: () = assert!(rows_read(7, 1, 3) <= MAX_BLOCK_ROWS && rows_read(7, 2, 3) <= MAX_BLOCK_ROWS);
+const _: () = assert!(rows_read(7, 1, 3) <= MAX_BLOCK_ROWS && rows_read(4, 2, 3) <= MAX_BLOCK_ROWS);
 const _: () = assert!(rows_read(4, 1, 5) <= MAX_BLOCK_ROWS && rows_read(2, 2, 5) <= MAX_BLOCK_ROWS);
 
 /// Calls `$f(0)`, …, `$f(15)` ([`MAX_BLOCK_ROWS`] steps) with literal arguments.
@@ -365,11 +365,14 @@ unsafe fn column<
             *a = _mm512_maskz_loadu_ps(col.store, out.add((oy + r) * ow + ox));
         }
     }
-    // One step per input row, unrolled by hand: LLVM kept the stride-2 blocks (15 rows) as a
-    // loop, with the weights indexed in memory by the row (1.3× slower).
-    // 3×3 stride 1: the middle tap row sums into accumulators of its own, added at the end,
-    // so an output's chain of dependent FMAs is 6 long, not 9 (14 × 14 planes 0.92×; at
-    // stride 2 it was no faster).
+    // One step per input row, unrolled by hand: LLVM kept the stride-2 blocks (15 rows of 7
+    // output rows) as a loop, with the weights indexed in memory by the row (1.3× slower).
+    // 3×3: the middle tap row sums into accumulators of its own, added at the end (on the
+    // FADD pipes, which FMAs and shuffles do not use), so an output's chain of dependent FMAs
+    // is 6 long, not 9: 14 × 14 planes 0.92× the time; at stride 2 it pays only with blocks
+    // of 4 rows, whose 8 accumulators leave registers for the weights and shuffles (0.92×
+    // the time of the 96-channel 112 × 112 layer at one thread, 7 rows without: 1.0×).
+    // 5 × 5 taps keep one accumulator per row: split by tap-row parity, 1.1–1.25× slower.
     let mut odd = [_mm512_setzero_ps(); R];
     seq16!(|ir| row_step::<KH, KW, SH, SW, R, MASKED>(
         ir,
@@ -380,11 +383,7 @@ unsafe fn column<
         (&mut acc, &mut odd)
     ));
     for (r, (a, o)) in acc.iter().zip(&odd).enumerate() {
-        let y = if SH == 1 && KH == 3 {
-            _mm512_add_ps(*a, *o)
-        } else {
-            *a
-        };
+        let y = if KH == 3 { _mm512_add_ps(*a, *o) } else { *a };
         _mm512_mask_storeu_ps(out.add((oy + r) * ow + ox), col.store, y);
     }
 }
@@ -415,7 +414,7 @@ unsafe fn row_step<
     for (r, (a, o)) in acc.iter_mut().zip(odd.iter_mut()).enumerate() {
         if ir >= r * SH && ir - r * SH < KH {
             let ky = ir - r * SH;
-            let a = if SH == 1 && KH == 3 && ky == 1 { o } else { a };
+            let a = if KH == 3 && ky == 1 { o } else { a };
             for (kx, t) in v.iter().enumerate().take(KW) {
                 *a = _mm512_fmadd_ps(*t, wv[ky * KW + kx], *a);
             }
@@ -504,7 +503,7 @@ pub(super) unsafe fn forward(
     // (Block heights R: keep the asserts by MAX_BLOCK_ROWS in step.)
     match shape {
         FastShape::K3S1 => forward_t::<3, 3, 1, 1, 7>(p, w, bias, out, accumulate),
-        FastShape::K3S2 => forward_t::<3, 3, 2, 2, 7>(p, w, bias, out, accumulate),
+        FastShape::K3S2 => forward_t::<3, 3, 2, 2, 4>(p, w, bias, out, accumulate),
         FastShape::K5S1 => forward_t::<5, 5, 1, 1, 4>(p, w, bias, out, accumulate),
         FastShape::K5S2 => forward_t::<5, 5, 2, 2, 2>(p, w, bias, out, accumulate),
     }
