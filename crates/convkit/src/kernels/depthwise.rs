@@ -254,21 +254,6 @@ impl Depthwise {
         let plane = |nc: usize, ys: &mut [f32]| {
             let c = nc % g.c;
             let xs = &x[nc * plane_stride..nc * plane_stride + in_plane];
-            // The next plane (usually the next one this task or thread runs).
-            let next = x
-                .get((nc + 1) * plane_stride..(nc + 1) * plane_stride + in_plane)
-                .unwrap_or(&[]);
-            if self.fast.is_some() {
-                for j in 0..self.mult {
-                    let k = c * self.mult + j;
-                    let wk = &w[k * kh * kw..(k + 1) * kh * kw];
-                    let b = bias.map_or(0.0, |b| b[k]);
-                    let pf = if j == 0 { next } else { &[] };
-                    let ys = &mut ys[j * out_plane..(j + 1) * out_plane];
-                    self.fast_forward(xs, wk, b, ys, false, pf);
-                }
-                return;
-            }
             BUF.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 self.fill(xs, &mut buf);
@@ -291,6 +276,40 @@ impl Depthwise {
         // A task is several small planes (≥ 4096 outputs: a claim and its slicing cost 15 %
         // of a 7 × 7 plane's time), one plane from 64 × 64 up.
         let per_task = 4096usize.div_ceil(out_group.max(1)).min(g.n * g.c).max(1);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(shape) = self.fast {
+            // A task's planes in one call of the fast kernel (see `fast::forward_run`).
+            for_each_claimed_span(y, Spans::Even(per_task * out_group), |claims| {
+                for (t, ys) in claims {
+                    let (first, count) = (t * per_task, ys.len() / out_group);
+                    let xs = &x[first * plane_stride..];
+                    assert!(
+                        count >= 1
+                            && ys.len() == count * out_group
+                            && (count - 1) * plane_stride + in_plane <= xs.len(),
+                        "a task's planes lie inside the operands"
+                    );
+                    let run = fast::Run {
+                        plane: self.fast_plane(&xs[..in_plane], &[]),
+                        stride: plane_stride,
+                        first,
+                        count,
+                        channels: g.c,
+                        mult: self.mult,
+                        readable: xs.len(),
+                        w: w.as_ptr(),
+                        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                        out: ys.as_mut_ptr(),
+                    };
+                    // SAFETY: `fast` is only set with `Isa::Avx512`, which `new` checked
+                    // against the CPU; the run's planes lie in `x` and its output planes are
+                    // `ys` (asserted above), the taps and bias lengths were checked against
+                    // the geometry on entry, and oh, ow are the geometry's for h, w.
+                    unsafe { fast::forward_run(shape, &run) };
+                }
+            });
+            return Ok(());
+        }
         for_each_claimed_span(y, Spans::Even(per_task * out_group), |claims| {
             for (t, ys) in claims {
                 for (i, ys) in ys.chunks_mut(out_group).enumerate() {
@@ -1426,6 +1445,73 @@ mod tests {
                         check(spec(), [1, 3, h, w]);
                         check_backward(spec(), [2, 3, h, w]);
                     }
+                }
+            }
+        }
+    }
+
+    /// The fast kernels run a task's planes in one call (`fast::forward_run`): tasks of several
+    /// planes that cross image boundaries (channel `(first + i) mod C`), multipliers, bias,
+    /// input planes with gaps between them (`run_planes`' stride, NaN in the gaps), and 1–3
+    /// threads, against the reference and bit-identical across thread counts.
+    #[test]
+    fn fast_runs_span_tasks_images_and_strided_planes() {
+        if !Isa::Avx512.available() {
+            return;
+        }
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            for m in [1, 2] {
+                // 3 images × 16 channels of 14 × 14: tasks of 21 (m = 1) or 11 planes (3×3
+                // stride 1, m = 2), so a task starts mid-image.
+                let (n, c, h, w) = (3, 16, 14, 14);
+                let v = ConvSpec::conv2d(c, c * m, k)
+                    .stride(s)
+                    .padding(k / 2)
+                    .groups(c)
+                    .build()
+                    .unwrap();
+                let g = v.geometry([n, c, h, w]).unwrap();
+                let d = Depthwise::new(&g, Isa::Avx512).unwrap();
+                assert!(d.fast.is_some());
+                let x = Array4::from_shape_vec((n, c, h, w), pseudo(n * c * h * w, 11)).unwrap();
+                let wt =
+                    Array4::from_shape_vec(v.weight_shape(), pseudo(c * m * k * k, 12)).unwrap();
+                let b = Array1::from(pseudo(c * m, 13));
+                let want = reference::forward(&v, x.view(), wt.view(), Some(b.view())).unwrap();
+                let stride = h * w + 5;
+                let mut gapped = vec![f32::NAN; (n * c - 1) * stride + h * w];
+                for (i, plane) in x.as_slice().unwrap().chunks(h * w).enumerate() {
+                    gapped[i * stride..i * stride + h * w].copy_from_slice(plane);
+                }
+                let run = |threads: usize, xs: &[f32], stride: usize| {
+                    let mut y = vec![f32::NAN; want.len()];
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap()
+                        .install(|| {
+                            d.run_planes(
+                                xs,
+                                stride,
+                                wt.as_slice().unwrap(),
+                                Some(b.as_slice().unwrap()),
+                                &mut y,
+                            )
+                        })
+                        .unwrap();
+                    y
+                };
+                let one = run(1, x.as_slice().unwrap(), h * w);
+                for (i, (a, e)) in one.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (a - e).abs() <= 1e-5 + 1e-5 * e.abs(),
+                        "{k}x{k} s{s} m{m}: element {i}: {a} vs {e}"
+                    );
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for t in [1, 2, 3] {
+                    assert_eq!(bits(&one), bits(&run(t, &gapped, stride)), "gapped, {t}");
+                    assert_eq!(bits(&one), bits(&run(t, x.as_slice().unwrap(), h * w)));
                 }
             }
         }

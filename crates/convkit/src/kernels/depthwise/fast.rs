@@ -509,6 +509,89 @@ pub(super) unsafe fn forward(
     }
 }
 
+/// A run of consecutive input planes of one layer, `(n, c)` indices `first..first + count`,
+/// and their `mult` output planes each (contiguous, NCHW): what [`forward_run`] computes.
+pub(super) struct Run<'a> {
+    /// The first input plane (its `x`) and the layer's sizes; its prefetch fields are unused.
+    pub plane: Plane<'a>,
+    /// Floats from one input plane to the next.
+    pub stride: usize,
+    /// Index `n·C + c` of the first plane, and the number of planes.
+    pub first: usize,
+    pub count: usize,
+    /// Input channels C and depth multiplier m.
+    pub channels: usize,
+    pub mult: usize,
+    /// Floats readable from `plane.x` (the next plane past the run is prefetched if inside).
+    pub readable: usize,
+    /// All `C·m·kh·kw` taps, the bias (`C·m` values, or null for none) and the run's first
+    /// output plane.
+    pub w: *const f32,
+    pub bias: *const f32,
+    pub out: *mut f32,
+}
+
+/// Every output plane of a run: [`forward`] on each, without going back to the caller between
+/// planes (a call per plane, with its slicing and checks, made 576 planes of 14 × 14 at one
+/// thread 1.15× slower, and 7 × 7 planes 1.3×).
+///
+/// # Safety
+/// As [`forward`] for each plane: `r.plane.x` must hold `readable ≥ (count − 1)·stride + h·w`
+/// floats, `w` the layer's `C·m·kh·kw` taps, `bias` (unless null) `C·m` floats, and `out`
+/// `count·m·oh·ow` floats.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn forward_run(shape: FastShape, r: &Run) {
+    // (Block heights R: as in `forward`.)
+    match shape {
+        FastShape::K3S1 => run_t::<3, 3, 1, 1, 7>(r),
+        FastShape::K3S2 => run_t::<3, 3, 2, 2, 4>(r),
+        FastShape::K5S1 => run_t::<5, 5, 1, 1, 4>(r),
+        FastShape::K5S2 => run_t::<5, 5, 2, 2, 2>(r),
+    }
+}
+
+/// [`forward_run`] for one shape.
+#[target_feature(enable = "avx512f")]
+unsafe fn run_t<
+    const KH: usize,
+    const KW: usize,
+    const SH: usize,
+    const SW: usize,
+    const R: usize,
+>(
+    r: &Run,
+) {
+    let p0 = &r.plane;
+    let (in_plane, out_plane, taps) = (p0.h * p0.w, p0.oh * p0.ow, KH * KW);
+    for i in 0..r.count {
+        let off = i * r.stride;
+        let c = (r.first + i) % r.channels;
+        // The next plane, if readable: prefetched while this one is computed.
+        let next = off + r.stride;
+        let pf_len = if next + in_plane <= r.readable {
+            in_plane
+        } else {
+            0
+        };
+        for j in 0..r.mult {
+            let k = c * r.mult + j;
+            let p = Plane {
+                x: p0.x.add(off),
+                pf: p0.x.wrapping_add(next),
+                pf_len: if j == 0 { pf_len } else { 0 },
+                ..*p0
+            };
+            let bias = if r.bias.is_null() {
+                0.0
+            } else {
+                *r.bias.add(k)
+            };
+            let out = r.out.add((i * r.mult + j) * out_plane);
+            forward_t::<KH, KW, SH, SW, R>(&p, r.w.add(k * taps), bias, out, false);
+        }
+    }
+}
+
 /// Weight-gradient taps `ky ∈ KY0..KY0+NY` of dy rows `oy..oy + R` into `acc`:
 /// `acc[ky − KY0, kx] += Σ dy[oy,ox] · x_pad[oy·SH+ky, ox·SW+kx]` (lanes kept apart). Each
 /// input row is loaded once for all R dy rows it meets. (Inlined into the AVX-512 caller,
