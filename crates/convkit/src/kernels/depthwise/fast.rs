@@ -369,9 +369,9 @@ unsafe fn column<
     // output rows) as a loop, with the weights indexed in memory by the row (1.3× slower).
     // 3×3: the middle tap row sums into accumulators of its own, added at the end (on the
     // FADD pipes, which FMAs and shuffles do not use), so an output's chain of dependent FMAs
-    // is 6 long, not 9: 14 × 14 planes 0.92× the time; at stride 2 it pays only with blocks
-    // of 4 rows, whose 8 accumulators leave registers for the weights and shuffles (0.92×
-    // the time of the 96-channel 112 × 112 layer at one thread, 7 rows without: 1.0×).
+    // is 6 long, not 9: 14 × 14 planes 0.92× the time. At stride 2 it pays only in blocks of
+    // 4 rows, whose 8 accumulators leave registers for the weights and shuffles: 0.92× the
+    // time of the 96-channel 112 × 112 layer at one thread (in blocks of 7: no faster).
     // 5 × 5 taps keep one accumulator per row: split by tap-row parity, 1.1–1.25× slower.
     let mut odd = [_mm512_setzero_ps(); R];
     seq16!(|ir| row_step::<KH, KW, SH, SW, R, MASKED>(
@@ -516,24 +516,27 @@ pub(super) struct Run<'a> {
     pub plane: Plane<'a>,
     /// Floats from one input plane to the next.
     pub stride: usize,
-    /// Index `n·C + c` of the first plane, and the number of planes.
+    /// Index `n·C + c` of the first plane.
     pub first: usize,
+    /// Planes in the run (≥ 1).
     pub count: usize,
-    /// Input channels C and depth multiplier m.
+    /// Input channels C.
     pub channels: usize,
+    /// Depth multiplier m: output planes per input plane.
     pub mult: usize,
     /// Floats readable from `plane.x` (the next plane past the run is prefetched if inside).
     pub readable: usize,
-    /// All `C·m·kh·kw` taps, the bias (`C·m` values, or null for none) and the run's first
-    /// output plane.
+    /// All `C·m·kh·kw` taps of the layer.
     pub w: *const f32,
+    /// The layer's `C·m` biases, or null for none.
     pub bias: *const f32,
+    /// The run's first output plane.
     pub out: *mut f32,
 }
 
 /// Every output plane of a run: [`forward`] on each, without going back to the caller between
 /// planes (a call per plane, with its slicing and checks, made 576 planes of 14 × 14 at one
-/// thread 1.15× slower, and 7 × 7 planes 1.3×).
+/// thread 1.2× slower, and 7 × 7 planes 1.3×).
 ///
 /// # Safety
 /// As [`forward`] for each plane: `r.plane.x` must hold `readable ≥ (count − 1)·stride + h·w`
